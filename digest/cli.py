@@ -1,0 +1,411 @@
+"""The command line: each command loads settings, calls one library function, prints.
+
+This module owns the terminal. Expected failures (`DigestError`) become one line on
+stderr and exit status 1; a traceback is shown only with -vv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from digest import __version__
+from digest.config import CONFIG_NAME, Settings, load_settings
+from digest.deliver import Mailer, OutboxMailer, SmtpMailer
+from digest.errors import DigestError
+from digest.models import Problem, Profile
+from digest.pipeline import EditionRun, Status, ingest_files
+from digest.profiles import load_profiles, profile_paths
+from digest.schedule import parse_schedule
+from digest.store import Store
+
+log = logging.getLogger("digest")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Context:
+    config: Path | None
+    data_dir: Path | None
+    verbose: int
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config, data_dir=self.data_dir)
+        return self._settings
+
+    def open_store(self) -> Store:
+        return Store.open(self.settings.db_url)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"digest: error: {message}", err=True)
+    sys.exit(1)
+
+
+def report_problems(problems: Sequence[Problem | Exception]) -> None:
+    for problem in problems:
+        click.echo(str(problem), err=True)
+
+
+def handle_errors(command: F) -> F:
+    """Turn expected errors into one line and exit status 1 (a traceback with -vv)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return command(*args, **kwargs)
+        except DigestError as exc:
+            if ctx is not None and ctx.verbose >= 2:
+                log.exception("command failed")
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", type=click.Path(path_type=Path), envvar="DIGEST_CONFIG",
+              help=f"Config file (default: ./{CONFIG_NAME} if present).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the database (default: from the config, else per-user).")
+@click.option("-v", "--verbose", count=True, help="More logging: -v for info, -vv for debug "
+              "and tracebacks.")
+@click.version_option(__version__, prog_name="digest")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, data_dir: Path | None, verbose: int) -> None:
+    """Email every subscriber the new research papers that matter to them.
+
+    \b
+    Example:
+        digest demo
+    """
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if verbose < 2:
+        for noisy in ("mail.log", "aiosmtplib", "apscheduler"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = Context(config=config, data_dir=data_dir, verbose=verbose)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+# init ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False), default=".")
+@handle_errors
+def init(folder: Path) -> None:
+    """Write a commented digest.toml, an example profile and the folders.
+
+    Existing files are left as they are.
+
+    \b
+    Example:
+        digest init ~/papers && cd ~/papers && digest send --dry-run
+    """
+    from digest.demo import DATA
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "profiles", "inbox", "outbox"):
+        (folder / sub).mkdir(exist_ok=True)
+    for source, target in ((DATA / "digest.toml", folder / CONFIG_NAME),
+                           (DATA / "example-profile.yaml", folder / "profiles" / "example.yaml")):
+        if target.exists():
+            click.echo(f"{target}: exists, left as it is")
+        else:
+            target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+            click.echo(f"{target}: written")
+    click.echo(f"Next: edit {folder / 'profiles' / 'example.yaml'}, drop digest files into "
+               f"{folder / 'inbox'}, then run `digest ingest` and `digest send --dry-run`.")
+
+
+# demo ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("digest-demo"), show_default=True,
+              help="Where the received emails and the demo database are written.")
+@handle_errors
+def demo(out_dir: Path) -> None:
+    """Run the whole pipeline on bundled papers and profiles, with nothing configured.
+
+    Starts a real SMTP server on 127.0.0.1, sends three subscribers their editions to it,
+    and saves what it received as .eml and .html files.
+
+    \b
+    Example:
+        digest demo --out /tmp/demo
+    """
+    from digest.demo import run_demo
+
+    started = time.perf_counter()
+    result = asyncio.run(run_demo(out_dir, now=utc_now()))
+    report_problems(result.ingest.problems)
+    report_problems(result.profiles.errors)
+    console = Console()
+    console.print(f"Ingested {result.ingest.entries} entries from {result.ingest.files} "
+                  f"digest files: {result.ingest.new_papers} distinct papers.")
+    table = Table(title=f"Editions sent to the SMTP server at {result.server}")
+    for column in ("subscriber", "status", "picks", "top pick", "reason"):
+        table.add_column(column, overflow="fold")
+    for outcome in result.outcomes:
+        top = outcome.picks[0] if outcome.picks else None
+        table.add_row(outcome.profile.name, str(outcome.status), str(len(outcome.picks)),
+                      top.paper.title if top else "", top.reason if top else outcome.detail)
+    console.print(table)
+    console.print(f"The server received {len(result.saved)} messages; saved in {out_dir}/.")
+    if result.saved:
+        console.print(f"Open this one in a browser: {result.saved[0][1].resolve()}")
+    console.print(f"({time.perf_counter() - started:.1f} s)")
+    if any(o.status is Status.FAILED for o in result.outcomes):
+        sys.exit(1)
+
+
+# ingest --------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--date", "file_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Day the files were written, to date them (default: each file's mtime).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_context
+@handle_errors
+def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
+           as_json: bool) -> None:
+    """Read digest files into the store; a paper already stored is not added again.
+
+    Lines that cannot be used are reported as FILE:LINE: reason; the rest is kept. The
+    exit status is 1 if a whole file was rejected.
+
+    \b
+    Example:
+        digest ingest inbox/*.txt --date 2026-03-11
+    """
+    store = obj.open_store()
+    try:
+        reference = file_date.replace(tzinfo=UTC) if file_date else None
+        report = ingest_files(store, paths, now=utc_now(), reference=reference)
+        total = store.count_papers()
+    finally:
+        store.close()
+    report_problems(report.problems)
+    if as_json:
+        click.echo(json.dumps({"files": report.files, "entries": report.entries,
+                               "new_papers": report.new_papers, "papers_stored": total,
+                               "rejected": [str(p) for p in report.rejected]}))
+    else:
+        click.echo(f"{report.files} files, {report.entries} entries, {report.new_papers} new "
+                   f"papers ({total} stored), {len(report.rejected)} files rejected.")
+    if report.rejected:
+        sys.exit(1)
+
+
+# rank ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("profiles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="How many picks per profile.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line per profile: profile, subscriber, picks.")
+@pass_context
+@handle_errors
+def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> None:
+    """Rank the stored papers for each profile and explain every pick.
+
+    Papers already sent to the subscriber, and their liked and disliked papers, are left
+    out. Nothing is recorded or sent.
+
+    \b
+    Example:
+        digest --data-dir data rank profiles/ana.yaml --top 5 --json
+    """
+    loaded = load_profiles(profiles, default_max_papers=top)
+    report_problems(loaded.errors)
+    store = obj.open_store()
+    try:
+        run = EditionRun(store, obj.settings)
+        candidates = store.papers()
+        by_path = {p.path: p for p in loaded.profiles}
+        errors = {e.path: e for e in loaded.errors}
+        console = Console()
+        for path in profiles:
+            profile = by_path.get(path)
+            if profile is None:
+                if as_json:
+                    click.echo(json.dumps({"profile": str(path), "subscriber": None,
+                                           "picks": [], "error": str(errors.get(path))}))
+                continue
+            picks = run.choose_picks(profile, now=utc_now(), candidates=candidates, top=top)
+            if as_json:
+                click.echo(json.dumps({
+                    "profile": str(path), "subscriber": profile.name,
+                    "picks": [{"id": p.paper.key, "title": p.paper.title, "score": p.score,
+                               "reason": p.reason} for p in picks]}, ensure_ascii=False))
+            else:
+                _print_picks(console, profile, picks)
+    finally:
+        store.close()
+    if loaded.errors:
+        sys.exit(1)
+
+
+def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> None:
+    table = Table(title=f"{profile.name} ({profile.path})")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("title", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for i, pick in enumerate(picks, 1):
+        table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.reason)
+    console.print(table if picks else f"{profile.name}: nothing relevant among stored papers")
+
+
+# preview -------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="HTML file to write (default: SUBSCRIBER-preview.html here).")
+@pass_context
+@handle_errors
+def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
+    """Render the subscriber's next edition to an HTML file; nothing is sent or recorded.
+
+    \b
+    Example:
+        digest preview profiles/ana.yaml && xdg-open ana-preview.html
+    """
+    from digest.profiles import load_profile
+
+    settings = obj.settings
+    profile = load_profile(profile_path, default_max_papers=settings.default_max_papers)
+    now = utc_now()
+    slot = parse_schedule(profile.schedule, profile.timezone).next_slot(now)
+    store = obj.open_store()
+    try:
+        run = EditionRun(store, settings)
+        picks = run.choose_picks(profile, now=now)
+        message = run.render(profile, picks, slot=slot, now=now)
+    finally:
+        store.close()
+    html_part = message.get_body(preferencelist=("html",))
+    assert html_part is not None
+    out = out or Path(f"{profile.subscriber_id}-preview.html")
+    out.write_text(html_part.get_content(), encoding="utf-8")
+    click.echo(f"{len(picks)} papers for {profile.name}'s edition of "
+               f"{slot.astimezone().isoformat(timespec='minutes')}; written to {out}")
+
+
+# send ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("profiles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Write .eml files to the outbox folder instead "
+              "of sending; the ledger is not touched.")
+@pass_context
+@handle_errors
+def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
+    """Send each subscriber's due edition, once: a second run sends nothing new.
+
+    Without PROFILE arguments, every profile in the profiles folder is served.
+
+    \b
+    Example:
+        digest send --dry-run && digest send
+    """
+    settings = obj.settings
+    paths = list(profiles) or profile_paths(settings.profiles_dir)
+    if not paths:
+        fail(f"no profiles in {settings.profiles_dir} (run `digest init`, or pass files)")
+    loaded = load_profiles(paths, default_max_papers=settings.default_max_papers)
+    report_problems(loaded.errors)
+    store = obj.open_store()
+    outbox = OutboxMailer(settings.outbox_dir)
+
+    async def go() -> list[Any]:
+        run = EditionRun(store, settings)
+        if dry_run:
+            return await run.run_editions(loaded.profiles, outbox, now=utc_now(), dry_run=True)
+        mailer: Mailer
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await run.run_editions(loaded.profiles, mailer, now=utc_now())
+
+    try:
+        outcomes = asyncio.run(go())
+    finally:
+        store.close()
+    table = Table(title="Dry run: nothing sent" if dry_run else "Editions")
+    for column in ("subscriber", "status", "picks", "detail"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        detail = o.detail + (" (will retry)" if o.status is Status.FAILED and o.retry else "")
+        table.add_row(o.profile.subscriber_id, str(o.status), str(len(o.picks)), detail)
+    Console().print(table)
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    for o in failed:
+        click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
+    if failed or loaded.errors:
+        sys.exit(1)
+
+
+# profile -------------------------------------------------------------------------------
+
+@cli.group()
+def profile() -> None:
+    """Work with subscriber profiles.
+
+    \b
+    Example:
+        digest profile validate profiles/*.yaml
+    """
+
+
+@profile.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@pass_context
+@handle_errors
+def profile_validate(obj: Context, paths: tuple[Path, ...]) -> None:
+    """Check profile files and report every problem as FILE:LINE: field: problem.
+
+    Without arguments, every profile in the profiles folder is checked.
+
+    \b
+    Example:
+        digest profile validate profiles/ana.yaml
+    """
+    targets = list(paths) or profile_paths(obj.settings.profiles_dir)
+    loaded = load_profiles(targets)
+    report_problems(loaded.errors)
+    for p in loaded.profiles:
+        click.echo(f"{p.path}: ok ({p.name} <{p.email}>, {p.schedule} {p.timezone})")
+    if loaded.errors:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point of the `digest` console script."""
+    cli(prog_name="digest")
+

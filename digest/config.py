@@ -1,0 +1,147 @@
+"""Settings: `digest.toml` plus `DIGEST_*` environment variables, loaded once by the CLI.
+
+Relative paths in the file are relative to the file's folder. Secrets come only from the
+environment and are held in `SecretStr`, whose repr is `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from digest.errors import ConfigError
+
+CONFIG_NAME = "digest.toml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SmtpSettings(_Frozen):
+    """Where and how editions are handed over for delivery."""
+
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    # starttls: plain connection upgraded with STARTTLS (port 587); tls: TLS from the first
+    # byte (port 465); none: no encryption, only for a relay on this machine.
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, exclude=True)  # DIGEST_SMTP_PASSWORD
+    validate_certs: bool = True
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class MailSettings(_Frozen):
+    """What the emails say about who sent them."""
+
+    from_address: str = "digest@localhost"
+    from_name: str = "digest"
+    reply_to: str | None = None
+    list_id: str = "papers.digest.localhost"
+    max_attempts: int = Field(default=5, ge=1)  # tries per edition before it stays failed
+
+
+class Settings(_Frozen):
+    """Every setting digest uses, with its default beside it."""
+
+    data_dir: Path
+    database_url: str | None = None  # default: SQLite file digest.sqlite3 in data_dir
+    profiles_dir: Path
+    inbox_dir: Path
+    outbox_dir: Path
+    templates_dir: Path | None = None  # operator's overrides, searched before the defaults
+    first_edition_lookback_days: int = Field(default=7, ge=0)
+    default_max_papers: int = Field(default=10, ge=1, le=200)
+    smtp: SmtpSettings = SmtpSettings()
+    mail: MailSettings = MailSettings()
+    config_path: Path | None = None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'digest.sqlite3'}"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """The per-user data folder: $XDG_DATA_HOME/digest, else ~/.local/share/digest."""
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "digest"
+
+
+def find_config(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read: -c, then $DIGEST_CONFIG, then ./digest.toml if present."""
+    if explicit is not None:
+        return explicit
+    if env.get("DIGEST_CONFIG"):
+        return Path(env["DIGEST_CONFIG"])
+    local = Path.cwd() / CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError("config file not found (run `digest init` to write one)",
+                          path=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror or exc}", path=path) from exc
+
+
+def _resolve(base: Path, value: Any) -> Any:
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    return value
+
+
+def load_settings(
+    config_path: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from the config file (if any), the environment and overrides."""
+    env = os.environ if env is None else env
+    path = find_config(config_path, env)
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    base = path.parent.resolve() if path is not None else Path.cwd()
+    for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir"):
+        if key in raw:
+            raw[key] = _resolve(base, raw[key])
+    if env.get("DIGEST_DATA_DIR"):
+        raw["data_dir"] = Path(env["DIGEST_DATA_DIR"])
+    if data_dir is not None:
+        raw["data_dir"] = data_dir
+    if env.get("DIGEST_DATABASE_URL"):
+        raw["database_url"] = env["DIGEST_DATABASE_URL"]
+    home = Path(raw.get("data_dir") or default_data_dir(env))
+    raw["data_dir"] = home
+    raw.setdefault("profiles_dir", base / "profiles" if path is not None else home / "profiles")
+    raw.setdefault("inbox_dir", home / "inbox")
+    raw.setdefault("outbox_dir", home / "outbox")
+    raw["config_path"] = path
+    smtp = dict(raw.get("smtp") or {})
+    if "password" in smtp:
+        raise ConfigError(
+            "smtp.password: secrets are not read from the file; set DIGEST_SMTP_PASSWORD",
+            path=path,
+        )
+    if env.get("DIGEST_SMTP_PASSWORD"):
+        smtp["password"] = SecretStr(env["DIGEST_SMTP_PASSWORD"])
+    raw["smtp"] = smtp
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{field}: {first['msg']}{more}", path=path) from exc

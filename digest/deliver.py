@@ -1,0 +1,146 @@
+"""Deliver: hand rendered messages to the SMTP server (or, for a dry run, to an outbox).
+
+This module owns SMTP. Server replies become `TransientDeliveryError` (retry later) or
+`PermanentDeliveryError` (do not retry), carrying the reply code and text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import aiosmtplib
+
+from digest.config import SmtpSettings
+from digest.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+
+log = logging.getLogger(__name__)
+_CONNECT_PREFIX = re.compile(r"^Error connecting to \S+ on port \d+: ")
+
+
+class Mailer(Protocol):
+    """Anything that can take a message and say what the receiving side replied."""
+
+    async def send(self, message: EmailMessage) -> str: ...
+
+
+def _reply_error(code: int, text: str) -> DeliveryError:
+    reply = f"{code} {' '.join(text.split())}"
+    if 400 <= code < 500:
+        return TransientDeliveryError(reply, smtp_code=code)
+    return PermanentDeliveryError(reply, smtp_code=code)
+
+
+def classify_smtp_error(exc: Exception, where: str) -> DeliveryError:
+    """Turn an aiosmtplib or socket error into a DeliveryError saying whether to retry."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = exc.recipients[0]
+        return _reply_error(first.code, f"recipient {first.recipient} refused: {first.message}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # Retryable: the operator fixes the credentials, the edition then goes out.
+        return TransientDeliveryError(f"{exc.code} authentication failed at {where}: "
+                                      f"{exc.message}", smtp_code=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
+        return _reply_error(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return TransientDeliveryError(f"timed out talking to {where}")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+        reason = _CONNECT_PREFIX.sub("", str(exc)) or type(exc).__name__
+        return TransientDeliveryError(f"cannot connect to {where}: {reason}")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return TransientDeliveryError(f"{where} closed the connection: {exc}")
+    return TransientDeliveryError(f"{where}: {exc}")
+
+
+class SmtpMailer:
+    """Sends over one reused SMTP connection; reconnects after any failure.
+
+    Use as `async with SmtpMailer(settings, sender=...) as mailer: await mailer.send(msg)`.
+    """
+
+    def __init__(self, settings: SmtpSettings, *, sender: str):
+        self.settings = settings
+        self.sender = sender
+        self.where = f"{settings.host}:{settings.port}"
+        self._client: aiosmtplib.SMTP | None = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.security == "none":
+            return None
+        context = ssl.create_default_context()
+        if not self.settings.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout_s,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            validate_certs=s.validate_certs,
+            tls_context=self._tls_context(),
+        )
+        await client.connect()
+        if s.username:
+            password = s.password.get_secret_value() if s.password else ""
+            await client.login(s.username, password)
+        log.info("smtp.connected server=%s security=%s", self.where, s.security)
+        return client
+
+    async def send(self, message: EmailMessage) -> str:
+        """Send one message; returns the server's reply. Raises DeliveryError."""
+        recipients = [a.addr_spec for a in message["To"].addresses]
+        try:
+            if self._client is None or not self._client.is_connected:
+                self._client = await self._connect()
+            _errors, reply = await self._client.send_message(
+                message, sender=self.sender, recipients=recipients)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await self.aclose()
+            raise classify_smtp_error(exc, self.where) from exc
+        return f"250 {' '.join(reply.split())}"
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def __aenter__(self) -> SmtpMailer:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+class OutboxMailer:
+    """A dry-run mailer: writes each message as an .eml file instead of sending it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written: list[Path] = []
+
+    async def send(self, message: EmailMessage) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        edition = str(message.get("X-Digest-Edition", "message"))
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", edition).strip("_")
+        path = self.folder / f"{name}.eml"
+        temporary = path.with_suffix(".eml.tmp")
+        temporary.write_bytes(message.as_bytes(policy=SMTP_POLICY))
+        temporary.replace(path)
+        self.written.append(path)
+        return f"written to {path}"

@@ -1,0 +1,74 @@
+"""`digest demo`: the whole pipeline on bundled data, with nothing configured.
+
+Ingests the bundled digest files, ranks them for three example subscribers, and sends
+their editions through a real SMTP server on 127.0.0.1, keeping what it received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from digest.config import MailSettings, Settings, SmtpSettings
+from digest.deliver import SmtpMailer
+from digest.models import IngestReport
+from digest.pipeline import EditionOutcome, EditionRun, ingest_files
+from digest.profiles import ProfileSet, load_profiles, profile_paths
+from digest.smtpsink import SmtpSink
+from digest.store import Store
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    ingest: IngestReport
+    profiles: ProfileSet
+    outcomes: tuple[EditionOutcome, ...]
+    saved: tuple[tuple[Path, Path], ...]  # (.eml, .html) per message received
+    server: str
+
+
+def bundled_seeds() -> list[Path]:
+    return sorted((DATA / "seeds").glob("*.txt"))
+
+
+async def run_demo(out_dir: Path, *, now: datetime) -> DemoResult:
+    """Run the demo into `out_dir` (its database is started afresh each time)."""
+    data_dir = out_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for old in data_dir.glob("digest.sqlite3*"):
+        old.unlink()
+    with SmtpSink() as sink:
+        settings = Settings(
+            data_dir=data_dir,
+            profiles_dir=DATA / "profiles",
+            inbox_dir=out_dir / "inbox",
+            outbox_dir=out_dir / "outbox",
+            smtp=SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_s=10),
+            mail=MailSettings(from_address="digest@demo.example", from_name="digest demo",
+                              list_id="demo.digest.example"),
+        )
+        store = Store.open(settings.db_url)
+        try:
+            report = ingest_files(store, bundled_seeds(), now=now, reference=now)
+            profiles = load_profiles(profile_paths(settings.profiles_dir))
+            run = EditionRun(store, settings)
+            async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+                outcomes = await run.run_editions(profiles.profiles, mailer, now=now)
+        finally:
+            store.close()
+        received = sink.received
+    saved = []
+    for item in received:
+        message = item.message
+        name = item.recipients[0].split("@")[0]
+        eml = out_dir / f"{name}.eml"
+        eml.write_bytes(item.data)
+        html_part = message.get_body(preferencelist=("html",))
+        html = out_dir / f"{name}.html"
+        html.write_text(html_part.get_content() if html_part else "", encoding="utf-8")
+        saved.append((eml, html))
+    return DemoResult(report, profiles, tuple(outcomes), tuple(saved),
+                      f"{sink.host}:{sink.port}")

@@ -1,0 +1,50 @@
+"""Paper identity: the arXiv id without version when known, else a normalised title key.
+
+Pure functions; every source goes through them before a paper reaches the store.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# New-style ids (0704.0001 onwards) and old-style archive/YYMMNNN ids, each with an
+# optional version suffix that identity ignores.
+_NEW_ID = r"\d{4}\.\d{4,5}"
+_OLD_ID = r"[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7}"
+_ARXIV_ID = re.compile(rf"(?<![\w.])(?P<id>{_NEW_ID}|{_OLD_ID})(?:v\d+)?(?!\w|\.\d)")
+_ARXIV_HINT = re.compile(
+    rf"arxiv(?:\.org/(?:abs|pdf)/|:)|huggingface\.co/papers/|^(?:{_NEW_ID}|{_OLD_ID})(?:v\d+)?$",
+    re.IGNORECASE,
+)
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def normalise_title(title: str) -> str:
+    """Return the title key: NFKD-folded, case-folded, punctuation turned into single spaces.
+
+    Idempotent: normalising a key gives the same key.
+    """
+    decomposed = unicodedata.normalize("NFKD", title)
+    ascii_ish = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _NON_ALNUM.sub(" ", ascii_ish.casefold()).strip()
+
+
+def parse_arxiv_id(text: str) -> str | None:
+    """Return the versionless arXiv id in `text` (a bare id, `arXiv:` form or URL), else None.
+
+    Only text that looks like an arXiv reference is read, so a title holding a number like
+    "2401.01234" in prose is not mistaken for one unless it is the whole string.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if not _ARXIV_HINT.search(text):
+        return None
+    match = _ARXIV_ID.search(text)
+    return match.group("id") if match else None
+
+
+def paper_key(arxiv_id: str | None, title: str) -> str:
+    """Return the public id of a paper."""
+    return arxiv_id if arxiv_id else normalise_title(title)

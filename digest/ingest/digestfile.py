@@ -1,0 +1,251 @@
+"""Parse "Daily Papers" digest files: header lines, a date line, then title/abstract pairs.
+
+A pure parser: text in, entries and problems out. It never raises on any text; what it
+cannot place it reports as a `Problem` with the line number, and it keeps going.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+
+from digest.identity import parse_arxiv_id
+from digest.models import PaperEntry, Problem
+
+# Lines the Daily Papers page prints around its list; recognised, not reported.
+BOILERPLATE = frozenset(
+    {
+        "new",
+        "get trending papers in your email inbox!",
+        "subscribe",
+        "daily papers",
+        "byak and the research community",
+        "trending papers",
+    }
+)
+
+_MONTHS = {m: i for i, m in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_DATE_LINE = re.compile(
+    r"^(?P<month>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+"
+    r"(?P<day>\d{1,2})(?:st|nd|rd|th)?(?:,?\s+(?P<year>\d{4}))?$",
+    re.IGNORECASE,
+)
+_UPVOTES = re.compile(r"^[▲△⬆↑^]?\s*\d[\d,.]*\s*[kK]?\s*(?:upvotes?|votes?|▲)?$", re.IGNORECASE)
+_SUBMITTED = re.compile(r"^(?:submitted|published|posted)\s+(?:by|on)\b", re.IGNORECASE)
+_AUTHORS = re.compile(r"^(?:authors?|by)\s*[:\-–]\s*(?P<names>.+)$", re.IGNORECASE)
+_AUTHOR_COUNT = re.compile(r"^[·•]?\s*\d+\s+authors?$", re.IGNORECASE)
+_URL_ONLY = re.compile(r"^<?https?://\S+>?$", re.IGNORECASE)
+_ARXIV_LINE = re.compile(r"^(?:arxiv\s*:\s*|arxiv\s+id\s*:?\s*)\S+$", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[A-Z(\"]|\s*$)")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+@dataclass(frozen=True)
+class DigestParse:
+    """What one digest file held: its entries, its day, and what was skipped or doubtful."""
+
+    entries: tuple[PaperEntry, ...]
+    problems: tuple[Problem, ...]
+    day: date | None
+
+
+def infer_date(month: int, day: int, reference: date) -> date | None:
+    """Return the latest (month, day) not after `reference`; None if no year has that day."""
+    for year in range(reference.year, reference.year - 9, -1):
+        try:
+            candidate = date(year, month, day)
+        except ValueError:
+            continue  # Feb 29 outside a leap year, or Apr 31: look at earlier years
+        if candidate <= reference:
+            return candidate
+    return None
+
+
+def looks_like_abstract(text: str) -> bool:
+    """Tell an abstract (prose, several sentences) from a title (one short line)."""
+    if len(text) >= 400:
+        return True
+    return len(text) >= 80 and len(_SENTENCE_END.findall(text)) >= 2
+
+
+@dataclass
+class _Entry:
+    title: str
+    line: int
+    abstract: list[str] = field(default_factory=list)
+    authors: tuple[str, ...] = ()
+    arxiv_id: str | None = None
+    url: str | None = None
+    day: date | None = None
+
+
+@dataclass
+class _Parser:
+    source: str
+    reference: date
+    entries: list[PaperEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    day: date | None = None
+    first_day: date | None = None
+    pending: _Entry | None = None
+    # The kind of the previous content line, and whether a blank line came after it.
+    previous: str = ""
+    blank_since_previous: bool = True
+
+    def skip(self, line: int, reason: str) -> None:
+        self.problems.append(Problem(self.source, line, reason))
+
+    def emit(self) -> None:
+        entry, self.pending = self.pending, None
+        if entry is None:
+            return
+        if not entry.abstract:
+            self.skip(entry.line, "entry has no abstract; kept with its title only")
+        self.entries.append(
+            PaperEntry(
+                title=entry.title,
+                abstract=" ".join(entry.abstract),
+                source=self.source,
+                source_line=entry.line,
+                arxiv_id=entry.arxiv_id,
+                authors=entry.authors,
+                url=entry.url,
+                published=entry.day,
+            )
+        )
+
+    def date_line(self, number: int, match: re.Match[str]) -> None:
+        month = _MONTHS[match["month"].lower()[:3]]
+        day = int(match["day"])
+        if match["year"]:
+            try:
+                found: date | None = date(int(match["year"]), month, day)
+            except ValueError:
+                found = None
+        else:
+            found = infer_date(month, day, self.reference)
+        if found is None:
+            self.skip(number, f"date line {match.group(0)!r} names no real day")
+            return
+        self.emit()
+        self.day = found
+        self.first_day = self.first_day or found
+        self.previous, self.blank_since_previous = "date", False
+
+    def noise(self, number: int, text: str) -> bool:
+        """Handle a line that is not a title or abstract; True if it was one."""
+        lowered = text.casefold()
+        if lowered in BOILERPLATE:
+            return True
+        if not _LETTER.search(text) and not _UPVOTES.match(text):
+            self.skip(number, "line has no words")
+            return True
+        if _UPVOTES.match(text):
+            self.skip(number, "upvote count")
+            return True
+        if _SUBMITTED.match(text):
+            self.skip(number, "submitter or publication line")
+            return True
+        if _AUTHOR_COUNT.match(text):
+            self.skip(number, "author count")
+            return True
+        authors = _AUTHORS.match(text)
+        if authors:
+            if self.pending is None:
+                self.skip(number, "author line before any title")
+            else:
+                names = re.split(r"\s*(?:,|;|·|•|\band\b)\s*", authors["names"])
+                self.pending.authors = tuple(n.strip() for n in names if n.strip())
+            return True
+        if _URL_ONLY.match(text) or _ARXIV_LINE.match(text):
+            arxiv_id = parse_arxiv_id(text)
+            if arxiv_id and self.pending is not None and self.pending.arxiv_id is None:
+                self.pending.arxiv_id = arxiv_id
+                self.pending.url = f"https://arxiv.org/abs/{arxiv_id}"
+            else:
+                self.skip(number, "link line")
+            return True
+        return False
+
+    def content(self, number: int, text: str) -> None:
+        same_paragraph = not self.blank_since_previous
+        pending = self.pending
+        if looks_like_abstract(text):
+            if pending is None:
+                self.skip(number, "abstract without a title before it")
+                return
+            if pending.abstract and not same_paragraph:
+                self.skip(number, "second abstract paragraph joined to the entry above")
+            pending.abstract.append(text)
+            self.previous = "abstract"
+            return
+        # A short line: a title, the rest of a wrapped title, or a wrapped abstract's tail.
+        if pending is not None and same_paragraph:
+            if self.previous == "title" and not pending.abstract:
+                pending.title = f"{pending.title} {text}"
+                return
+            if self.previous == "abstract" and (text.endswith(".") or text[:1].islower()):
+                pending.abstract.append(text)
+                return
+        self.emit()
+        self.pending = _Entry(title=text, line=number, day=self.day)
+        self.previous = "title"
+
+    def feed(self, number: int, raw: str) -> None:
+        text = " ".join(raw.replace("\ufeff", "").split())
+        if not text:
+            self.blank_since_previous = True
+            return
+        match = _DATE_LINE.match(text)
+        if match:
+            self.date_line(number, match)
+            return
+        if not self.noise(number, text):
+            self.content(number, text)
+            self.blank_since_previous = False
+
+
+def _header_end(lines: list[str]) -> int:
+    """Index of the first date line among the opening lines, or -1 if there is none."""
+    seen = 0
+    for index, raw in enumerate(lines):
+        text = " ".join(raw.split())
+        if not text:
+            continue
+        if _DATE_LINE.match(text):
+            return index
+        seen += 1
+        if seen > 12 or looks_like_abstract(text):
+            break
+    return -1
+
+
+def parse_digest_text(text: str, *, source: str, reference: date) -> DigestParse:
+    """Parse the text of one digest file; `reference` is the day the file was written.
+
+    Dates without a year take the latest year that puts them on or before `reference`.
+    """
+    lines = re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff"))
+    parser = _Parser(source=source, reference=reference)
+    header_end = _header_end(lines)
+    if header_end < 0:
+        parser.problems.append(
+            Problem(source, None, f"no date line found; entries dated {reference.isoformat()}")
+        )
+        parser.day = reference
+        start = 0
+    else:
+        for index in range(header_end):
+            stripped = " ".join(lines[index].replace("\ufeff", "").split())
+            if stripped and stripped.casefold() not in BOILERPLATE:
+                parser.skip(index + 1, "unrecognised header line")
+        start = header_end
+    for index in range(start, len(lines)):
+        parser.feed(index + 1, lines[index])
+    parser.emit()
+    if not parser.entries:
+        parser.problems.append(Problem(source, None, "no papers found", fatal=True))
+    day = parser.first_day or parser.day
+    return DigestParse(tuple(parser.entries), tuple(parser.problems), day)

@@ -1,0 +1,62 @@
+"""Read a digest file from disk: refuse what is not text, decode what is, then parse it."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+
+from digest.errors import InputError
+from digest.ingest.digestfile import DigestParse, parse_digest_text
+from digest.models import Problem
+
+MAX_FILE_BYTES = 50 * 1024 * 1024  # a digest page is ~100 kB; anything this big is not one
+
+
+def decode_text(path: Path, data: bytes) -> tuple[str, list[Problem]]:
+    """Decode bytes as UTF-8 (with or without BOM), falling back to cp1252 for legacy files.
+
+    Raises InputError for binary data.
+    """
+    if b"\x00" in data[:8192]:
+        raise InputError(path, "not a text file (binary data)")
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        text = data.decode("cp1252", errors="replace")
+        bad = sum(1 for ch in text if ch == "\ufffd" or unicodedata.category(ch) == "Cc"
+                  and ch not in "\r\n\t")
+        if bad > max(8, len(text) // 50):
+            raise InputError(path, "not a text file (binary data)") from exc
+        line = data[: exc.start].count(b"\n") + 1
+        note = Problem(str(path), line, "not valid UTF-8; read as Windows-1252")
+        return text, [note]
+
+
+def read_digest_file(path: Path, reference: date | None = None) -> DigestParse:
+    """Read and parse one digest file.
+
+    `reference` is the day the file was written (default: its modification day), used to
+    give the date line its year. Raises InputError when the file cannot be used at all.
+    """
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a digest file (pass the files in it)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError(path, f"too large for a digest file ({size} bytes)")
+        data = path.read_bytes()
+        if reference is None:
+            reference = datetime.fromtimestamp(path.stat().st_mtime).date()
+    except FileNotFoundError as exc:
+        raise InputError(path, "no such file") from exc
+    except PermissionError as exc:
+        raise InputError(path, "permission denied") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise InputError(path, "empty file, no papers in it")
+    text, notes = decode_text(path, data)
+    parsed = parse_digest_text(text, source=str(path), reference=reference)
+    return replace(parsed, problems=tuple(notes) + parsed.problems)

@@ -1,0 +1,133 @@
+"""Records passed between the stages: what ingest produces, what rank and render consume.
+
+All are frozen; datetimes are timezone-aware UTC, dates are plain calendar days.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in an input that was skipped or doubtful, with where it is."""
+
+    path: str
+    line: int | None
+    reason: str
+    fatal: bool = False  # the whole input was rejected, not just this line
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PaperEntry:
+    """One paper as a source presented it, before it is merged into the store."""
+
+    title: str
+    abstract: str
+    source: str
+    source_line: int | None = None
+    arxiv_id: str | None = None
+    authors: tuple[str, ...] = ()
+    url: str | None = None
+    published: date | None = None
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper as stored: one record whatever the number of sources it came from."""
+
+    key: str  # public id: the arXiv id when known, else the normalised title key
+    title: str
+    abstract: str
+    first_seen: datetime
+    arxiv_id: str | None = None
+    authors: tuple[str, ...] = ()
+    url: str | None = None
+    published: date | None = None
+    row_id: int = 0
+
+    @property
+    def text(self) -> str:
+        """Title and abstract, the text the ranker reads."""
+        return f"{self.title}. {self.abstract}"
+
+
+@dataclass(frozen=True)
+class Interest:
+    text: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A subscriber's wishes, read from one YAML file; `subscriber_id` is the file's stem."""
+
+    subscriber_id: str
+    path: Path
+    name: str
+    email: str
+    timezone: str = "UTC"
+    schedule: str = "daily 07:00"
+    max_papers: int = 10
+    interests: tuple[Interest, ...] = ()
+    require: tuple[str, ...] = ()  # a pick must mention at least one of these
+    mute: tuple[str, ...] = ()  # a paper mentioning any of these is never picked
+    avoid: tuple[str, ...] = ()  # topics pushed down, softer than mute
+    authors: tuple[str, ...] = ()  # papers by these people are always candidates
+    liked: tuple[str, ...] = ()  # titles or arXiv ids
+    disliked: tuple[str, ...] = ()
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A paper chosen for a subscriber, with its score and the reason in words."""
+
+    paper: Paper
+    score: float
+    reason: str
+
+
+class EditionState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    EMPTY = "empty"  # nothing to send for this slot; recorded so it is not retried
+
+
+@dataclass(frozen=True)
+class Edition:
+    """One subscriber's email for one scheduled slot: the unit the ledger sends once."""
+
+    subscriber_id: str
+    slot: datetime
+    state: EditionState
+    message_id: str
+    picks: tuple[Pick, ...] = ()
+    attempts: int = 0
+    smtp_reply: str | None = None
+    retryable: bool = True
+    row_id: int = 0
+    created_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingest run did: counts and the problems met, file by file."""
+
+    files: int = 0
+    entries: int = 0
+    new_papers: int = 0
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+
+    @property
+    def rejected(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.fatal)

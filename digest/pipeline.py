@@ -1,0 +1,219 @@
+"""The one place the stages are joined: store -> rank -> render -> deliver, per edition.
+
+The CLI (and later the scheduler and the workers) call `run_editions`; none of them wires
+stages together itself. `now` is always a parameter so that tests can fix it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+from jinja2 import Environment
+
+from digest.config import Settings
+from digest.deliver import Mailer
+from digest.errors import InputError, PermanentDeliveryError, TransientDeliveryError
+from digest.identity import parse_arxiv_id
+from digest.ingest import read_digest_file
+from digest.models import Edition, EditionState, IngestReport, Paper, Pick, Problem, Profile
+from digest.rank import Corpus, Preferences, build_corpus, rank_papers
+from digest.render import mail_domain, make_environment, message_id, render_edition
+from digest.schedule import parse_schedule
+from digest.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def ingest_files(store: Store, paths: Iterable[Path], *, now: datetime,
+                 reference: datetime | None = None) -> IngestReport:
+    """Parse digest files and merge their papers into the store; bad files are reported."""
+    files = entries = new = 0
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            parsed = read_digest_file(path, reference.date() if reference else None)
+        except InputError as exc:
+            problems.append(Problem(str(exc.path), exc.line, exc.reason, fatal=True))
+            log.warning("ingest.rejected path=%s reason=%s", exc.path, exc.reason)
+            continue
+        problems.extend(parsed.problems)
+        if not parsed.entries:
+            continue
+        result = store.add_entries(parsed.entries, now)
+        files += 1
+        entries += result.entries
+        new += result.new_papers
+        log.info("ingest.file path=%s entries=%d new=%d skipped=%d", path, result.entries,
+                 result.new_papers, len(parsed.problems))
+    return IngestReport(files=files, entries=entries, new_papers=new, problems=tuple(problems))
+
+
+def resolve_preferences(store: Store, profile: Profile) -> tuple[Preferences, list[str]]:
+    """Find the profile's liked and disliked papers in the store.
+
+    Liked titles that are not stored still count, through their words; liked arXiv ids
+    that are not stored cannot, and are returned as unresolved.
+    """
+    found = store.find_papers([*profile.liked, *profile.disliked])
+    unresolved: list[str] = []
+    liked_titles: list[str] = []
+    for ref in profile.liked:
+        if ref not in found:
+            if parse_arxiv_id(ref):
+                unresolved.append(ref)
+            else:
+                liked_titles.append(ref)
+    unresolved += [ref for ref in profile.disliked if ref not in found]
+    prefs = Preferences(
+        profile=profile,
+        liked=tuple(found[r] for r in profile.liked if r in found),
+        disliked=tuple(found[r] for r in profile.disliked if r in found),
+        liked_titles=tuple(liked_titles),
+    )
+    return prefs, unresolved
+
+
+class Status(enum.StrEnum):
+    SENT = "sent"
+    FAILED = "failed"  # this attempt failed; `retry` says whether a later run tries again
+    ALREADY_SENT = "already sent"
+    EMPTY = "nothing relevant"
+    NOT_DUE = "not due"
+    DRY_RUN = "dry run"
+    INACTIVE = "inactive"
+
+
+@dataclass(frozen=True)
+class EditionOutcome:
+    """What happened to one subscriber's edition in this run."""
+
+    profile: Profile
+    status: Status
+    slot: datetime | None = None
+    picks: tuple[Pick, ...] = ()
+    detail: str = ""
+    retry: bool = False
+    message: EmailMessage | None = field(default=None, repr=False)
+
+
+@dataclass
+class EditionRun:
+    """What one run of editions shares: the store, settings, templates and fitted corpus."""
+
+    store: Store
+    settings: Settings
+    env: Environment | None = None
+    _corpus: Corpus | None = None
+
+    def __post_init__(self) -> None:
+        if self.env is None:
+            self.env = make_environment(self.settings.templates_dir)
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = build_corpus(self.store.papers())
+        return self._corpus
+
+    def choose_picks(self, profile: Profile, *, now: datetime,
+                     candidates: Sequence[Paper] | None = None,
+                     top: int | None = None) -> list[Pick]:
+        """Rank the papers that arrived since the subscriber's last edition."""
+        if candidates is None:
+            since = self.store.candidates_since(profile.subscriber_id)
+            if since is None:
+                since = now - timedelta(days=self.settings.first_edition_lookback_days)
+            candidates = self.store.papers(since=since)
+        prefs, unresolved = resolve_preferences(self.store, profile)
+        for ref in unresolved:
+            log.info("rank.unresolved subscriber=%s ref=%r", profile.subscriber_id, ref)
+        exclude = frozenset(self.store.sent_paper_ids(profile.subscriber_id))
+        return rank_papers(self.corpus, prefs, candidates, top=top or profile.max_papers,
+                           exclude=exclude)
+
+    def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
+               now: datetime) -> EmailMessage:
+        assert self.env is not None
+        return render_edition(self.env, profile, picks, slot=slot, mail=self.settings.mail,
+                              now=now)
+
+    def _claim(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
+        """The edition for (subscriber, slot): the recorded one, or a new one with its picks."""
+        existing = self.store.get_edition(profile.subscriber_id, slot)
+        if existing is not None:
+            return existing
+        picks = self.choose_picks(profile, now=now)
+        draft = Edition(
+            subscriber_id=profile.subscriber_id, slot=slot,
+            state=EditionState.PENDING if picks else EditionState.EMPTY,
+            message_id=message_id(profile.subscriber_id, slot, mail_domain(self.settings.mail)),
+            picks=tuple(picks))
+        created = self.store.create_edition(draft, candidates_until=now, now=now)
+        if created is None:  # created meanwhile by another sender
+            created = self.store.get_edition(profile.subscriber_id, slot)
+            assert created is not None
+        return created
+
+    async def run_edition(self, profile: Profile, mailer: Mailer, *, now: datetime,
+                          dry_run: bool = False) -> EditionOutcome:
+        """Send the subscriber's edition for the latest slot at or before `now`, once.
+
+        Idempotent: a sent edition is never sent again; a failed one is retried while its
+        failure was transient and attempts remain. A dry run records nothing.
+        """
+        if not profile.active:
+            return EditionOutcome(profile, Status.INACTIVE)
+        slot = parse_schedule(profile.schedule, profile.timezone).last_slot(now)
+        if slot is None:
+            return EditionOutcome(profile, Status.NOT_DUE)
+        if dry_run:
+            existing = self.store.get_edition(profile.subscriber_id, slot)
+            if existing is not None and existing.state is EditionState.SENT:
+                return EditionOutcome(profile, Status.ALREADY_SENT, slot, existing.picks)
+            picks = self.choose_picks(profile, now=now)
+            if not picks:
+                return EditionOutcome(profile, Status.EMPTY, slot)
+            message = self.render(profile, picks, slot=slot, now=now)
+            detail = await mailer.send(message)
+            return EditionOutcome(profile, Status.DRY_RUN, slot, tuple(picks), detail,
+                                  message=message)
+
+        self.store.save_subscriber(profile, now)
+        edition = self._claim(profile, slot, now)
+        if edition.state is EditionState.SENT:
+            return EditionOutcome(profile, Status.ALREADY_SENT, slot, edition.picks)
+        if edition.state is EditionState.EMPTY:
+            return EditionOutcome(profile, Status.EMPTY, slot)
+        if edition.state is EditionState.FAILED and not edition.retryable:
+            return EditionOutcome(profile, Status.FAILED, slot, edition.picks,
+                                  edition.smtp_reply or "", retry=False)
+
+        message = self.render(profile, edition.picks, slot=slot, now=now)
+        max_attempts = self.settings.mail.max_attempts
+        try:
+            reply = await mailer.send(message)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            retry = isinstance(exc, TransientDeliveryError) and edition.attempts + 1 < max_attempts
+            self.store.record_attempt(edition, state=EditionState.FAILED, reply=str(exc),
+                                      retryable=retry, now=now)
+            log.warning("edition.failed subscriber=%s slot=%s attempt=%d retry=%s reply=%r",
+                        profile.subscriber_id, slot.isoformat(), edition.attempts + 1, retry,
+                        str(exc))
+            return EditionOutcome(profile, Status.FAILED, slot, edition.picks, str(exc),
+                                  retry=retry, message=message)
+        self.store.record_attempt(edition, state=EditionState.SENT, reply=reply,
+                                  retryable=False, now=now)
+        log.info("edition.sent subscriber=%s slot=%s picks=%d reply=%r",
+                 profile.subscriber_id, slot.isoformat(), len(edition.picks), reply)
+        return EditionOutcome(profile, Status.SENT, slot, edition.picks, reply, message=message)
+
+    async def run_editions(self, profiles: Iterable[Profile], mailer: Mailer, *,
+                           now: datetime, dry_run: bool = False) -> list[EditionOutcome]:
+        """Run every profile's edition in turn; one subscriber's failure never stops the rest."""
+        return [await self.run_edition(p, mailer, now=now, dry_run=dry_run) for p in profiles]

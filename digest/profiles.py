@@ -1,0 +1,263 @@
+"""Profiles: one YAML file per subscriber, read into `Profile` records.
+
+This module owns profile files. Errors name `file:line: field: problem`; a broken file is
+reported and skipped so that the other subscribers are still served.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from digest.errors import ProfileError
+from digest.models import Interest, Profile
+from digest.schedule import load_timezone, parse_schedule
+
+PROFILE_SUFFIXES = (".yaml", ".yml")
+_SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+def check_email(address: str) -> str:
+    """Return the address if it is one digest can send to; raise ValueError saying why not."""
+    if any(ch in address for ch in "\r\n\t ") or not address.isprintable():
+        raise ValueError("must not contain spaces, line breaks or control characters")
+    if len(address) > 254:
+        raise ValueError("is longer than 254 characters")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"{address!r} is not an email address (expected name@domain)")
+    if len(local) > 64:
+        raise ValueError("the part before @ is longer than 64 characters")
+    if not local.isascii():
+        raise ValueError("non-ASCII before the @ needs SMTPUTF8, which digest does not use")
+    if any(ch in local for ch in '<>(),;:"[]\\') or local.startswith(".") or ".." in local:
+        raise ValueError(f"{address!r} has characters not allowed before the @")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"domain {domain!r} is not a valid host name") from exc
+    if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}", ascii_domain):
+        raise ValueError(f"domain {domain!r} is not a valid host name")
+    return address
+
+
+class _Keywords(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    require: list[Text] = []
+    mute: list[Text] = []
+
+
+class _Interest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: Text
+    weight: float = Field(default=1.0, ge=0, le=100)
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _int_weight(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ProfileFile(BaseModel):
+    """The schema of a profile file, as people write it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    email: str
+    timezone: str = "UTC"
+    schedule: str = "daily 07:00"
+    max_papers: int | None = Field(default=None, ge=1, le=200)
+    interests: list[Text | _Interest] = []
+    keywords: _Keywords = _Keywords()
+    avoid: list[Text] = []
+    authors: list[Text] = []
+    liked: list[Text] = []
+    disliked: list[Text] = []
+    active: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n") or not value.isprintable():
+            raise ValueError("must be one line of printable text")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return check_email(value.strip())
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        load_timezone(value)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip containers as plain dicts and lists, for strict validation."""
+    if isinstance(node, CommentedMap):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)  # ruamel's scalar string subclasses become str
+    return node
+
+
+def _line_of(root: Any, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at `loc`, or of its nearest ancestor."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The path to the value, without the union member names pydantic puts in it."""
+    return tuple(p for p in loc if p not in ("str", "constrained-str", "_Interest")
+                 and not str(p).startswith("function-"))
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) if isinstance(p, str) else f"[{p}]" for p in _clean_loc(loc)]
+    return ".".join(parts).replace(".[", "[")
+
+
+def parse_profile(text: str, path: Path, *, default_max_papers: int = 10) -> Profile:
+    """Parse the text of a profile file. Raises ProfileError naming line and field."""
+    yaml = YAML(typ="rt")
+    try:
+        root = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ProfileError(path, f"not valid YAML: {exc.problem or exc.context}",
+                           line=line) from exc
+    except YAMLError as exc:
+        raise ProfileError(path, f"not valid YAML: {exc}") from exc
+    if root is None:
+        raise ProfileError(path, "empty profile (it needs at least name and email)")
+    if not isinstance(root, CommentedMap):
+        raise ProfileError(path, "a profile is a mapping of keys (name:, email:, ...)", line=1)
+    try:
+        data = ProfileFile.model_validate(_plain(root))
+    except ValidationError as exc:
+        errors = exc.errors()
+        # Of a union's alternatives, the one that got furthest is what the person meant.
+        error = max(errors, key=lambda e: len(e["loc"]))
+        loc = _clean_loc(tuple(error["loc"]))
+        problems = len({_field_name(tuple(e["loc"])[:2]) for e in errors})
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        more = f" (and {problems - 1} more problems)" if problems > 1 else ""
+        raise ProfileError(path, message + more, line=_line_of(root, loc) or 1,
+                           field=_field_name(loc)) from exc
+    stem = path.stem
+    if not _SUBSCRIBER_ID.match(stem):
+        raise ProfileError(path, "file name must be letters, digits, '.', '_' or '-'")
+    return Profile(
+        subscriber_id=stem,
+        path=path,
+        name=data.name,
+        email=data.email,
+        timezone=data.timezone,
+        schedule=data.schedule,
+        max_papers=data.max_papers or default_max_papers,
+        interests=tuple(
+            Interest(i, 1.0) if isinstance(i, str) else Interest(i.text, i.weight)
+            for i in data.interests
+        ),
+        require=tuple(data.keywords.require),
+        mute=tuple(data.keywords.mute),
+        avoid=tuple(data.avoid),
+        authors=tuple(data.authors),
+        liked=tuple(data.liked),
+        disliked=tuple(data.disliked),
+        active=data.active,
+    )
+
+
+def load_profile(path: Path, *, default_max_papers: int = 10) -> Profile:
+    """Read and parse one profile file. Raises ProfileError."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise ProfileError(path, "no such file") from exc
+    except IsADirectoryError as exc:
+        raise ProfileError(path, "is a directory, not a profile file") from exc
+    except UnicodeDecodeError as exc:
+        raise ProfileError(path, "not UTF-8 text") from exc
+    except OSError as exc:
+        raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    return parse_profile(text, path, default_max_papers=default_max_papers)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """The profiles that loaded, and the errors of those that did not."""
+
+    profiles: tuple[Profile, ...]
+    errors: tuple[ProfileError, ...]
+
+
+def profile_paths(folder: Path) -> list[Path]:
+    """The profile files in a folder, sorted; hidden and backup files are ignored."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix in PROFILE_SUFFIXES and not p.name.startswith((".", "_")))
+
+
+def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10) -> ProfileSet:
+    """Load every profile it can; a broken one becomes an error value, not an exception."""
+    profiles: list[Profile] = []
+    errors: list[ProfileError] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        try:
+            profile = load_profile(path, default_max_papers=default_max_papers)
+        except ProfileError as exc:
+            errors.append(exc)
+            continue
+        if profile.subscriber_id in seen:
+            errors.append(ProfileError(path, f"same subscriber id as {seen[profile.subscriber_id]}"
+                                             " (file names must differ by more than extension)"))
+            continue
+        seen[profile.subscriber_id] = path
+        profiles.append(profile)
+    return ProfileSet(tuple(profiles), tuple(errors))

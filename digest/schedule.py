@@ -1,0 +1,112 @@
+"""Schedules: when each subscriber's editions fall, in the subscriber's own time zone.
+
+`daily 07:00`, `weekdays 07:00`, `weekly mon 07:00`, or a five-field cron expression
+(standard cron: day-of-week 0 and 7 are Sunday). Slots are returned in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_TIME = r"(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)"
+_DAILY = re.compile(rf"^daily\s+{_TIME}$", re.IGNORECASE)
+_WEEKDAYS = re.compile(rf"^weekdays\s+{_TIME}$", re.IGNORECASE)
+_WEEKLY = re.compile(
+    rf"^weekly\s+(?P<day>mon|tue|wed|thu|fri|sat|sun)[a-z]*\s+{_TIME}$", re.IGNORECASE)
+# Look-back windows for the latest slot: short first, so frequent schedules iterate little.
+_WINDOWS = tuple(timedelta(days=d) for d in (1 / 24, 1, 8, 32, 367, 5 * 366))
+
+
+def load_timezone(name: str) -> ZoneInfo:
+    """Return the IANA zone; raises ValueError naming it if unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name like Europe/Lisbon)") \
+            from exc
+
+
+def _cron_day_of_week(field: str) -> str:
+    """Translate standard cron day numbers (0 or 7 = Sunday) into names APScheduler reads."""
+    parts = []
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        if not re.fullmatch(r"\*|\d(-\d)?", base) or (step_text and not step_text.isdigit()):
+            parts.append(part)  # names such as mon-fri pass through unchanged
+            continue
+        step = int(step_text or 1)
+        if base == "*":
+            if not step_text:
+                return "*"
+            low, high = 0, 6
+        elif "-" in base:
+            low, high = (int(x) for x in base.split("-"))
+        else:
+            low = int(base)
+            high = 6 if step_text else low
+        if not 0 <= low <= 7 or not 0 <= high <= 7 or low > high or step < 1:
+            raise ValueError(f"day of week {part!r} is out of range 0-7")
+        parts.extend(_DAYS[day % 7] for day in range(low, high + 1, step))
+    return ",".join(dict.fromkeys(parts))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule bound to a time zone."""
+
+    text: str
+    timezone: str
+    trigger: CronTrigger
+
+    def next_slot(self, after: datetime) -> datetime:
+        """The first slot strictly after `after` (UTC)."""
+        fire = self.trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+        if fire is None:  # cron expressions always recur, so this is a bug if reached
+            raise RuntimeError(f"schedule {self.text!r} has no next slot")
+        return fire.astimezone(UTC)  # type: ignore[no-any-return]
+
+    def last_slot(self, now: datetime) -> datetime | None:
+        """The latest slot at or before `now` (UTC), or None if there is none in 5 years."""
+        for window in _WINDOWS:
+            fire = self.trigger.get_next_fire_time(None, now - window)
+            if fire is None or fire > now:
+                continue
+            while True:
+                following = self.trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+                if following is None or following > now:
+                    return fire.astimezone(UTC)  # type: ignore[no-any-return]
+                fire = following
+        return None
+
+
+def parse_schedule(text: str, timezone: str = "UTC") -> Schedule:
+    """Parse a schedule; raises ValueError with the reason if it is not one."""
+    zone = load_timezone(timezone)
+    spec = " ".join(text.split())
+    try:
+        if match := _DAILY.match(spec):
+            trigger = CronTrigger(hour=int(match["hour"]), minute=int(match["minute"]),
+                                  timezone=zone)
+        elif match := _WEEKDAYS.match(spec):
+            trigger = CronTrigger(day_of_week="mon-fri", hour=int(match["hour"]),
+                                  minute=int(match["minute"]), timezone=zone)
+        elif match := _WEEKLY.match(spec):
+            trigger = CronTrigger(day_of_week=match["day"].lower(), hour=int(match["hour"]),
+                                  minute=int(match["minute"]), timezone=zone)
+        else:
+            fields = spec.split(" ")
+            if len(fields) != 5:
+                raise ValueError("expected `daily HH:MM`, `weekdays HH:MM`, "
+                                 "`weekly DAY HH:MM` or a five-field cron expression")
+            minute, hour, day, month, day_of_week = fields
+            trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                                  day_of_week=_cron_day_of_week(day_of_week), timezone=zone)
+    except ValueError as exc:
+        raise ValueError(f"bad schedule {text!r}: {exc}") from exc
+    return Schedule(text=spec, timezone=timezone, trigger=trigger)

@@ -1,0 +1,106 @@
+"""A real SMTP server on 127.0.0.1 that keeps what it receives: for `digest demo` and tests.
+
+aiosmtpd runs in a background thread with its own event loop, on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from types import TracebackType
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as the server got it."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=default_policy)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class _Handler:
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content))
+        with self.lock:
+            self.received.append(item)
+        return "250 OK message accepted"
+
+
+class SmtpSink:
+    """`with SmtpSink() as sink:` a server at sink.host:sink.port; `sink.received` lists mail."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = 0
+        self._handler = _Handler()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def received(self) -> list[Received]:
+        with self._handler.lock:
+            return list(self._handler.received)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        def factory() -> SMTP:
+            return SMTP(self._handler, hostname="digest-sink", loop=self._loop)
+
+        try:
+            self._server = self._loop.run_until_complete(
+                self._loop.create_server(factory, host=self.host, port=0))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._server.close()
+        self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.close()
+
+    def start(self) -> SmtpSink:
+        self._thread = threading.Thread(target=self._run, name="smtp-sink", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SmtpSink({self.host}:{self.port}, received={len(self.received)})"

@@ -1,0 +1,8 @@
+"""The store: every SQL statement digest runs lives in this package.
+
+`Store` takes and returns records from `digest.models`; no caller sees a row.
+"""
+
+from digest.store.store import Store
+
+__all__ = ["Store"]

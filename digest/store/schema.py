@@ -1,0 +1,119 @@
+"""The tables: papers and where each came from, subscribers, and the edition ledger.
+
+SQLAlchemy Core, so the same schema runs on SQLite (default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC without a zone (SQLite has none) and hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)  # the column type guarantees it
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+papers = Table(
+    "papers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(512), nullable=False, unique=True),
+    Column("arxiv_id", String(64), unique=True),
+    Column("title_key", String(512), nullable=False, index=True),
+    Column("title", Text, nullable=False),
+    Column("abstract", Text, nullable=False, default=""),
+    Column("authors", JSON, nullable=False, default=list),
+    Column("url", Text),
+    Column("published", Date),
+    Column("first_seen", UTCDateTime, nullable=False, index=True),
+)
+
+paper_sources = Table(
+    "paper_sources",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("paper_id", Integer, ForeignKey("papers.id", ondelete="CASCADE"), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("source_line", Integer),
+    Column("seen_at", UTCDateTime, nullable=False),
+    UniqueConstraint("paper_id", "source", name="uq_paper_source"),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("profile_path", Text, nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+editions = Table(
+    "editions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber_id", String(200), nullable=False),
+    Column("slot", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("smtp_reply", Text),
+    Column("retryable", Boolean, nullable=False, default=True),
+    # Papers first seen up to this instant were candidates; the next edition starts here.
+    Column("candidates_until", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    UniqueConstraint("subscriber_id", "slot", name="uq_edition_slot"),
+    Index("ix_editions_state", "state"),
+)
+
+edition_papers = Table(
+    "edition_papers",
+    metadata,
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+)
