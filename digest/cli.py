@@ -165,8 +165,8 @@ def demo(out_dir: Path) -> None:
     report_problems(result.ingest.problems)
     report_problems(result.profiles.errors)
     console = Console()
-    console.print(f"Ingested {result.ingest.entries} entries from {result.ingest.files} "
-                  f"digest files: {result.ingest.new_papers} distinct papers.")
+    click.echo(f"Ingested {result.ingest.entries} entries from {result.ingest.files} "
+               f"digest files: {result.ingest.new_papers} distinct papers.")
     table = Table(title=f"Editions sent to the SMTP server at {result.server}")
     for column in ("subscriber", "status", "picks", "top pick", "reason"):
         table.add_column(column, overflow="fold")
@@ -175,10 +175,10 @@ def demo(out_dir: Path) -> None:
         table.add_row(outcome.profile.name, str(outcome.status), str(len(outcome.picks)),
                       top.paper.title if top else "", top.reason if top else outcome.detail)
     console.print(table)
-    console.print(f"The server received {len(result.saved)} messages; saved in {out_dir}/.")
+    click.echo(f"The server received {len(result.saved)} messages; saved in {out_dir}/.")
     if result.saved:
-        console.print(f"Open this one in a browser: {result.saved[0][1].resolve()}")
-    console.print(f"({time.perf_counter() - started:.1f} s)")
+        click.echo(f"Open this one in a browser: {result.saved[0][1].resolve()}")
+    click.echo(f"({time.perf_counter() - started:.1f} s)")
     if any(o.status is Status.FAILED for o in result.outcomes):
         sys.exit(1)
 
@@ -247,7 +247,6 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     store = obj.open_store()
     try:
         run = EditionRun(store, obj.settings)
-        candidates = store.papers()
         by_path = {p.path: p for p in loaded.profiles}
         errors = {e.path: e for e in loaded.errors}
         console = Console()
@@ -258,7 +257,7 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
                     click.echo(json.dumps({"profile": str(path), "subscriber": None,
                                            "picks": [], "error": str(errors.get(path))}))
                 continue
-            picks = run.choose_picks(profile, now=utc_now(), candidates=candidates, top=top)
+            picks = run.choose_picks(profile, now=utc_now(), everything=True, top=top)
             if as_json:
                 click.echo(json.dumps({
                     "profile": str(path), "subscriber": profile.name,

@@ -21,8 +21,15 @@ from digest.deliver import Mailer
 from digest.errors import InputError, PermanentDeliveryError, TransientDeliveryError
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
-from digest.models import Edition, EditionState, IngestReport, Paper, Pick, Problem, Profile
-from digest.rank import Corpus, Preferences, build_corpus, rank_papers
+from digest.models import Edition, EditionState, IngestReport, Pick, Problem, Profile
+from digest.rank import (
+    Candidates,
+    Corpus,
+    Preferences,
+    build_corpus,
+    prepare_candidates,
+    rank_papers,
+)
 from digest.render import mail_domain, make_environment, message_id, render_edition
 from digest.schedule import parse_schedule
 from digest.store import Store
@@ -110,6 +117,7 @@ class EditionRun:
     settings: Settings
     env: Environment | None = None
     _corpus: Corpus | None = None
+    _candidates: dict[datetime | None, Candidates] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.env is None:
@@ -121,15 +129,23 @@ class EditionRun:
             self._corpus = build_corpus(self.store.papers())
         return self._corpus
 
-    def choose_picks(self, profile: Profile, *, now: datetime,
-                     candidates: Sequence[Paper] | None = None,
+    def candidates(self, since: datetime | None) -> Candidates:
+        """The papers first seen after `since` (all if None), prepared once per run."""
+        if since not in self._candidates:
+            self._candidates[since] = prepare_candidates(self.corpus,
+                                                         self.store.papers(since=since))
+        return self._candidates[since]
+
+    def choose_picks(self, profile: Profile, *, now: datetime, everything: bool = False,
                      top: int | None = None) -> list[Pick]:
-        """Rank the papers that arrived since the subscriber's last edition."""
-        if candidates is None:
+        """Rank the papers that arrived since the subscriber's last edition (or all stored
+        papers, with `everything`), leaving out what was already sent to them."""
+        since = None
+        if not everything:
             since = self.store.candidates_since(profile.subscriber_id)
             if since is None:
                 since = now - timedelta(days=self.settings.first_edition_lookback_days)
-            candidates = self.store.papers(since=since)
+        candidates = self.candidates(since)
         prefs, unresolved = resolve_preferences(self.store, profile)
         for ref in unresolved:
             log.info("rank.unresolved subscriber=%s ref=%r", profile.subscriber_id, ref)

@@ -50,7 +50,6 @@ def build_corpus(papers: Sequence[Paper]) -> Corpus:
         ngram_range=(1, 2),
         sublinear_tf=True,
         min_df=1,
-        max_df=0.5 if len(papers) >= 50 else 1.0,  # too common to tell papers apart
         token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9\-]+\b",
         dtype=np.float32,
     )
@@ -76,10 +75,6 @@ def _phrase_pattern(phrases: Sequence[str]) -> re.Pattern[str] | None:
         return None
     words = "|".join(c.replace(r"\ ", r"[\s\-]+") for c in cleaned)
     return re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
-
-
-def _author_names(paper: Paper) -> set[str]:
-    return {normalise_title(a) for a in paper.authors}
 
 
 def _matched_terms(
@@ -126,10 +121,46 @@ class Preferences:
     liked_titles: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """Papers that may be picked, prepared once and shared by every profile ranked on them."""
+
+    papers: list[Paper]
+    matrix: sparse.csr_matrix
+    lowered: list[str]  # title and abstract in lower case, for keyword rules
+    authors: list[frozenset[str]]  # normalised author names
+    index: dict[int, int]  # paper row_id -> position
+
+
+def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
+    papers = list(papers)
+    return Candidates(
+        papers=papers,
+        matrix=corpus.vectors(papers) if papers else sparse.csr_matrix((0, len(corpus.terms))),
+        lowered=[p.text.lower() for p in papers],
+        authors=[frozenset(normalise_title(a) for a in p.authors) for p in papers],
+        index={p.row_id: i for i, p in enumerate(papers)},
+    )
+
+
+def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
+    """A mask of the candidates that mention any phrase as whole words."""
+    hits = np.zeros(len(candidates.papers), dtype=bool)
+    pattern = _phrase_pattern(phrases)
+    if pattern is None:
+        return hits
+    needles = [w.lower() for phrase in phrases for w in phrase.split()[:1]]
+    for i, text in enumerate(candidates.lowered):
+        # A cheap substring test first; the regex only confirms word boundaries.
+        if any(n in text for n in needles) and pattern.search(text):
+            hits[i] = True
+    return hits
+
+
 def rank_papers(
     corpus: Corpus,
     prefs: Preferences,
-    candidates: Sequence[Paper],
+    candidates: Candidates,
     *,
     top: int,
     exclude: frozenset[int] = frozenset(),
@@ -139,19 +170,22 @@ def rank_papers(
     Papers liked or disliked, muted, or in `exclude` (already sent) are never picked.
     """
     profile = prefs.profile
-    skip = set(exclude) | {p.row_id for p in prefs.liked} | {p.row_id for p in prefs.disliked}
-    mute = _phrase_pattern(profile.mute)
-    require = _phrase_pattern(profile.require)
-    pool = [
-        p for p in candidates
-        if p.row_id not in skip
-        and not (mute and mute.search(p.text))
-        and not (require and not require.search(p.text))
-    ]
-    if not pool or top <= 0:
+    n = len(candidates.papers)
+    if n == 0 or top <= 0:
         return []
-    matrix = corpus.vectors(pool)
-    n = len(pool)
+    allowed = np.ones(n, dtype=bool)
+    for row_id in (*exclude, *(p.row_id for p in prefs.liked),
+                   *(p.row_id for p in prefs.disliked)):
+        position = candidates.index.get(row_id)
+        if position is not None:
+            allowed[position] = False
+    if profile.mute:
+        allowed &= ~_mentions(candidates, profile.mute)
+    if profile.require:
+        allowed &= _mentions(candidates, profile.require)
+    if not allowed.any():
+        return []
+    matrix = candidates.matrix
     transform = corpus.vectorizer.transform
 
     interest_score = np.zeros(n, dtype=np.float32)
@@ -165,21 +199,20 @@ def rank_papers(
         interest_query = sparse.csr_matrix(queries.multiply(weights[:, None]).sum(axis=0))
 
     like_score = np.zeros(n, dtype=np.float32)
-    nearest_like: list[str] = []
-    like_sources: list[tuple[str, sparse.csr_matrix]] = []
-    if prefs.liked:
-        like_sources.append(("", corpus.vectors(prefs.liked)))
-    if prefs.liked_titles:
-        like_sources.append(("", transform(list(prefs.liked_titles))))
-    if like_sources:
-        liked_vectors = sparse.vstack([v for _, v in like_sources]).tocsr()
-        liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
-        sims = (matrix @ liked_vectors.T).toarray()
+    like_sims = None
+    liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
+    if liked_names:
+        parts = []
+        if prefs.liked:
+            parts.append(corpus.vectors(prefs.liked))
+        if prefs.liked_titles:
+            parts.append(transform(list(prefs.liked_titles)))
+        liked_vectors = sparse.vstack(parts).tocsr()
+        like_sims = (matrix @ liked_vectors.T).toarray()
         centroid = np.asarray(liked_vectors.mean(axis=0)).ravel()
         norm = float(np.linalg.norm(centroid)) or 1.0
         centroid_sim = (matrix @ (centroid / norm)).ravel()
-        like_score = 0.5 * sims.max(axis=1) + 0.5 * centroid_sim
-        nearest_like = [liked_names[j] for j in sims.argmax(axis=1)]
+        like_score = 0.5 * like_sims.max(axis=1) + 0.5 * centroid_sim
 
     penalty = np.zeros(n, dtype=np.float32)
     if prefs.disliked:
@@ -189,35 +222,39 @@ def rank_papers(
         sims = (matrix @ transform(list(profile.avoid)).T).toarray()
         penalty += AVOID_PENALTY * sims.max(axis=1)
 
-    followed = {normalise_title(a) for a in profile.authors}
-    by_followed = [sorted(_author_names(p) & followed) for p in pool]
-    author_score = np.array([AUTHOR_BONUS if hit else 0.0 for hit in by_followed],
-                            dtype=np.float32)
+    followed = frozenset(normalise_title(a) for a in profile.authors)
+    author_score = np.zeros(n, dtype=np.float32)
+    if followed:
+        author_score[[i for i, names in enumerate(candidates.authors) if names & followed]] = (
+            AUTHOR_BONUS)
 
-    if profile.interests and like_sources:
+    if profile.interests and liked_names:
         text_score = 0.5 * interest_score + 0.5 * like_score
     else:
         text_score = interest_score + like_score
-    score = text_score - penalty + author_score
+    score = np.where(allowed, text_score - penalty + author_score, -np.inf)
 
     order = np.argsort(-score, kind="stable")
     picks: list[Pick] = []
     author_display = {normalise_title(a): a for a in profile.authors}
     for i in order[:top]:
-        if score[i] <= 0:
+        if not score[i] > 0:
             break  # nothing in this paper speaks to the profile
+        paper = candidates.papers[i]
         reasons: list[str] = []
-        if by_followed[i]:
-            reasons.append("by " + ", ".join(author_display[a] for a in by_followed[i]))
-        interest_part = interest_score[i] * (0.5 if like_sources else 1.0)
+        by = sorted(candidates.authors[i] & followed)
+        if by:
+            reasons.append("by " + ", ".join(author_display[a] for a in by))
+        interest_part = interest_score[i] * (0.5 if liked_names else 1.0)
         like_part = like_score[i] * (0.5 if profile.interests else 1.0)
         text_reasons = []
         if interest_query is not None and interest_part > 0:
             terms = _matched_terms(corpus, matrix[i], interest_query)
             if terms:
                 text_reasons.append((interest_part, "matches: " + ", ".join(terms)))
-        if nearest_like and like_part > 0:
-            text_reasons.append((like_part, f"like: {_short(nearest_like[i])}"))
+        if like_sims is not None and like_part > 0:
+            nearest = liked_names[int(like_sims[i].argmax())]
+            text_reasons.append((like_part, f"like: {_short(nearest)}"))
         reasons.extend(text for _, text in sorted(text_reasons, key=lambda r: -r[0]))
-        picks.append(Pick(pool[i], round(float(score[i]), 4), "; ".join(reasons) or "related"))
+        picks.append(Pick(paper, round(float(score[i]), 4), "; ".join(reasons) or "related"))
     return picks

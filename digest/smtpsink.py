@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -31,26 +32,34 @@ class Received:
         return parsed
 
 
+ACCEPT = "250 OK message accepted"
+
+
 @dataclass
 class _Handler:
+    respond: Callable[[Received], str]
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content))
-        with self.lock:
-            self.received.append(item)
-        return "250 OK message accepted"
+        reply = self.respond(item)
+        if reply.startswith("2"):  # only what the server accepted counts as received
+            with self.lock:
+                self.received.append(item)
+        return reply
 
 
 class SmtpSink:
     """`with SmtpSink() as sink:` a server at sink.host:sink.port; `sink.received` lists mail."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1",
+                 respond: Callable[[Received], str] = lambda _message: ACCEPT):
+        """`respond` gives the reply to each message, e.g. "451 try later" to refuse it."""
         self.host = host
         self.port = 0
-        self._handler = _Handler()
+        self._handler = _Handler(respond)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None

@@ -1,0 +1,111 @@
+"""How long `digest rank` takes for many profiles over a realistic corpus.
+
+Builds a scratch data dir with N papers (the real arXiv papers in benchmarks/data first,
+then synthetic recombinations of their sentences if N is larger) and P generated profiles,
+then times `digest --data-dir DIR rank PROFILES... --top 10 --json` as a subprocess, as a
+user would run it. The baseline, measured in the same run: one tf-idf fit over the same
+corpus (the unavoidable floor of any tf-idf ranker), so the ratio survives noisy machines.
+
+    python benchmarks/rank_speed.py [--papers 2000] [--profiles 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from digest.models import PaperEntry
+from digest.store import Store
+
+DATA = Path(__file__).parent / "data" / "arxiv-frontpage"
+
+
+def real_papers() -> list[dict[str, str]]:
+    papers = []
+    for path in sorted(DATA.glob("downloads/*.jsonl")) + sorted(DATA.glob("train/*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            papers.append({"title": record["title"], "abstract": record["abstract"]})
+    return papers
+
+
+def corpus(n: int, rng: random.Random) -> list[dict[str, str]]:
+    papers = real_papers()[:n]
+    sentences = [s for p in papers for s in p["abstract"].split(". ") if len(s) > 40]
+    while len(papers) < n:
+        words = rng.choice(papers)["title"].split()
+        rng.shuffle(words)
+        papers.append({"title": " ".join(words) + f" ({len(papers)})",
+                       "abstract": ". ".join(rng.sample(sentences, 6)) + "."})
+    return papers
+
+
+def write_profiles(folder: Path, count: int, papers: list[dict[str, str]],
+                   rng: random.Random) -> list[Path]:
+    topics = list(json.loads((DATA / "tags.json").read_text()))
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        interests = rng.sample(topics, rng.randint(1, 4))
+        liked = [p["title"] for p in rng.sample(papers, rng.randint(0, 5))]
+        lines = [f"name: Reader {i}", f"email: reader{i}@example.org",
+                 f"interests: {json.dumps(interests)}", f"liked: {json.dumps(liked)}"]
+        if rng.random() < 0.3:
+            lines.append(f"keywords: {{mute: {json.dumps(rng.sample(topics, 1))}}}")
+        path = folder / f"reader{i:05d}.yaml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=2000)
+    parser.add_argument("--profiles", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        papers = corpus(args.papers, rng)
+        store = Store.open(f"sqlite:///{root / 'data' / 'digest.sqlite3'}")
+        now = datetime.now(UTC)
+        store.add_entries([PaperEntry(title=p["title"], abstract=p["abstract"], source="bench")
+                           for p in papers], now)
+        stored = store.count_papers()
+        store.close()
+        profiles = write_profiles(root / "profiles", args.profiles, papers, rng)
+
+        started = time.perf_counter()
+        TfidfVectorizer(stop_words="english", ngram_range=(1, 2), sublinear_tf=True).fit_transform(
+            [p["title"] + ". " + p["abstract"] for p in papers])
+        baseline = time.perf_counter() - started
+
+        command = [sys.executable, "-m", "digest", "--data-dir", str(root / "data"), "rank",
+                   *map(str, profiles), "--top", "10", "--json"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - started
+        lines = done.stdout.splitlines()
+        picks = sum(len(json.loads(line)["picks"]) for line in lines)
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+    print(f"papers stored              {stored}")
+    print(f"profiles ranked            {len(lines)} ({picks} picks)")
+    print(f"digest rank (subprocess)   {elapsed:.2f} s  ({len(lines) / elapsed:.0f} profiles/s)")
+    print(f"baseline: one tf-idf fit   {baseline:.2f} s")
+    print(f"ratio rank / baseline      {elapsed / baseline:.1f}x")
+    sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    main()

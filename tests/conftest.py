@@ -1,0 +1,120 @@
+"""Shared fixtures: a fixed clock, a real SQLite store, a real SMTP server, profile files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from digest.cli import cli
+from digest.config import MailSettings, Settings, SmtpSettings
+from digest.smtpsink import SmtpSink
+from digest.store import Store
+
+DATA = Path(__file__).parent / "data"
+SEEDS = sorted((DATA / "digests" / "seeds").glob("*.txt"))
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def now() -> datetime:
+    return NOW
+
+
+@pytest.fixture
+def seeds() -> list[Path]:
+    assert len(SEEDS) == 5, "the five seed digest files must be in tests/data/digests/seeds"
+    return list(SEEDS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(f"sqlite:///{tmp_path / 'digest.sqlite3'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def settings(tmp_path: Path, smtp_sink: SmtpSink) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        profiles_dir=tmp_path / "profiles",
+        inbox_dir=tmp_path / "inbox",
+        outbox_dir=tmp_path / "outbox",
+        smtp=SmtpSettings(host=smtp_sink.host, port=smtp_sink.port, security="none",
+                          timeout_s=5),
+        mail=MailSettings(from_address="digest@test.example", list_id="test.digest.example"),
+    )
+
+
+ProfileWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def write_profile(tmp_path: Path) -> ProfileWriter:
+    """Write a profile file into tmp_path/profiles; keyword fields become YAML lines."""
+    folder = tmp_path / "profiles"
+    folder.mkdir(exist_ok=True)
+
+    def write(name: str = "ana", text: str | None = None, **fields: object) -> Path:
+        path = folder / f"{name}.yaml"
+        if text is None:
+            import json
+
+            body = {"name": name.title(), "email": f"{name}@example.org", **fields}
+            # JSON is YAML: the simplest correct way to write nested values.
+            text = "\n".join(f"{k}: {json.dumps(v)}" for k, v in body.items()) + "\n"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, smtp_sink: SmtpSink) -> Path:
+    """A digest.toml pointing at tmp_path folders and the test SMTP server."""
+    path = tmp_path / "digest.toml"
+    path.write_text(
+        f"""data_dir = "data"
+profiles_dir = "profiles"
+inbox_dir = "inbox"
+outbox_dir = "outbox"
+
+[smtp]
+host = "{smtp_sink.host}"
+port = {smtp_sink.port}
+security = "none"
+timeout_s = 5
+
+[mail]
+from_address = "digest@test.example"
+list_id = "test.digest.example"
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Result]:
+    """Invoke the CLI in-process from tmp_path, with stderr kept apart from stdout."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("DIGEST_CONFIG", "DIGEST_DATA_DIR", "DIGEST_DATABASE_URL",
+                "DIGEST_SMTP_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str | Path) -> Result:
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,183 @@
+"""The command line as a user meets it: output, exit status, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from digest.cli import cli
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((prefix + name, command))
+        if isinstance(command, click.Group):
+            found += _commands(command, prefix + name + " ")
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(cli))
+def test_every_command_has_help_ending_in_an_example(name, command):
+    assert command.help and "Example:" in command.help, name
+    assert command.help.strip().splitlines()[-1].strip().startswith("digest"), name
+
+
+def test_ingest_seeds_then_again_adds_nothing(run_cli, seeds, tmp_path):
+    first = run_cli("--data-dir", tmp_path / "d", "ingest", *seeds, "--json")
+    again = run_cli("--data-dir", tmp_path / "d", "ingest", *seeds, "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout) == {"files": 5, "entries": 314, "new_papers": 283,
+                                        "papers_stored": 283, "rejected": []}
+    assert json.loads(again.stdout)["new_papers"] == 0
+    assert first.stderr == ""
+
+
+def test_bad_inputs_get_one_line_each_and_the_good_file_is_kept(run_cli, seeds, tmp_path):
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = run_cli("--data-dir", tmp_path / "d", "ingest", junk, empty, folder,
+                     tmp_path / "missing.txt", seeds[0])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"{junk}: not a text file (binary data)",
+                     f"{empty}: empty file, no papers in it",
+                     f"{folder}: is a directory, not a digest file (pass the files in it)",
+                     f"{tmp_path / 'missing.txt'}: no such file"]
+    assert "1 files, 46 entries, 46 new papers (46 stored), 4 files rejected." in result.stdout
+
+
+def test_rank_json_has_one_line_per_profile(run_cli, seeds, tmp_path, write_profile):
+    run_cli("--data-dir", tmp_path / "d", "ingest", *seeds)
+    ana = write_profile("ana", interests=["dense retrieval"])
+    bo = write_profile("bo", liked=["Titans: Learning to Memorize at Test Time"])
+    broken = write_profile("cy", text="name: Cy\nemail: nope\n")
+    result = run_cli("--data-dir", tmp_path / "d", "rank", ana, bo, broken, "--top", "3",
+                     "--json")
+    assert result.exit_code == 1  # one profile was rejected
+    assert f"{broken}:2: email:" in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["profile"] for r in rows] == [str(ana), str(bo), str(broken)]
+    assert [r["subscriber"] for r in rows] == ["Ana", "Bo", None]
+    for row in rows[:2]:
+        assert len(row["picks"]) == 3
+        for pick in row["picks"]:
+            assert set(pick) == {"id", "title", "score", "reason"}
+            assert isinstance(pick["score"], float) and pick["reason"]
+    assert rows[1]["picks"][0]["reason"].startswith("like: Titans")
+    assert "error" in rows[2] and rows[2]["picks"] == []
+
+
+def test_send_twice_delivers_once(run_cli, config_file, seeds, smtp_sink, write_profile):
+    write_profile("ana", interests=["dense retrieval"])
+    write_profile("bo", interests=["vision transformer"])
+    assert run_cli("-c", config_file, "ingest", *seeds).exit_code == 0
+    first = run_cli("-c", config_file, "send")
+    second = run_cli("-c", config_file, "send")
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    assert "sent" in first.stdout and "already sent" in second.stdout
+    assert sorted(r.recipients[0] for r in smtp_sink.received) == [
+        "ana@example.org", "bo@example.org"]
+
+
+def test_send_dry_run_writes_eml_files(run_cli, config_file, seeds, smtp_sink, write_profile,
+                                       tmp_path):
+    write_profile("ana", interests=["dense retrieval"])
+    run_cli("-c", config_file, "ingest", *seeds)
+    result = run_cli("-c", config_file, "send", "--dry-run")
+    assert result.exit_code == 0, result.output
+    [written] = (tmp_path / "outbox").iterdir()
+    assert written.name.startswith("ana_") and written.suffix == ".eml"
+    assert b"Subject: Papers for" in written.read_bytes()
+    assert smtp_sink.received == []
+
+
+def test_send_with_a_broken_profile_serves_the_rest(run_cli, config_file, seeds, smtp_sink,
+                                                    write_profile):
+    write_profile("ana", interests=["dense retrieval"])
+    bad = write_profile("bo", text="name: Bo\nemail: bo@example.org\nschedule: [\n")
+    run_cli("-c", config_file, "ingest", *seeds)
+    result = run_cli("-c", config_file, "send")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{bad}:4: not valid YAML")
+    assert [r.recipients[0] for r in smtp_sink.received] == ["ana@example.org"]
+
+
+def test_unreachable_smtp_server_is_one_clear_line(run_cli, tmp_path, seeds, write_profile):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "digest.toml"
+    config.write_text(f'data_dir = "d"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+                      'security = "none"\ntimeout_s = 2\n')
+    path = write_profile("ana", interests=["retrieval"])
+    run_cli("-c", config, "ingest", *seeds)
+    result = run_cli("-c", config, "send")
+    assert result.exit_code == 1
+    assert f"{path}: edition not delivered: cannot connect to 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_preview_writes_html_and_sends_nothing(run_cli, seeds, tmp_path, write_profile,
+                                               smtp_sink):
+    path = write_profile("ana", interests=["dense retrieval"])
+    run_cli("--data-dir", tmp_path / "d", "ingest", *seeds)
+    result = run_cli("--data-dir", tmp_path / "d", "preview", path, "--out", tmp_path / "p.html")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "p.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Dense" in html
+    assert smtp_sink.received == []
+
+
+def test_init_writes_a_working_setup(run_cli, tmp_path):
+    result = run_cli("init", tmp_path / "site")
+    assert result.exit_code == 0
+    site = tmp_path / "site"
+    assert (site / "digest.toml").is_file() and (site / "profiles" / "example.yaml").is_file()
+    assert all((site / d).is_dir() for d in ("data", "inbox", "outbox"))
+    validate = run_cli("-c", site / "digest.toml", "profile", "validate")
+    assert validate.exit_code == 0, validate.output
+    assert "example.yaml: ok" in validate.stdout
+    again = run_cli("init", site)
+    assert "exists, left as it is" in again.stdout
+
+
+def test_demo_sends_three_editions_and_saves_them(run_cli, tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    assert "Ingested 314 entries from 5 digest files: 283 distinct papers." in result.stdout
+    assert result.stdout.count("│ sent ") == 3
+    saved = sorted(p.name for p in (tmp_path / "demo").iterdir() if p.is_file())
+    assert saved == ["ana.eml", "ana.html", "ben.eml", "ben.html", "chen.eml", "chen.html"]
+    assert "Open this one in a browser:" in result.stdout
+
+
+def test_a_config_error_is_one_line_and_a_traceback_needs_vv(tmp_path):
+    config = tmp_path / "digest.toml"
+    config.write_text("[smtp]\nport = 'x'\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "digest", "-c", str(config), "send"]
+    plain = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert plain.returncode == 1
+    assert plain.stderr == (f"digest: error: {config}: smtp.port: Input should be a valid "
+                            "integer, unable to parse string as an integer\n")
+    loud = subprocess.run([*command[:3], "-vv", *command[3:]], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert "Traceback" in loud.stderr and loud.returncode == 1
+
+
+def test_usage_errors_exit_2(run_cli):
+    assert run_cli("rank").exit_code == 2
+    assert run_cli("no-such-command").exit_code == 2

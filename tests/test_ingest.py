@@ -1,0 +1,272 @@
+"""Digest file ingest: seed files, hostile variants, bad files, year inference, robustness."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digest.errors import InputError
+from digest.identity import normalise_title
+from digest.ingest.digestfile import DigestParse, infer_date, parse_digest_text
+from digest.ingest.files import read_digest_file
+
+DIGESTS = Path(__file__).parent / "data" / "digests"
+REFERENCE = date(2026, 11, 25)
+SEED_DAYS = {
+    "000": date(2026, 3, 11),
+    "001": date(2026, 3, 11),
+    "002": date(2026, 3, 11),
+    "003": date(2026, 8, 11),
+    "004": date(2026, 4, 24),
+}
+# An abstract-shaped paragraph (long enough, several sentences) for small hand-made texts.
+ABSTRACT = (
+    "We study how large language models follow instructions. We find that they ignore most "
+    "of them. We release the code and the data."
+)
+
+
+# --- hostile variants: tests/data/digests/<case>.txt against <case>.expected.json ---------
+
+
+def _cases() -> Iterator[Any]:
+    for path in sorted(DIGESTS.glob("*.txt")):
+        expected = json.loads(path.with_suffix(".expected.json").read_text(encoding="utf-8"))
+        marks = []
+        if "xfail" in expected:
+            marks.append(pytest.mark.xfail(strict=True, reason=expected["xfail"]))
+        yield pytest.param(path, expected, id=path.stem, marks=marks)
+
+
+def _line_order(line: int | None) -> int:
+    return -1 if line is None else line
+
+
+@pytest.mark.parametrize(("path", "expected"), list(_cases()))
+def test_digest_case(path: Path, expected: dict[str, Any]) -> None:
+    parsed = read_digest_file(path, date.fromisoformat(expected["reference"]))
+
+    day = date.fromisoformat(expected["day"])
+    assert parsed.day == day
+    assert [e.title for e in parsed.entries] == expected["titles"]
+    assert [e.abstract[:30] for e in parsed.entries] == expected["abstract_prefixes"]
+    assert sorted((p.line for p in parsed.problems), key=_line_order) == sorted(
+        expected["problem_lines"], key=_line_order
+    )
+    assert not any(p.fatal for p in parsed.problems)
+    authors = expected.get("authors", {})
+    arxiv_ids = expected.get("arxiv_ids", {})
+    contains = expected.get("abstract_contains", {})
+    for entry in parsed.entries:
+        assert entry.published == day
+        assert list(entry.authors) == authors.get(entry.title, [])
+        assert entry.arxiv_id == arxiv_ids.get(entry.title)
+        assert contains.get(entry.title, "") in entry.abstract
+
+
+def test_every_case_has_its_expectation() -> None:
+    texts = {p.stem for p in DIGESTS.glob("*.txt")}
+    expectations = {p.name.removesuffix(".expected.json") for p in DIGESTS.glob("*.json")}
+    assert texts == expectations
+    assert {"crlf", "bom", "truncated", "truncated_abstract", "noise", "no_abstract", "no_date",
+            "feb29", "latin1"} <= texts
+
+
+# --- the five real seed files -------------------------------------------------------------
+
+
+def test_seeds_give_all_their_papers(seeds: list[Path]) -> None:
+    parses = [read_digest_file(path, REFERENCE) for path in seeds]
+    entries = [entry for parsed in parses for entry in parsed.entries]
+    assert len(entries) == 314
+    assert len({normalise_title(entry.title) for entry in entries}) == 283
+    assert all(entry.title and entry.abstract for entry in entries)
+
+
+@pytest.mark.parametrize("prefix", sorted(SEED_DAYS))
+def test_seed_day_and_no_problems(seeds: list[Path], prefix: str) -> None:
+    (path,) = [p for p in seeds if p.name.startswith(prefix)]
+    parsed = read_digest_file(path, REFERENCE)
+    assert parsed.day == SEED_DAYS[prefix]
+    assert parsed.problems == ()
+    assert {entry.published for entry in parsed.entries} == {SEED_DAYS[prefix]}
+
+
+# --- year inference -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("month", "day", "expected"),
+    [
+        (12, 30, date(2025, 12, 30)),  # later in the year than the reference: last year
+        (2, 29, date(2024, 2, 29)),  # only leap years have it
+        (11, 25, date(2026, 11, 25)),  # the reference day itself
+        (11, 26, date(2025, 11, 26)),  # the day after the reference
+        (3, 11, date(2026, 3, 11)),
+    ],
+)
+def test_infer_date(month: int, day: int, expected: date) -> None:
+    assert infer_date(month, day, REFERENCE) == expected
+
+
+@pytest.mark.parametrize(("month", "day"), [(4, 31), (2, 30), (13, 1), (1, 0)])
+def test_infer_date_of_no_real_day(month: int, day: int) -> None:
+    assert infer_date(month, day, REFERENCE) is None
+
+
+def test_impossible_date_line_is_a_problem_not_a_crash() -> None:
+    text = "Apr 31\n\nA Title\n\n" + ABSTRACT + "\n"
+    parsed = parse_digest_text(text, source="s", reference=REFERENCE)
+    assert [p.line for p in parsed.problems if p.line is not None] == [1]
+    assert [e.title for e in parsed.entries] == ["A Title"]
+
+
+# --- files that are not digests at all ----------------------------------------------------
+
+
+def _junk_with_nul() -> bytes:
+    return random.Random(1).randbytes(4096) + b"\x00"
+
+
+def _junk_without_nul() -> bytes:
+    return random.Random(2).randbytes(4096).replace(b"\x00", b"\x01")
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(PNG, "binary", id="png"),
+        pytest.param(_junk_with_nul(), "binary", id="random-bytes-with-nul"),
+        pytest.param(_junk_without_nul(), "binary", id="random-bytes-without-nul"),
+        pytest.param(b"", "empty", id="empty"),
+        pytest.param(b" \n\n\t \r\n  \n", "empty", id="whitespace-only"),
+    ],
+)
+def test_unusable_file_raises_input_error(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "digest.txt"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=reason) as caught:
+        read_digest_file(path, REFERENCE)
+    assert caught.value.path == path
+    assert str(path) in str(caught.value)
+
+
+def test_directory_raises_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="directory") as caught:
+        read_digest_file(tmp_path, REFERENCE)
+    assert caught.value.path == tmp_path
+
+
+def test_missing_file_raises_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "digest.txt"
+    with pytest.raises(InputError, match="no such file") as caught:
+        read_digest_file(path, REFERENCE)
+    assert caught.value.path == path
+
+
+@pytest.mark.xfail(strict=True, reason="a file holding only a UTF-8 BOM (how some editors save "
+                   "an empty file) is not refused as empty; it parses to a 'no papers found' "
+                   "problem instead")
+def test_bom_only_file_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "digest.txt"
+    path.write_bytes(b"\xef\xbb\xbf\n")
+    with pytest.raises(InputError, match="empty"):
+        read_digest_file(path, REFERENCE)
+
+
+@pytest.mark.xfail(strict=True, reason="the 'not valid UTF-8' note counts only \\n to find its "
+                   "line, while the parser also splits on a lone \\r")
+def test_latin1_note_line_with_cr_line_endings(tmp_path: Path) -> None:
+    path = tmp_path / "digest.txt"
+    text = "new\r\rMar 11\r\rRagnar\u00f6k: A Reusable RAG Framework\r\r" + ABSTRACT + "\r"
+    path.write_bytes(text.encode("cp1252"))
+    parsed = read_digest_file(path, REFERENCE)
+    assert [e.title for e in parsed.entries] == ["Ragnar\u00f6k: A Reusable RAG Framework"]
+    assert [p.line for p in parsed.problems] == [5]
+
+
+# --- lines the parser must not misread ----------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="'\u017fep 1' (long s) matches the "
+                   "case-insensitive date pattern, then the month lookup raises KeyError")
+def test_long_s_month_does_not_crash() -> None:
+    parse_digest_text("Mar 11\n\n\u017fep 1\n", source="s", reference=REFERENCE)
+
+
+@pytest.mark.xfail(strict=True, reason="the date pattern takes any word starting with a month "
+                   "abbreviation, so a title like 'Marathon 2' becomes a date line and the "
+                   "paper is lost")
+def test_title_starting_with_month_letters_is_a_title() -> None:
+    text = "Mar 11\n\nMarathon 2\n\n" + ABSTRACT + "\n"
+    parsed = parse_digest_text(text, source="s", reference=REFERENCE)
+    assert [e.title for e in parsed.entries] == ["Marathon 2"]
+    assert parsed.problems == ()
+
+
+# --- robustness: never raise, problems point at real lines --------------------------------
+
+
+def _seed_lines() -> list[str]:
+    lines: list[str] = []
+    for path in sorted((DIGESTS / "seeds").glob("*.txt")):
+        lines.extend(path.read_text(encoding="utf-8").split("\n")[:40])
+    return lines
+
+
+SEED_LINES = _seed_lines()
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept.", "October",
+          "Dec", "mar", "NOV"]
+LINE = st.one_of(
+    st.sampled_from(SEED_LINES),
+    st.just(""),
+    st.text(max_size=40),
+    st.builds(lambda m, d: f"{m} {d}", st.sampled_from(MONTHS), st.integers(0, 99)),
+    st.builds(lambda m, d, y: f"{m} {d}, {y}", st.sampled_from(MONTHS), st.integers(0, 40),
+              st.integers(0, 9999)),
+    st.sampled_from(["42", "\u25b2 17", "Submitted by someone", "Authors: A, B", "Authors:",
+                     "arXiv:2401.01234", "https://arxiv.org/abs/2401.01234v2", "\ufeff",
+                     "\u00b7 5 authors", "by - x", "   ", "\t"]),
+)
+NEWLINE = st.sampled_from(["\n", "\r\n", "\r"])
+MIXED_TEXT = st.builds(lambda lines, nl: nl.join(lines), st.lists(LINE, max_size=60), NEWLINE)
+
+
+def _lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _check(text: str, parsed: DigestParse) -> None:
+    lines = _lines(text.removeprefix("\ufeff"))
+    for problem in parsed.problems:
+        if problem.line is not None:
+            assert 1 <= problem.line <= len(lines)
+            assert lines[problem.line - 1].replace("\ufeff", "").strip()
+    for entry in parsed.entries:
+        assert entry.source_line is not None and 1 <= entry.source_line <= len(lines)
+        assert entry.title.strip()
+    if not parsed.entries:
+        assert any(p.fatal for p in parsed.problems)
+
+
+@settings(deadline=None)
+@given(st.text())
+def test_parser_never_raises_on_any_text(text: str) -> None:
+    _check(text, parse_digest_text(text, source="s", reference=REFERENCE))
+
+
+@settings(deadline=None, max_examples=300)
+@given(MIXED_TEXT)
+def test_parser_never_raises_on_mixed_lines(text: str) -> None:
+    _check(text, parse_digest_text(text, source="s", reference=REFERENCE))

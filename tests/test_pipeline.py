@@ -1,0 +1,158 @@
+"""The whole edition path against a real SQLite store and a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+from digest.config import Settings, SmtpSettings
+from digest.deliver import OutboxMailer, SmtpMailer
+from digest.models import EditionState
+from digest.pipeline import EditionRun, Status, ingest_files
+from digest.profiles import load_profile
+from digest.smtpsink import SmtpSink
+from digest.store import Store
+
+from .conftest import NOW
+
+
+def _send(store: Store, settings: Settings, profile_paths: list[Path], now=NOW):
+    profiles = [load_profile(p) for p in profile_paths]
+
+    async def go():
+        run = EditionRun(store, settings)
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await run.run_editions(profiles, mailer, now=now)
+
+    return asyncio.run(go())
+
+
+def test_an_edition_goes_out_once(store, settings, smtp_sink, seeds, write_profile):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["dense retrieval", "reranking"])
+
+    first = _send(store, settings, [path])
+    second = _send(store, settings, [path])
+    later_same_slot = _send(store, settings, [path], now=NOW + timedelta(hours=5))
+
+    assert [o.status for o in first] == [Status.SENT]
+    assert [o.status for o in second] == [Status.ALREADY_SENT]
+    assert [o.status for o in later_same_slot] == [Status.ALREADY_SENT]
+    assert len(smtp_sink.received) == 1
+    received = smtp_sink.received[0]
+    assert received.recipients == ("ana@example.org",)
+    edition = store.get_edition("ana", first[0].slot)
+    assert edition is not None and edition.state is EditionState.SENT
+    assert edition.attempts == 1 and edition.smtp_reply.startswith("250")
+    assert received.message["Message-ID"] == edition.message_id
+
+
+def test_next_slot_sends_only_papers_that_arrived_since(store, settings, smtp_sink, seeds,
+                                                        write_profile):
+    ingest_files(store, seeds[:2], now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["retrieval", "language models"], max_papers=50)
+    first = _send(store, settings, [path])
+    tomorrow = NOW + timedelta(days=1)
+    nothing_new = _send(store, settings, [path], now=tomorrow)
+    ingest_files(store, seeds[2:], now=tomorrow + timedelta(hours=1), reference=NOW)
+    day_after = _send(store, settings, [path], now=tomorrow + timedelta(days=1))
+
+    assert first[0].status is Status.SENT
+    assert nothing_new[0].status is Status.EMPTY
+    assert day_after[0].status is Status.SENT
+    first_ids = {p.paper.row_id for p in first[0].picks}
+    later_ids = {p.paper.row_id for p in day_after[0].picks}
+    assert first_ids and later_ids and not first_ids & later_ids
+    old = {p.row_id for p in store.papers() if p.first_seen <= NOW}
+    assert not later_ids & old, "the later edition must hold only papers that arrived since"
+    assert len(smtp_sink.received) == 2
+
+
+def test_refused_message_is_recorded_with_the_server_reply(store, tmp_path, seeds,
+                                                          write_profile, settings):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["retrieval"])
+    with SmtpSink(respond=lambda _m: "550 5.1.1 mailbox unavailable") as refusing:
+        bad = settings.model_copy(update={"smtp": settings.smtp.model_copy(
+            update={"port": refusing.port})})
+        outcome = _send(store, bad, [path])[0]
+        again = _send(store, bad, [path])[0]
+        assert refusing.received == []
+
+    assert outcome.status is Status.FAILED and not outcome.retry
+    assert "550 5.1.1 mailbox unavailable" in outcome.detail
+    edition = store.get_edition("ana", outcome.slot)
+    assert edition.state is EditionState.FAILED and not edition.retryable
+    assert "550" in edition.smtp_reply
+    assert again.status is Status.FAILED and edition.attempts == 1  # not retried
+
+
+def test_transient_failure_is_retried_by_the_next_run(store, seeds, write_profile, settings,
+                                                     smtp_sink):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["retrieval"])
+    with SmtpSink(respond=lambda _m: "451 4.3.0 try again later") as busy:
+        busy_settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(
+            update={"port": busy.port})})
+        failed = _send(store, busy_settings, [path])[0]
+    retried = _send(store, settings, [path])[0]
+
+    assert failed.status is Status.FAILED and failed.retry
+    assert "451" in failed.detail
+    assert retried.status is Status.SENT
+    assert [p.paper.row_id for p in retried.picks] == [p.paper.row_id for p in failed.picks]
+    assert len(smtp_sink.received) == 1
+    assert store.get_edition("ana", retried.slot).attempts == 2
+
+
+def test_unreachable_server_fails_the_edition_and_keeps_it(store, seeds, write_profile,
+                                                          settings):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["retrieval"])
+    dead = settings.model_copy(update={"smtp": SmtpSettings(
+        host="127.0.0.1", port=closed_port, security="none", timeout_s=2)})
+
+    outcome = _send(store, dead, [path])[0]
+
+    assert outcome.status is Status.FAILED and outcome.retry
+    assert f"cannot connect to 127.0.0.1:{closed_port}" in outcome.detail
+    assert store.get_edition("ana", outcome.slot).state is EditionState.FAILED
+
+
+def test_one_broken_subscriber_does_not_stop_the_others(store, seeds, write_profile, settings,
+                                                       smtp_sink):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    paths = [write_profile("ana", interests=["retrieval"]),
+             write_profile("bob", interests=["vision transformer"]),
+             write_profile("cy", interests=["attention heads"], active=False)]
+    outcomes = _send(store, settings, paths)
+    assert [o.status for o in outcomes] == [Status.SENT, Status.SENT, Status.INACTIVE]
+    assert sorted(r.recipients[0] for r in smtp_sink.received) == [
+        "ana@example.org", "bob@example.org"]
+
+
+def test_dry_run_writes_eml_and_records_nothing(store, seeds, write_profile, settings,
+                                               tmp_path):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    profile = load_profile(write_profile("ana", interests=["retrieval"]))
+    outbox = OutboxMailer(tmp_path / "outbox")
+
+    outcome = asyncio.run(EditionRun(store, settings).run_edition(
+        profile, outbox, now=NOW, dry_run=True))
+
+    assert outcome.status is Status.DRY_RUN
+    assert len(outbox.written) == 1 and outbox.written[0].read_bytes().startswith(b"Subject:")
+    assert store.get_edition("ana", outcome.slot) is None
+
+
+def test_ingesting_again_adds_nothing(store, seeds):
+    first = ingest_files(store, seeds, now=NOW, reference=NOW)
+    second = ingest_files(store, seeds, now=NOW + timedelta(hours=1), reference=NOW)
+    assert (first.entries, first.new_papers) == (314, 283)
+    assert (second.entries, second.new_papers) == (314, 0)
+    assert store.count_papers() == 283

@@ -1,0 +1,99 @@
+"""Profiles: what loads, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from digest.errors import ProfileError
+from digest.models import Interest
+from digest.profiles import check_email, load_profile, load_profiles
+
+FULL = """\
+# a comment
+name: Ana Lima
+email: ana@example.org
+timezone: Europe/Lisbon
+schedule: weekly mon 07:00
+max_papers: 8
+interests:
+  - dense retrieval
+  - text: reranking
+    weight: 2
+keywords:
+  require: [retrieval]
+  mute: [blockchain]
+avoid: [robotics]
+authors: [Zhuyun Dai]
+liked: ["2209.11755", "Some Title"]
+disliked: [Another Title]
+active: false
+"""
+
+
+def test_every_field_is_read(write_profile):
+    profile = load_profile(write_profile("ana", text=FULL))
+    assert profile.subscriber_id == "ana"
+    assert (profile.name, profile.email, profile.timezone) == ("Ana Lima", "ana@example.org",
+                                                               "Europe/Lisbon")
+    assert profile.schedule == "weekly mon 07:00" and profile.max_papers == 8
+    assert profile.interests == (Interest("dense retrieval"), Interest("reranking", 2.0))
+    assert (profile.require, profile.mute, profile.avoid) == (("retrieval",), ("blockchain",),
+                                                              ("robotics",))
+    assert profile.authors == ("Zhuyun Dai",)
+    assert profile.liked == ("2209.11755", "Some Title") and profile.disliked == ("Another Title",)
+    assert profile.active is False
+
+
+def test_minimal_profile_gets_defaults(write_profile):
+    profile = load_profile(write_profile("bo", text="name: Bo\nemail: bo@example.org\n"))
+    assert (profile.timezone, profile.schedule, profile.max_papers, profile.active) == (
+        "UTC", "daily 07:00", 10, True)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: Bo\nemail: bo@example.org\nmax_papers: ten\n",
+     ":3: max_papers: Input should be a valid integer"),
+    ("name: Bo\nemail: bo@example.org\ninterests:\n  - a\n  - text: b\n    weight: high\n",
+     ":6: interests[1].weight: Input should be a valid number"),
+    ("name: Bo\nemail: bo@example.org\nintrests: [a]\n",
+     ":3: intrests: unknown field (check the spelling)"),
+    ("name: [Bo\nemail: bo@example.org\n", ":2: not valid YAML"),
+    ("email: bo@example.org\n", ":1: name: required field is missing"),
+    ("name: Bo\nemail: bo.example.org\n", ":2: email: 'bo.example.org' is not an email"),
+    ("name: Bo\nemail: bo@example.org\ntimezone: Mars/Base\n", ":3: timezone: unknown time zone"),
+    ("name: Bo\nemail: bo@example.org\nschedule: sometimes\n", ":3: schedule: bad schedule"),
+    ("name: Bo\nemail: bo@example.org\nactive: maybe\n", ":3: active: Input should be a valid"),
+    ("- just\n- a list\n", ":1: a profile is a mapping"),
+    ("", "empty profile"),
+])
+def test_errors_name_file_line_and_field(write_profile, text, expected):
+    path = write_profile("bo", text=text)
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    assert str(caught.value).startswith(str(path))
+    assert expected in str(caught.value)
+
+
+def test_a_broken_profile_is_reported_and_the_others_load(write_profile, tmp_path):
+    good = write_profile("ana")
+    bad = write_profile("bo", text="name: Bo\nemail: [\n")
+    missing = tmp_path / "nobody.yaml"
+    result = load_profiles([good, bad, missing, tmp_path])
+    assert [p.subscriber_id for p in result.profiles] == ["ana"]
+    assert [e.path for e in result.errors] == [bad, missing, tmp_path]
+
+
+@pytest.mark.parametrize("address", [
+    "no-at-sign", "two\r\n@example.org", "a b@example.org", "x" * 65 + "@example.org",
+    "a@" + "b" * 250 + ".org", "jöhn@example.org", "@example.org", "a@", "a@exa mple.org",
+    "a..b@example.org", "<a>@example.org",
+])
+def test_addresses_digest_cannot_send_to_are_refused(address):
+    with pytest.raises(ValueError):
+        check_email(address)
+
+
+@pytest.mark.parametrize("address", ["a@example.org", "first.last+tag@sub.example.co.uk",
+                                     "a@bücher.example", "root@localhost"])
+def test_ordinary_addresses_are_accepted(address):
+    assert check_email(address) == address

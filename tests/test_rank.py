@@ -1,0 +1,92 @@
+"""Ranking: order, reasons and hard rules on the real seed papers (no float values)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from digest.models import Interest, Profile
+from digest.pipeline import ingest_files, resolve_preferences
+from digest.rank import build_corpus, prepare_candidates, rank_papers
+
+from .conftest import NOW
+
+
+@pytest.fixture
+def papers(store, seeds):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    return store.papers()
+
+
+def _profile(**fields) -> Profile:
+    base = Profile(subscriber_id="t", path=Path("t.yaml"), name="T", email="t@example.org")
+    return replace(base, **fields)
+
+
+def _rank(store, papers, profile, top=10):
+    prefs, _ = resolve_preferences(store, profile)
+    corpus = build_corpus(papers)
+    return rank_papers(corpus, prefs, prepare_candidates(corpus, papers), top=top)
+
+
+def test_interests_pick_matching_papers_and_say_which_terms(store, papers):
+    picks = _rank(store, papers, _profile(interests=(Interest("dense retrieval"),)), top=5)
+    assert len(picks) == 5
+    assert all("retriev" in p.paper.text.lower() for p in picks)
+    assert picks[0].reason.startswith("matches: ")
+    assert "dense retrieval" in picks[0].reason
+    assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+
+
+def test_liked_paper_is_never_picked_and_explains_its_neighbours(store, papers):
+    liked = "Promptagator: Few-shot Dense Retrieval From 8 Examples"
+    picks = _rank(store, papers, _profile(liked=(liked,)), top=5)
+    assert liked not in [p.paper.title for p in picks]
+    assert all(p.reason == f"like: {liked}" for p in picks)
+
+
+def test_liked_title_not_in_the_store_still_steers(store, papers):
+    picks = _rank(store, papers, _profile(liked=("Sparse autoencoders for vision transformers",)))
+    assert picks and "like: Sparse autoencoders" in picks[0].reason
+
+
+def test_muted_keyword_removes_papers_and_required_keyword_restricts(store, papers):
+    interests = (Interest("language models"),)
+    muted = _rank(store, papers, _profile(interests=interests, mute=("retrieval",)), top=50)
+    assert muted and not any("retrieval" in p.paper.text.lower() for p in muted)
+    required = _rank(store, papers, _profile(interests=interests, require=("tabular",)), top=50)
+    assert required and all("tabular" in p.paper.text.lower() for p in required)
+
+
+def test_disliked_paper_pushes_its_neighbours_down(store, papers):
+    interests = (Interest("retrieval"),)
+    plain = _rank(store, papers, _profile(interests=interests), top=20)
+    disliked = plain[0].paper.title
+    after = _rank(store, papers, _profile(interests=interests, disliked=(disliked,)), top=20)
+    assert disliked not in [p.paper.title for p in after]
+
+
+def test_followed_author_comes_first(store, papers):
+    from digest.models import PaperEntry
+
+    store.add_entries([PaperEntry(title="A quiet paper on soil chemistry", abstract="Soil.",
+                                  source="feed", authors=("Grace Hopper",))], NOW)
+    all_papers = store.papers()
+    picks = _rank(store, all_papers, _profile(interests=(Interest("dense retrieval"),),
+                                              authors=("grace hopper",)), top=3)
+    assert picks[0].paper.title == "A quiet paper on soil chemistry"
+    assert picks[0].reason.startswith("by grace hopper")
+
+
+def test_weights_change_the_order(store, papers):
+    a, b = Interest("vision transformer"), Interest("dense retrieval")
+    vision_first = _rank(store, papers, _profile(interests=(replace(a, weight=5), b)), top=3)
+    retrieval_first = _rank(store, papers, _profile(interests=(a, replace(b, weight=5))), top=3)
+    assert "vision" in vision_first[0].reason
+    assert "retrieval" in retrieval_first[0].reason
+
+
+def test_profile_with_nothing_to_go_on_gets_nothing(store, papers):
+    assert _rank(store, papers, _profile()) == []

@@ -1,0 +1,108 @@
+"""Rendering: one multipart/alternative message, escaped, with clean headers."""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes
+from email.policy import SMTP, default
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from digest.config import MailSettings
+from digest.models import Paper, Pick, Profile
+from digest.render import make_environment, one_line, render_edition
+
+from .conftest import NOW
+
+MAIL = MailSettings(from_address="digest@test.example", from_name='Papers, "daily"',
+                    list_id="test.digest.example")
+HOSTILE = 'Great <script>alert("x")</script> results\r\nBcc: victim@example.org'
+
+
+def _profile(name: str = "Ana Lima") -> Profile:
+    return Profile(subscriber_id="ana", path=Path("ana.yaml"), name=name,
+                   email="ana@example.org", timezone="Europe/Lisbon")
+
+
+def _pick(title: str = "Dense retrieval at scale", url: str | None = "https://arxiv.org/abs/1",
+          abstract: str = "We study retrieval. It works.") -> Pick:
+    paper = Paper(key="1", title=title, abstract=abstract, first_seen=NOW, url=url,
+                  authors=("A. Author", "B. Author"))
+    return Pick(paper, 0.5, "matches: dense retrieval")
+
+
+def _render(picks, profile=None, env=None):
+    return render_edition(env or make_environment(), profile or _profile(), picks, slot=NOW,
+                          mail=MAIL, now=NOW)
+
+
+def _reparse(message):
+    return message_from_bytes(message.as_bytes(policy=SMTP), policy=default)
+
+
+def test_message_is_multipart_alternative_with_text_then_html():
+    message = _reparse(_render([_pick(), _pick("Second paper")]))
+    assert message.get_content_type() == "multipart/alternative"
+    parts = [p.get_content_type() for p in message.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert "1. Dense retrieval at scale" in text and "2. Second paper" in text
+    assert "Why: matches: dense retrieval" in text
+    assert 'href="https://arxiv.org/abs/1"' in html
+    # CSS is inlined; only the rules that cannot be (dark mode's @media) stay in <style>.
+    styles = re.findall(r"<style>(.*?)</style>", html, re.DOTALL)
+    assert all(block.strip().startswith("@media") for block in styles)
+    assert 'style="' in html
+    assert max(len(line) for line in text.splitlines()) <= 76
+
+
+def test_subject_names_the_day_and_the_top_pick():
+    message = _render([_pick("Top one"), _pick("Other")])
+    assert message["Subject"] == "Papers for Wed 25 Nov: Top one"
+
+
+def test_headers_identify_the_edition():
+    message = _render([_pick()])
+    assert message["Message-ID"].startswith("<edition.") and "@test.example>" in message[
+        "Message-ID"]
+    assert message["List-Id"] == "<test.digest.example>"
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["To"].addresses[0].addr_spec == "ana@example.org"
+    assert _render([_pick()])["Message-ID"] == message["Message-ID"]  # same edition, same id
+
+
+def test_hostile_paper_text_is_escaped_and_cannot_inject_headers():
+    message = _reparse(_render([_pick(HOSTILE, url="javascript:alert(1)",
+                                      abstract="<img src=x onerror=alert(1)> text")]))
+    html = message.get_body(("html",)).get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<img" not in html and "javascript:" not in html
+    assert message["Bcc"] is None
+    assert "\r" not in message["Subject"] and "\n" not in str(message["Subject"])
+    assert message["Subject"].startswith("Papers for Wed 25 Nov: Great <script>")
+
+
+def test_display_names_with_quotes_and_commas_are_quoted():
+    message = _reparse(_render([_pick()], profile=_profile('Lima, Ana "the reader"')))
+    [to] = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ('Lima, Ana "the reader"', "ana@example.org")
+    [sender] = message["From"].addresses
+    assert sender.display_name == 'Papers, "daily"'
+
+
+def test_operator_template_overrides_and_extends_the_default(tmp_path):
+    (tmp_path / "email.txt.j2").write_text("Hello {{ profile.name }}: {{ picks | length }}\n")
+    (tmp_path / "_paper.html.j2").write_text("<p class=mine>{{ pick.title }}</p>")
+    message = _reparse(_render([_pick("<b>x</b>")], env=make_environment(tmp_path)))
+    assert message.get_body(("plain",)).get_content().splitlines() == ["Hello Ana Lima: 1"]
+    html = message.get_body(("html",)).get_content()
+    assert 'class="mine"' in html and "&lt;b&gt;x&lt;/b&gt;" in html  # still autoescaped
+    assert "Papers for Wednesday" in html  # the rest comes from the default templates
+
+
+@given(st.text())
+def test_one_line_never_leaves_a_line_break(value):
+    assert not any(ch in one_line(value) for ch in "\r\n\x0b\x0c\x85\u2028\u2029")
