@@ -44,7 +44,8 @@ def test_normalise_title_ignores_case(title: str) -> None:
         ("KeNet:Knowledge-enhanced Doc-Label Attention Network",
          "KeNet: Knowledge enhanced Doc Label Attention Network"),
         ("LLMs -- are they (really) \"reasoning\"?!", "llms are they really reasoning"),
-        ("  Titans:   Learning to Memorize\tat Test Time  ", "Titans Learning to Memorize at Test Time"),
+        ("  Titans:   Learning to Memorize\tat Test Time  ",
+         "Titans Learning to Memorize at Test Time"),
         ("Ragnarök: A Reusable RAG Framework", "Ragnarok: A Reusable RAG Framework"),
         ("Café, naïve and Gödel", "Cafe naive and Godel"),
         ("Ｆｕｌｌｗｉｄｔｈ Ｔｉｔｌｅ", "Fullwidth Title"),
@@ -77,7 +78,8 @@ def test_normalise_title_keeps_words_apart() -> None:
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        ("Łojasiewicz Inequalities for Deep Networks", "Lojasiewicz Inequalities for Deep Networks"),
+        ("Łojasiewicz Inequalities for Deep Networks",
+         "Lojasiewicz Inequalities for Deep Networks"),
         ("Søren Kierkegaard and Language Models", "Soren Kierkegaard and Language Models"),
     ],
 )
