@@ -10,24 +10,28 @@ import unicodedata
 
 # New-style ids (0704.0001 onwards) and old-style archive/YYMMNNN ids, each with an
 # optional version suffix that identity ignores.
-_NEW_ID = r"\d{4}\.\d{4,5}"
+_NEW_ID = r"\d{2}(?:0[1-9]|1[0-2])\.\d{4,5}"  # YYMM.NNNNN
 _OLD_ID = r"[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7}"
 _ARXIV_ID = re.compile(rf"(?<![\w.])(?P<id>{_NEW_ID}|{_OLD_ID})(?:v\d+)?(?!\w|\.\d)")
 _ARXIV_HINT = re.compile(
-    rf"arxiv(?:\.org/(?:abs|pdf)/|:)|huggingface\.co/papers/|^(?:{_NEW_ID}|{_OLD_ID})(?:v\d+)?$",
+    rf"arxiv(?:\.org/(?:abs|pdf|html)/|:)|huggingface\.co/papers/|^(?:{_NEW_ID}|{_OLD_ID})(?:v\d+)?$",
     re.IGNORECASE,
 )
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_NON_ALNUM = re.compile(r"[\W_]+")
+# Letters that Unicode does not decompose into a base letter and a mark.
+_FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe",
+                       "ı": "i", "ħ": "h", "ŧ": "t", "ŀ": "l"})
 
 
 def normalise_title(title: str) -> str:
-    """Return the title key: NFKD-folded, case-folded, punctuation turned into single spaces.
+    """Return the title key: case-folded, accents removed, punctuation turned into spaces.
 
+    Letters of every script are kept, so titles in Chinese or Greek get distinct keys.
     Idempotent: normalising a key gives the same key.
     """
-    decomposed = unicodedata.normalize("NFKD", title)
-    ascii_ish = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _NON_ALNUM.sub(" ", ascii_ish.casefold()).strip()
+    decomposed = unicodedata.normalize("NFKD", title.casefold().translate(_FOLD))
+    bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _NON_ALNUM.sub(" ", unicodedata.normalize("NFKC", bare).casefold()).strip()
 
 
 def parse_arxiv_id(text: str) -> str | None:

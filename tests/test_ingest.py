@@ -175,9 +175,6 @@ def test_missing_file_raises_input_error(tmp_path: Path) -> None:
     assert caught.value.path == path
 
 
-@pytest.mark.xfail(strict=True, reason="a file holding only a UTF-8 BOM (how some editors save "
-                   "an empty file) is not refused as empty; it parses to a 'no papers found' "
-                   "problem instead")
 def test_bom_only_file_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "digest.txt"
     path.write_bytes(b"\xef\xbb\xbf\n")
@@ -185,8 +182,6 @@ def test_bom_only_file_is_empty(tmp_path: Path) -> None:
         read_digest_file(path, REFERENCE)
 
 
-@pytest.mark.xfail(strict=True, reason="the 'not valid UTF-8' note counts only \\n to find its "
-                   "line, while the parser also splits on a lone \\r")
 def test_latin1_note_line_with_cr_line_endings(tmp_path: Path) -> None:
     path = tmp_path / "digest.txt"
     text = "new\r\rMar 11\r\rRagnar\u00f6k: A Reusable RAG Framework\r\r" + ABSTRACT + "\r"
@@ -199,15 +194,10 @@ def test_latin1_note_line_with_cr_line_endings(tmp_path: Path) -> None:
 # --- lines the parser must not misread ----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="'\u017fep 1' (long s) matches the "
-                   "case-insensitive date pattern, then the month lookup raises KeyError")
 def test_long_s_month_does_not_crash() -> None:
     parse_digest_text("Mar 11\n\n\u017fep 1\n", source="s", reference=REFERENCE)
 
 
-@pytest.mark.xfail(strict=True, reason="the date pattern takes any word starting with a month "
-                   "abbreviation, so a title like 'Marathon 2' becomes a date line and the "
-                   "paper is lost")
 def test_title_starting_with_month_letters_is_a_title() -> None:
     text = "Mar 11\n\nMarathon 2\n\n" + ABSTRACT + "\n"
     parsed = parse_digest_text(text, source="s", reference=REFERENCE)

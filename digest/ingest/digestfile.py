@@ -28,9 +28,10 @@ BOILERPLATE = frozenset(
 _MONTHS = {m: i for i, m in enumerate(
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
 _DATE_LINE = re.compile(
-    r"^(?P<month>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+"
+    r"^(?P<month>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sept?(?:ember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?\s+"
     r"(?P<day>\d{1,2})(?:st|nd|rd|th)?(?:,?\s+(?P<year>\d{4}))?$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,  # ASCII: no "ſep" (long s) taken for "sep"
 )
 _UPVOTES = re.compile(r"^[▲△⬆↑^]?\s*\d[\d,.]*\s*[kK]?\s*(?:upvotes?|votes?|▲)?$", re.IGNORECASE)
 _SUBMITTED = re.compile(r"^(?:submitted|published|posted)\s+(?:by|on)\b", re.IGNORECASE)
@@ -40,6 +41,21 @@ _URL_ONLY = re.compile(r"^<?https?://\S+>?$", re.IGNORECASE)
 _ARXIV_LINE = re.compile(r"^(?:arxiv\s*:\s*|arxiv\s+id\s*:?\s*)\S+$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[A-Z(\"]|\s*$)")
 _LETTER = re.compile(r"[^\W\d_]")
+_FINAL = (".", "!", "?", ")", '"', "'", "”", "’", "]")
+
+
+def _clean(raw: str) -> str:
+    return " ".join(raw.replace("\ufeff", "").split())
+
+
+def is_noise(text: str) -> bool:
+    """True for a line that is neither a title nor an abstract (counts, links, bylines)."""
+    return (
+        text.casefold() in BOILERPLATE
+        or not _LETTER.search(text)
+        or any(p.match(text) for p in (_UPVOTES, _SUBMITTED, _AUTHOR_COUNT, _AUTHORS,
+                                       _URL_ONLY, _ARXIV_LINE))
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,7 @@ class _Entry:
     title: str
     line: int
     abstract: list[str] = field(default_factory=list)
+    abstract_line: int = 0  # where the abstract's last line is
     authors: tuple[str, ...] = ()
     arxiv_id: str | None = None
     url: str | None = None
@@ -85,6 +102,7 @@ class _Entry:
 class _Parser:
     source: str
     reference: date
+    lines: list[str]  # cleaned text of every line, to look ahead
     entries: list[PaperEntry] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     day: date | None = None
@@ -169,9 +187,33 @@ class _Parser:
             return True
         return False
 
+    def next_content(self, number: int) -> str | None:
+        """The next line after line `number` that could be a title or an abstract."""
+        for text in self.lines[number:]:
+            if text and not _DATE_LINE.match(text) and not is_noise(text):
+                return text
+            if _DATE_LINE.match(text):
+                return None
+        return None
+
+    def short_abstract(self, number: int, text: str) -> bool:
+        """Whether a short line after a title is its abstract (cut short, or just brief)."""
+        if text.endswith(".") and len(text.split()) >= 6:
+            return True  # titles do not end in a full stop; brief abstracts do
+        following = self.next_content(number)
+        if following is None:
+            return len(text) >= 100  # the file's last line: an abstract cut off
+        return len(text) >= 100 and not looks_like_abstract(following)
+
     def content(self, number: int, text: str) -> None:
         same_paragraph = not self.blank_since_previous
         pending = self.pending
+        if (pending is not None and not pending.abstract and not same_paragraph
+                and self.previous == "title" and self.short_abstract(number, text)):
+            pending.abstract.append(text)
+            pending.abstract_line = number
+            self.previous = "abstract"
+            return
         if looks_like_abstract(text):
             if pending is None:
                 self.skip(number, "abstract without a title before it")
@@ -179,6 +221,7 @@ class _Parser:
             if pending.abstract and not same_paragraph:
                 self.skip(number, "second abstract paragraph joined to the entry above")
             pending.abstract.append(text)
+            pending.abstract_line = number
             self.previous = "abstract"
             return
         # A short line: a title, the rest of a wrapped title, or a wrapped abstract's tail.
@@ -188,13 +231,13 @@ class _Parser:
                 return
             if self.previous == "abstract" and (text.endswith(".") or text[:1].islower()):
                 pending.abstract.append(text)
+                pending.abstract_line = number
                 return
         self.emit()
         self.pending = _Entry(title=text, line=number, day=self.day)
         self.previous = "title"
 
-    def feed(self, number: int, raw: str) -> None:
-        text = " ".join(raw.replace("\ufeff", "").split())
+    def feed(self, number: int, text: str) -> None:
         if not text:
             self.blank_since_previous = True
             return
@@ -210,14 +253,13 @@ class _Parser:
 def _header_end(lines: list[str]) -> int:
     """Index of the first date line among the opening lines, or -1 if there is none."""
     seen = 0
-    for index, raw in enumerate(lines):
-        text = " ".join(raw.split())
+    for index, text in enumerate(lines):
         if not text:
             continue
         if _DATE_LINE.match(text):
             return index
         seen += 1
-        if seen > 12 or looks_like_abstract(text):
+        if seen > 40 or looks_like_abstract(text):
             break
     return -1
 
@@ -227,8 +269,8 @@ def parse_digest_text(text: str, *, source: str, reference: date) -> DigestParse
 
     Dates without a year take the latest year that puts them on or before `reference`.
     """
-    lines = re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff"))
-    parser = _Parser(source=source, reference=reference)
+    lines = [_clean(raw) for raw in re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff"))]
+    parser = _Parser(source=source, reference=reference, lines=lines)
     header_end = _header_end(lines)
     if header_end < 0:
         parser.problems.append(
@@ -238,12 +280,15 @@ def parse_digest_text(text: str, *, source: str, reference: date) -> DigestParse
         start = 0
     else:
         for index in range(header_end):
-            stripped = " ".join(lines[index].replace("\ufeff", "").split())
-            if stripped and stripped.casefold() not in BOILERPLATE:
+            if lines[index] and lines[index].casefold() not in BOILERPLATE:
                 parser.skip(index + 1, "unrecognised header line")
         start = header_end
     for index in range(start, len(lines)):
         parser.feed(index + 1, lines[index])
+    last = parser.pending
+    if last is not None and last.abstract and not last.abstract[-1].endswith(_FINAL):
+        parser.skip(last.abstract_line, "last abstract ends mid-sentence (file cut short?); "
+                    "kept as it is")
     parser.emit()
     if not parser.entries:
         parser.problems.append(Problem(source, None, "no papers found", fatal=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 import unicodedata
 from dataclasses import replace
 from datetime import date, datetime
@@ -19,6 +21,11 @@ def decode_text(path: Path, data: bytes) -> tuple[str, list[Problem]]:
 
     Raises InputError for binary data.
     """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), []
+        except UnicodeDecodeError as exc:
+            raise InputError(path, "not valid UTF-16 text") from exc
     if b"\x00" in data[:8192]:
         raise InputError(path, "not a text file (binary data)")
     try:
@@ -29,7 +36,7 @@ def decode_text(path: Path, data: bytes) -> tuple[str, list[Problem]]:
                   and ch not in "\r\n\t")
         if bad > max(8, len(text) // 50):
             raise InputError(path, "not a text file (binary data)") from exc
-        line = data[: exc.start].count(b"\n") + 1
+        line = len(re.split(rb"\r\n|\r|\n", data[: exc.start]))
         note = Problem(str(path), line, "not valid UTF-8; read as Windows-1252")
         return text, [note]
 
@@ -55,7 +62,7 @@ def read_digest_file(path: Path, reference: date | None = None) -> DigestParse:
         raise InputError(path, "permission denied") from exc
     except OSError as exc:
         raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    if not data.strip():
+    if not data.removeprefix(codecs.BOM_UTF8).strip():
         raise InputError(path, "empty file, no papers in it")
     text, notes = decode_text(path, data)
     parsed = parse_digest_text(text, source=str(path), reference=reference)
