@@ -34,6 +34,7 @@ class SmtpSettings(_Frozen):
     username: str | None = None
     password: SecretStr | None = Field(default=None, exclude=True)  # DIGEST_SMTP_PASSWORD
     validate_certs: bool = True
+    ca_file: Path | None = None  # a private CA's certificates (PEM), added to the system's
     timeout_s: float = Field(default=30.0, gt=0)
 
 
@@ -130,6 +131,8 @@ def load_settings(
     raw.setdefault("outbox_dir", home / "outbox")
     raw["config_path"] = path
     smtp = dict(raw.get("smtp") or {})
+    if "ca_file" in smtp:
+        smtp["ca_file"] = _resolve(base, smtp["ca_file"])
     if "password" in smtp:
         raise ConfigError(
             "smtp.password: secrets are not read from the file; set DIGEST_SMTP_PASSWORD",

@@ -19,7 +19,12 @@ from typing import Protocol
 import aiosmtplib
 
 from digest.config import SmtpSettings
-from digest.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from digest.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 
 log = logging.getLogger(__name__)
 _CONNECT_PREFIX = re.compile(r"^Error connecting to \S+ on port \d+: ")
@@ -54,6 +59,9 @@ def classify_smtp_error(exc: Exception, where: str) -> DeliveryError:
     if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
         reason = _CONNECT_PREFIX.sub("", str(exc)) or type(exc).__name__
         return TransientDeliveryError(f"cannot connect to {where}: {reason}")
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
+        return TransientDeliveryError(f"{where} does not offer STARTTLS; digest will not send "
+                                      "in clear text unless smtp.security is \"none\"")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return TransientDeliveryError(f"{where} closed the connection: {exc}")
     return TransientDeliveryError(f"{where}: {exc}")
@@ -75,6 +83,12 @@ class SmtpMailer:
         if self.settings.security == "none":
             return None
         context = ssl.create_default_context()
+        if self.settings.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.settings.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"smtp.ca_file {self.settings.ca_file}: cannot be loaded "
+                                  f"({exc})") from exc
         if not self.settings.validate_certs:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

@@ -6,6 +6,7 @@ aiosmtpd runs in a background thread with its own event loop, on a free port.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,9 +56,12 @@ class SmtpSink:
     """`with SmtpSink() as sink:` a server at sink.host:sink.port; `sink.received` lists mail."""
 
     def __init__(self, host: str = "127.0.0.1",
-                 respond: Callable[[Received], str] = lambda _message: ACCEPT):
-        """`respond` gives the reply to each message, e.g. "451 try later" to refuse it."""
+                 respond: Callable[[Received], str] = lambda _message: ACCEPT,
+                 tls_context: ssl.SSLContext | None = None):
+        """`respond` gives the reply to each message, e.g. "451 try later" to refuse it;
+        with `tls_context` the server offers STARTTLS."""
         self.host = host
+        self.tls_context = tls_context
         self.port = 0
         self._handler = _Handler(respond)
         self._loop = asyncio.new_event_loop()
@@ -75,7 +79,8 @@ class SmtpSink:
         asyncio.set_event_loop(self._loop)
 
         def factory() -> SMTP:
-            return SMTP(self._handler, hostname="digest-sink", loop=self._loop)
+            return SMTP(self._handler, hostname="digest-sink", loop=self._loop,
+                        tls_context=self.tls_context)
 
         try:
             self._server = self._loop.run_until_complete(
