@@ -26,8 +26,8 @@ from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
 from digest.deliver import Mailer, OutboxMailer, SmtpMailer
 from digest.errors import DigestError
-from digest.models import Problem, Profile
-from digest.pipeline import EditionRun, Status, ingest_files
+from digest.models import Profile
+from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
 from digest.profiles import load_profiles, profile_paths
 from digest.schedule import parse_schedule
 from digest.store import Store
@@ -58,7 +58,7 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def report_problems(problems: Sequence[Problem | Exception]) -> None:
+def report_problems(problems: Sequence[object]) -> None:
     for problem in problems:
         click.echo(str(problem), err=True)
 
@@ -186,7 +186,7 @@ def demo(out_dir: Path) -> None:
 # ingest --------------------------------------------------------------------------------
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--date", "file_date", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Day the files were written, to date them (default: each file's mtime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
@@ -197,7 +197,9 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     """Read digest files into the store; a paper already stored is not added again.
 
     Lines that cannot be used are reported as FILE:LINE: reason; the rest is kept. The
-    exit status is 1 if a whole file was rejected.
+    exit status is 1 if a whole file was rejected. Without PATHS, the files in the inbox
+    folder are read and moved to inbox/processed/ (or inbox/rejected/), as `digest run`
+    does.
 
     \b
     Example:
@@ -206,7 +208,10 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     store = obj.open_store()
     try:
         reference = file_date.replace(tzinfo=UTC) if file_date else None
-        report = ingest_files(store, paths, now=utc_now(), reference=reference)
+        if paths:
+            report = ingest_files(store, paths, now=utc_now(), reference=reference)
+        else:
+            report = ingest_inbox(store, obj.settings.inbox_dir, now=utc_now())
         total = store.count_papers()
     finally:
         store.close()
@@ -242,7 +247,7 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     Example:
         digest --data-dir data rank profiles/ana.yaml --top 5 --json
     """
-    loaded = load_profiles(profiles, default_max_papers=top)
+    loaded = load_profiles(profiles, default_max_papers=top, for_sending=False)
     report_problems(loaded.errors)
     store = obj.open_store()
     try:
@@ -313,7 +318,10 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     html_part = message.get_body(preferencelist=("html",))
     assert html_part is not None
     out = out or Path(f"{profile.subscriber_id}-preview.html")
-    out.write_text(html_part.get_content(), encoding="utf-8")
+    try:
+        out.write_text(html_part.get_content(), encoding="utf-8")
+    except OSError as exc:
+        fail(f"{out}: cannot be written: {exc.strerror or exc}")
     click.echo(f"{len(picks)} papers for {profile.name}'s edition of "
                f"{slot.astimezone().isoformat(timespec='minutes')}; written to {out}")
 
@@ -368,6 +376,76 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
         click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
     if failed or loaded.errors:
         sys.exit(1)
+
+
+# run -----------------------------------------------------------------------------------
+
+@cli.command()
+@pass_context
+@handle_errors
+def run(obj: Context) -> None:
+    """Run the daemon: watch the inbox, poll feeds, send editions on schedule.
+
+    Logs one line per event on stderr. SIGTERM or Ctrl-C finishes the email in flight
+    and exits; a second one exits at once. SIGHUP reloads the config and profiles.
+
+    \b
+    Example:
+        digest -c /etc/digest/digest.toml run
+    """
+    from digest.daemon import Daemon
+
+    settings = obj.settings
+    if obj.verbose == 0:
+        logging.getLogger().setLevel(settings.daemon.log_level)
+    daemon = Daemon(lambda: load_settings(obj.config, data_dir=obj.data_dir))
+    sys.exit(asyncio.run(daemon.run()))
+
+
+# status --------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON object.")
+@pass_context
+@handle_errors
+def status(obj: Context, as_json: bool) -> None:
+    """Show each subscriber's next and last edition, each feed's last poll, and counts.
+
+    \b
+    Example:
+        digest status --json
+    """
+    from digest.status import collect_status
+
+    settings = obj.settings
+    store = obj.open_store()
+    try:
+        report = collect_status(store, settings, now=utc_now())
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+        return
+    console = Console()
+    table = Table(title="Subscribers")
+    for column in ("subscriber", "schedule", "next edition", "last edition", "state",
+                   "detail"):
+        table.add_column(column, overflow="fold")
+    for s in report.subscribers:
+        table.add_row(s.subscriber_id, s.schedule, s.next_slot or "", s.last_slot or "",
+                      s.last_state or "", s.detail or "")
+    console.print(table)
+    if report.feeds:
+        feeds = Table(title="Feeds")
+        for column in ("feed", "last poll", "result", "new papers", "next poll"):
+            feeds.add_column(column, overflow="fold")
+        for f in report.feeds:
+            feeds.add_row(f.url, f.last_poll or "never", f.result, str(f.new_papers),
+                          f.next_poll or "now")
+        console.print(feeds)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(report.editions.items()))
+    click.echo(f"{report.papers} papers stored; editions: {counts or 'none yet'}.")
+    report_problems(report.problems)
 
 
 # profile -------------------------------------------------------------------------------

@@ -12,9 +12,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from digest.errors import ConfigError
+from digest.profiles import check_email
 
 CONFIG_NAME = "digest.toml"
 
@@ -37,6 +46,14 @@ class SmtpSettings(_Frozen):
     ca_file: Path | None = None  # a private CA's certificates (PEM), added to the system's
     timeout_s: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _no_clear_text_password(self) -> SmtpSettings:
+        local = self.host in ("localhost", "127.0.0.1", "::1")
+        if self.security == "none" and self.username and not local:
+            raise ValueError(f"security is \"none\" but a username is set: the password would "
+                             f"cross the network to {self.host} in clear text; use starttls or tls")
+        return self
+
 
 class MailSettings(_Frozen):
     """What the emails say about who sent them."""
@@ -46,6 +63,52 @@ class MailSettings(_Frozen):
     reply_to: str | None = None
     list_id: str = "papers.digest.localhost"
     max_attempts: int = Field(default=5, ge=1)  # tries per edition before it stays failed
+    # An edition left "sending" this long ago (its sender died mid-way) may be sent again.
+    sending_stale_s: float = Field(default=600, gt=0)
+
+    @field_validator("from_address")
+    @classmethod
+    def _from_address(cls, value: str) -> str:
+        return check_email(value)
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to(cls, value: str | None) -> str | None:
+        return check_email(value) if value else None
+
+    @field_validator("from_name", "list_id")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must be one line of printable text")
+        return value
+
+
+class FeedSettings(_Frozen):
+    """One RSS or Atom feed to poll."""
+
+    url: str = Field(pattern=r"^https?://\S+$")
+    name: str | None = None
+    poll_s: float | None = Field(default=None, ge=1)  # default: daemon.feed_poll_s
+
+
+class DaemonSettings(_Frozen):
+    """How `digest run` paces its work; every duration is in seconds."""
+
+    inbox_poll_s: float = Field(default=10, gt=0)
+    inbox_settle_s: float = Field(default=2, ge=0)  # a file this recently changed may be
+    # still being written: it waits for the next look
+    feed_poll_s: float = Field(default=1800, ge=1)
+    feed_timeout_s: float = Field(default=30, gt=0)
+    feed_max_backoff_s: float = Field(default=6 * 3600, ge=1)
+    feed_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    profiles_poll_s: float = Field(default=5, gt=0)
+    catchup_grace_s: float = Field(default=12 * 3600, ge=0)  # a missed edition younger than
+    # this is sent when the daemon comes back; an older one is skipped
+    retry_base_s: float = Field(default=300, gt=0)  # first retry of a failed edition; doubles
+    retry_max_s: float = Field(default=2 * 3600, gt=0)
+    shutdown_timeout_s: float = Field(default=60, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Settings(_Frozen):
@@ -61,6 +124,8 @@ class Settings(_Frozen):
     default_max_papers: int = Field(default=10, ge=1, le=200)
     smtp: SmtpSettings = SmtpSettings()
     mail: MailSettings = MailSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    feeds: tuple[FeedSettings, ...] = ()
     config_path: Path | None = None
 
     @property
@@ -114,6 +179,15 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(config_path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    for table in ("smtp", "mail", "daemon"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"{table}: expected a table ([{table}])", path=path)
+    for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir",
+                "database_url"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{key}: expected a string", path=path)
+    if not isinstance(raw.get("feeds", []), list):
+        raise ConfigError("feeds: expected a list of URLs or tables", path=path)
     base = path.parent.resolve() if path is not None else Path.cwd()
     for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir"):
         if key in raw:
@@ -141,6 +215,8 @@ def load_settings(
     if env.get("DIGEST_SMTP_PASSWORD"):
         smtp["password"] = SecretStr(env["DIGEST_SMTP_PASSWORD"])
     raw["smtp"] = smtp
+    # `feeds` may list bare URLs or tables with url, name and poll_s.
+    raw["feeds"] = [f if isinstance(f, dict) else {"url": f} for f in raw.get("feeds") or []]
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

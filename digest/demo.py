@@ -35,8 +35,8 @@ def bundled_seeds() -> list[Path]:
 
 
 async def run_demo(out_dir: Path, *, now: datetime) -> DemoResult:
-    """Run the demo into `out_dir` (its database is started afresh each time)."""
-    data_dir = out_dir / "data"
+    """Run the demo into `out_dir` (its own database, in demo-data/, starts afresh)."""
+    data_dir = out_dir / "demo-data"  # never `data/`, where `digest init` keeps a real one
     data_dir.mkdir(parents=True, exist_ok=True)
     for old in data_dir.glob("digest.sqlite3*"):
         old.unlink()

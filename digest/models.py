@@ -80,7 +80,7 @@ class Profile:
     require: tuple[str, ...] = ()  # a pick must mention at least one of these
     mute: tuple[str, ...] = ()  # a paper mentioning any of these is never picked
     avoid: tuple[str, ...] = ()  # topics pushed down, softer than mute
-    authors: tuple[str, ...] = ()  # papers by these people are always candidates
+    authors: tuple[str, ...] = ()  # papers by these people rank first
     liked: tuple[str, ...] = ()  # titles or arXiv ids
     disliked: tuple[str, ...] = ()
     active: bool = True
@@ -97,6 +97,7 @@ class Pick:
 
 class EditionState(enum.StrEnum):
     PENDING = "pending"
+    SENDING = "sending"  # handed to the SMTP server; the outcome is not recorded yet
     SENT = "sent"
     FAILED = "failed"
     EMPTY = "empty"  # nothing to send for this slot; recorded so it is not retried
@@ -117,6 +118,21 @@ class Edition:
     row_id: int = 0
     created_at: datetime | None = None
     sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """What the store remembers of a feed between polls."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    last_poll_at: datetime | None = None
+    last_status: str | None = None
+    last_error: str | None = None
+    last_new_papers: int = 0
+    failures: int = 0
+    next_poll_at: datetime | None = None
 
 
 @dataclass(frozen=True)

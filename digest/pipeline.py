@@ -14,13 +14,19 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
-from jinja2 import Environment
+from jinja2 import Environment, TemplateError, TemplateSyntaxError
 
 from digest.config import Settings
 from digest.deliver import Mailer
-from digest.errors import InputError, PermanentDeliveryError, TransientDeliveryError
+from digest.errors import (
+    ConfigError,
+    InputError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
+from digest.ingest.inbox import InboxWatcher
 from digest.models import Edition, EditionState, IngestReport, Pick, Problem, Profile
 from digest.rank import (
     Candidates,
@@ -47,7 +53,7 @@ def ingest_files(store: Store, paths: Iterable[Path], *, now: datetime,
             parsed = read_digest_file(path, reference.date() if reference else None)
         except InputError as exc:
             problems.append(Problem(str(exc.path), exc.line, exc.reason, fatal=True))
-            log.warning("ingest.rejected path=%s reason=%s", exc.path, exc.reason)
+            log.info("ingest.rejected path=%s reason=%s", exc.path, exc.reason)
             continue
         problems.extend(parsed.problems)
         if not parsed.entries:
@@ -59,6 +65,19 @@ def ingest_files(store: Store, paths: Iterable[Path], *, now: datetime,
         log.info("ingest.file path=%s entries=%d new=%d skipped=%d", path, result.entries,
                  result.new_papers, len(parsed.problems))
     return IngestReport(files=files, entries=entries, new_papers=new, problems=tuple(problems))
+
+
+def ingest_inbox(store: Store, folder: Path, *, now: datetime) -> IngestReport:
+    """Ingest every file in the inbox folder now, moving each out as the daemon does."""
+    done = InboxWatcher(folder, settle_s=0).process(store, now, wait=False)
+    problems: list[Problem] = []
+    for item in done:
+        if item.rejected:
+            problems.append(Problem(str(item.path), None, item.rejected, fatal=True))
+        problems.extend(item.problems)
+    return IngestReport(files=sum(1 for d in done if not d.rejected),
+                        entries=sum(d.entries for d in done),
+                        new_papers=sum(d.new_papers for d in done), problems=tuple(problems))
 
 
 def resolve_preferences(store: Store, profile: Profile) -> tuple[Preferences, list[str]]:
@@ -93,6 +112,7 @@ class Status(enum.StrEnum):
     EMPTY = "nothing relevant"
     NOT_DUE = "not due"
     DRY_RUN = "dry run"
+    IN_FLIGHT = "being sent by another process"
     INACTIVE = "inactive"
 
 
@@ -155,53 +175,63 @@ class EditionRun:
 
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
                now: datetime) -> EmailMessage:
+        """The email for these picks. Raises ConfigError if an operator's template is broken."""
         assert self.env is not None
-        return render_edition(self.env, profile, picks, slot=slot, mail=self.settings.mail,
-                              now=now)
+        try:
+            return render_edition(self.env, profile, picks, slot=slot,
+                                  mail=self.settings.mail, now=now)
+        except TemplateError as exc:
+            where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, TemplateSyntaxError) else ""
+            raise ConfigError(f"template error: {where}{exc}") from exc
 
-    def _claim(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
-        """The edition for (subscriber, slot): the recorded one, or a new one with its picks."""
-        existing = self.store.get_edition(profile.subscriber_id, slot)
-        if existing is not None:
-            return existing
+    def _draft(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
+        """A new edition for (subscriber, slot) with its picks, not yet recorded."""
         picks = self.choose_picks(profile, now=now)
-        draft = Edition(
+        return Edition(
             subscriber_id=profile.subscriber_id, slot=slot,
             state=EditionState.PENDING if picks else EditionState.EMPTY,
             message_id=message_id(profile.subscriber_id, slot, mail_domain(self.settings.mail)),
             picks=tuple(picks))
-        created = self.store.create_edition(draft, candidates_until=now, now=now)
+
+    def _claim(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
+        """The edition for (subscriber, slot): the recorded one, or a new one with its picks.
+
+        A new edition supersedes the subscriber's older failed ones: their papers are
+        candidates again, so nothing is lost and nothing comes twice.
+        """
+        existing = self.store.get_edition(profile.subscriber_id, slot)
+        if existing is not None:
+            return existing
+        self.store.supersede_failed(profile.subscriber_id, before=slot, by=slot, now=now)
+        created = self.store.create_edition(self._draft(profile, slot, now),
+                                            candidates_until=now, now=now)
         if created is None:  # created meanwhile by another sender
             created = self.store.get_edition(profile.subscriber_id, slot)
             assert created is not None
         return created
 
     async def run_edition(self, profile: Profile, mailer: Mailer, *, now: datetime,
-                          dry_run: bool = False) -> EditionOutcome:
-        """Send the subscriber's edition for the latest slot at or before `now`, once.
+                          dry_run: bool = False, slot: datetime | None = None
+                          ) -> EditionOutcome:
+        """Send the subscriber's edition for `slot` (default: the latest slot at or before
+        `now`), once.
 
-        Idempotent: a sent edition is never sent again; a failed one is retried while its
-        failure was transient and attempts remain. A dry run records nothing.
+        Idempotent: a sent edition is never sent again, and two senders never both send
+        one; a failed edition is retried while its failure was transient and attempts
+        remain. A dry run records nothing. Raises ConfigError for a broken template.
         """
         if not profile.active:
             return EditionOutcome(profile, Status.INACTIVE)
-        slot = parse_schedule(profile.schedule, profile.timezone).last_slot(now)
+        if slot is None:
+            slot = parse_schedule(profile.schedule, profile.timezone).last_slot(now)
         if slot is None:
             return EditionOutcome(profile, Status.NOT_DUE)
         if dry_run:
-            existing = self.store.get_edition(profile.subscriber_id, slot)
-            if existing is not None and existing.state is EditionState.SENT:
-                return EditionOutcome(profile, Status.ALREADY_SENT, slot, existing.picks)
-            picks = self.choose_picks(profile, now=now)
-            if not picks:
-                return EditionOutcome(profile, Status.EMPTY, slot)
-            message = self.render(profile, picks, slot=slot, now=now)
-            detail = await mailer.send(message)
-            return EditionOutcome(profile, Status.DRY_RUN, slot, tuple(picks), detail,
-                                  message=message)
-
-        self.store.save_subscriber(profile, now)
-        edition = self._claim(profile, slot, now)
+            edition = (self.store.get_edition(profile.subscriber_id, slot)
+                       or self._draft(profile, slot, now))
+        else:
+            self.store.save_subscriber(profile, now)
+            edition = self._claim(profile, slot, now)
         if edition.state is EditionState.SENT:
             return EditionOutcome(profile, Status.ALREADY_SENT, slot, edition.picks)
         if edition.state is EditionState.EMPTY:
@@ -211,6 +241,13 @@ class EditionRun:
                                   edition.smtp_reply or "", retry=False)
 
         message = self.render(profile, edition.picks, slot=slot, now=now)
+        if dry_run:
+            detail = await mailer.send(message)
+            return EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks, detail,
+                                  message=message)
+        stale_before = now - timedelta(seconds=self.settings.mail.sending_stale_s)
+        if not self.store.begin_sending(edition, now=now, stale_before=stale_before):
+            return EditionOutcome(profile, Status.IN_FLIGHT, slot, edition.picks)
         max_attempts = self.settings.mail.max_attempts
         try:
             reply = await mailer.send(message)

@@ -31,6 +31,7 @@ from digest.schedule import load_timezone, parse_schedule
 PROFILE_SUFFIXES = (".yaml", ".yml")
 _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
+SubscriberId = Annotated[str, StringConstraints(pattern=_SUBSCRIBER_ID.pattern)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
@@ -80,6 +81,9 @@ class ProfileFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    # The ledger keeps editions under this id; default: the file name without extension.
+    # Set it to keep a subscriber's history when the file is renamed.
+    id: SubscriberId | None = None
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     email: str
     timezone: str = "UTC"
@@ -155,8 +159,12 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
-def parse_profile(text: str, path: Path, *, default_max_papers: int = 10) -> Profile:
-    """Parse the text of a profile file. Raises ProfileError naming line and field."""
+def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
+                  strict_id: bool = True) -> Profile:
+    """Parse the text of a profile file. Raises ProfileError naming line and field.
+
+    With `strict_id` off (ranking only, nothing recorded) any file name will do.
+    """
     yaml = YAML(typ="rt")
     try:
         root = yaml.load(text)
@@ -187,11 +195,12 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10) -> Pro
         more = f" (and {problems - 1} more problems)" if problems > 1 else ""
         raise ProfileError(path, message + more, line=_line_of(root, loc) or 1,
                            field=_field_name(loc)) from exc
-    stem = path.stem
-    if not _SUBSCRIBER_ID.match(stem):
-        raise ProfileError(path, "file name must be letters, digits, '.', '_' or '-'")
+    subscriber_id = data.id or path.stem
+    if strict_id and not _SUBSCRIBER_ID.match(subscriber_id):
+        raise ProfileError(path, "the file name is the subscriber id, so it must be letters, "
+                                 "digits, '.', '_' or '-' (or set `id:` in the file)")
     return Profile(
-        subscriber_id=stem,
+        subscriber_id=subscriber_id,
         path=path,
         name=data.name,
         email=data.email,
@@ -212,7 +221,8 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10) -> Pro
     )
 
 
-def load_profile(path: Path, *, default_max_papers: int = 10) -> Profile:
+def load_profile(path: Path, *, default_max_papers: int = 10,
+                 strict_id: bool = True) -> Profile:
     """Read and parse one profile file. Raises ProfileError."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -224,7 +234,8 @@ def load_profile(path: Path, *, default_max_papers: int = 10) -> Profile:
         raise ProfileError(path, "not UTF-8 text") from exc
     except OSError as exc:
         raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    return parse_profile(text, path, default_max_papers=default_max_papers)
+    return parse_profile(text, path, default_max_papers=default_max_papers,
+                         strict_id=strict_id)
 
 
 @dataclass(frozen=True)
@@ -243,20 +254,26 @@ def profile_paths(folder: Path) -> list[Path]:
                   if p.suffix in PROFILE_SUFFIXES and not p.name.startswith((".", "_")))
 
 
-def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10) -> ProfileSet:
-    """Load every profile it can; a broken one becomes an error value, not an exception."""
+def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
+                  for_sending: bool = True) -> ProfileSet:
+    """Load every profile it can; a broken one becomes an error value, not an exception.
+
+    For sending, subscriber ids must be valid and distinct (the ledger is keyed by them);
+    for ranking alone they need not be.
+    """
     profiles: list[Profile] = []
     errors: list[ProfileError] = []
     seen: dict[str, Path] = {}
     for path in paths:
         try:
-            profile = load_profile(path, default_max_papers=default_max_papers)
+            profile = load_profile(path, default_max_papers=default_max_papers,
+                                   strict_id=for_sending)
         except ProfileError as exc:
             errors.append(exc)
             continue
-        if profile.subscriber_id in seen:
-            errors.append(ProfileError(path, f"same subscriber id as {seen[profile.subscriber_id]}"
-                                             " (file names must differ by more than extension)"))
+        if for_sending and profile.subscriber_id in seen:
+            errors.append(ProfileError(path, f"same subscriber id {profile.subscriber_id!r} as "
+                                             f"{seen[profile.subscriber_id]}"))
             continue
         seen[profile.subscriber_id] = path
         profiles.append(profile)

@@ -1,7 +1,8 @@
 """Schedules: when each subscriber's editions fall, in the subscriber's own time zone.
 
-`daily 07:00`, `weekdays 07:00`, `weekly mon 07:00`, or a five-field cron expression
-(standard cron: day-of-week 0 and 7 are Sunday). Slots are returned in UTC.
+`daily 07:00`, `weekdays 07:00`, `weekly mon 07:00`, `every 6h` (also `30m`, `90s`), or
+a five-field cron expression (standard cron: day-of-week 0 and 7 are Sunday). Slots are
+returned in UTC.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _TIME = r"(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)"
 _DAILY = re.compile(rf"^daily\s+{_TIME}$", re.IGNORECASE)
 _WEEKDAYS = re.compile(rf"^weekdays\s+{_TIME}$", re.IGNORECASE)
+_EVERY = re.compile(r"^every\s+(?P<count>\d+)\s*(?P<unit>s|sec|m|min|h|hr|hours?|minutes?|"
+                    r"seconds?)$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+# Interval slots are counted from this instant, so they do not move when the daemon restarts.
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _WEEKLY = re.compile(
     rf"^weekly\s+(?P<day>mon|tue|wed|thu|fri|sat|sun)[a-z]*\s+{_TIME}$", re.IGNORECASE)
 # Look-back windows for the latest slot: short first, so frequent schedules iterate little.
@@ -62,10 +69,14 @@ class Schedule:
 
     text: str
     timezone: str
-    trigger: CronTrigger
+    trigger: CronTrigger | IntervalTrigger
+    interval: timedelta | None = None  # for `every ...` schedules
 
     def next_slot(self, after: datetime) -> datetime:
         """The first slot strictly after `after` (UTC)."""
+        if self.interval is not None:
+            steps = (after - _EPOCH) // self.interval + 1
+            return _EPOCH + steps * self.interval
         fire = self.trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
         if fire is None:  # cron expressions always recur, so this is a bug if reached
             raise RuntimeError(f"schedule {self.text!r} has no next slot")
@@ -73,6 +84,8 @@ class Schedule:
 
     def last_slot(self, now: datetime) -> datetime | None:
         """The latest slot at or before `now` (UTC), or None if there is none in 5 years."""
+        if self.interval is not None:
+            return _EPOCH + ((now - _EPOCH) // self.interval) * self.interval
         for window in _WINDOWS:
             fire = self.trigger.get_next_fire_time(None, now - window)
             if fire is None or fire > now:
@@ -96,17 +109,28 @@ def parse_schedule(text: str, timezone: str = "UTC") -> Schedule:
         elif match := _WEEKDAYS.match(spec):
             trigger = CronTrigger(day_of_week="mon-fri", hour=int(match["hour"]),
                                   minute=int(match["minute"]), timezone=zone)
+        elif match := _EVERY.match(spec):
+            seconds = int(match["count"]) * _UNIT_S[match["unit"][0].lower()]
+            if not 1 <= seconds <= 366 * 86400:
+                raise ValueError("the interval must be between 1 second and a year")
+            interval = timedelta(seconds=seconds)
+            return Schedule(text=spec, timezone=timezone, interval=interval,
+                            trigger=IntervalTrigger(seconds=seconds, start_date=_EPOCH,
+                                                    timezone=zone))
         elif match := _WEEKLY.match(spec):
             trigger = CronTrigger(day_of_week=match["day"].lower(), hour=int(match["hour"]),
                                   minute=int(match["minute"]), timezone=zone)
         else:
             fields = spec.split(" ")
             if len(fields) != 5:
-                raise ValueError("expected `daily HH:MM`, `weekdays HH:MM`, "
-                                 "`weekly DAY HH:MM` or a five-field cron expression")
+                raise ValueError("expected `daily HH:MM`, `weekdays HH:MM`, `weekly DAY HH:MM`, "
+                                 "`every 6h` or a five-field cron expression")
             minute, hour, day, month, day_of_week = fields
             trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
                                   day_of_week=_cron_day_of_week(day_of_week), timezone=zone)
     except ValueError as exc:
         raise ValueError(f"bad schedule {text!r}: {exc}") from exc
-    return Schedule(text=spec, timezone=timezone, trigger=trigger)
+    schedule = Schedule(text=spec, timezone=timezone, trigger=trigger)
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"bad schedule {text!r}: it never comes round (no such day)")
+    return schedule

@@ -79,6 +79,12 @@ def infer_date(month: int, day: int, reference: date) -> date | None:
     return None
 
 
+def _title_cased(text: str) -> bool:
+    """Most longer words capitalised, as in "Dense Retrieval for Long Documents"."""
+    words = [w for w in text.split() if len(w) > 3 and w[:1].isalpha()]
+    return bool(words) and sum(w[:1].isupper() for w in words) >= 0.6 * len(words)
+
+
 def looks_like_abstract(text: str) -> bool:
     """Tell an abstract (prose, several sentences) from a title (one short line)."""
     if len(text) >= 400:
@@ -201,8 +207,8 @@ class _Parser:
         if text.endswith(".") and len(text.split()) >= 6:
             return True  # titles do not end in a full stop; brief abstracts do
         following = self.next_content(number)
-        if following is None:
-            return len(text) >= 100  # the file's last line: an abstract cut off
+        if following is None:  # the file's last line: an abstract cut off, or a bare title
+            return len(text) >= 100 or (len(text.split()) >= 4 and not _title_cased(text))
         return len(text) >= 100 and not looks_like_abstract(following)
 
     def content(self, number: int, text: str) -> None:

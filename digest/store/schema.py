@@ -117,3 +117,17 @@ edition_papers = Table(
     Column("score", Float, nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+feeds = Table(
+    "feeds",
+    metadata,
+    Column("url", String(2048), primary_key=True),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("last_poll_at", UTCDateTime),
+    Column("last_status", String(64)),  # "200", "304", "error", "timeout", ...
+    Column("last_error", Text),
+    Column("last_new_papers", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),  # in a row, for back-off
+    Column("next_poll_at", UTCDateTime),
+)

@@ -15,8 +15,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from digest.errors import StoreError
 from digest.identity import normalise_title, paper_key, parse_arxiv_id
-from digest.models import Edition, EditionState, Paper, PaperEntry, Pick, Profile
-from digest.store.schema import edition_papers, editions, metadata, paper_sources, papers
+from digest.models import Edition, EditionState, FeedState, Paper, PaperEntry, Pick, Profile
+from digest.store.schema import (
+    edition_papers,
+    editions,
+    feeds,
+    metadata,
+    paper_sources,
+    papers,
+)
 from digest.store.schema import subscribers as subscribers_table
 
 
@@ -248,12 +255,46 @@ class Store:
             return None  # another sender created it first: theirs is the edition
 
     def candidates_since(self, subscriber_id: str) -> datetime | None:
-        """Where the subscriber's next edition starts: the last edition's candidate cut-off."""
+        """Where the subscriber's next edition starts: the cut-off of their last edition that
+        was not lost. Papers of failed editions are offered again (already-sent ones are
+        excluded separately)."""
         with self._begin() as conn:
             value = conn.execute(
                 select(func.max(editions.c.candidates_until))
-                .where(editions.c.subscriber_id == subscriber_id)).scalar()
+                .where(editions.c.subscriber_id == subscriber_id,
+                       editions.c.state != EditionState.FAILED.value)).scalar()
         return value if isinstance(value, datetime) else None
+
+    def begin_sending(self, edition: Edition, *, now: datetime, stale_before: datetime) -> bool:
+        """Take the edition for sending; False if another sender has it or it is done.
+
+        Atomic, so two `digest send` runs never both send one edition. An edition left in
+        `sending` since before `stale_before` (its sender died) may be taken again.
+        """
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(editions)
+                .where(editions.c.id == edition.row_id)
+                .where((editions.c.state == EditionState.PENDING.value)
+                       | ((editions.c.state == EditionState.FAILED.value) & editions.c.retryable)
+                       | ((editions.c.state == EditionState.SENDING.value)
+                          & (editions.c.updated_at < stale_before)))
+                .values(state=EditionState.SENDING.value, updated_at=now)).rowcount
+        return bool(taken)
+
+    def supersede_failed(self, subscriber_id: str, *, before: datetime, by: datetime,
+                         now: datetime) -> int:
+        """Stop retrying the subscriber's failed editions older than `before`: a newer edition
+        takes their papers instead. Returns how many there were."""
+        with self._begin() as conn:
+            return int(conn.execute(
+                update(editions)
+                .where(editions.c.subscriber_id == subscriber_id,
+                       editions.c.state == EditionState.FAILED.value, editions.c.retryable,
+                       editions.c.slot < before)
+                .values(retryable=False, updated_at=now,
+                        smtp_reply=func.coalesce(editions.c.smtp_reply, "")
+                        + f" (superseded by the edition of {by.isoformat()})")).rowcount)
 
     def record_attempt(self, edition: Edition, *, state: EditionState, reply: str | None,
                        retryable: bool, now: datetime) -> None:
@@ -265,10 +306,45 @@ class Store:
         with self._begin() as conn:
             conn.execute(update(editions).where(editions.c.id == edition.row_id).values(**values))
 
+    def retryable_editions(self) -> list[Edition]:
+        """Failed editions that may still be sent (their failure was transient)."""
+        with self._begin() as conn:
+            rows = conn.execute(select(editions).where(
+                editions.c.state == EditionState.FAILED.value, editions.c.retryable)
+                .order_by(editions.c.updated_at)).all()
+            return [self._edition(conn, row) for row in rows]
+
+    def edition_updated_at(self, edition: Edition) -> datetime:
+        with self._begin() as conn:
+            value = conn.execute(select(editions.c.updated_at)
+                                 .where(editions.c.id == edition.row_id)).scalar_one()
+        assert isinstance(value, datetime)
+        return value
+
     def edition_counts(self) -> dict[str, int]:
         with self._begin() as conn:
             rows = conn.execute(select(editions.c.state, func.count()).group_by(editions.c.state))
             return {str(state): int(count) for state, count in rows}
+
+    # Feeds -----------------------------------------------------------------------------
+
+    def feed_state(self, url: str) -> FeedState:
+        with self._begin() as conn:
+            row = conn.execute(select(feeds).where(feeds.c.url == url)).first()
+        return FeedState(**row._mapping) if row is not None else FeedState(url=url)
+
+    def feed_states(self) -> list[FeedState]:
+        with self._begin() as conn:
+            return [FeedState(**row._mapping)
+                    for row in conn.execute(select(feeds).order_by(feeds.c.url))]
+
+    def save_feed_state(self, state: FeedState) -> None:
+        values = {k: v for k, v in state.__dict__.items() if k != "url"}
+        with self._begin() as conn:
+            done = conn.execute(update(feeds).where(feeds.c.url == state.url)
+                                .values(**values)).rowcount
+            if not done:
+                conn.execute(insert(feeds).values(url=state.url, **values))
 
 
 def engine_name(url: str) -> str:

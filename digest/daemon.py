@@ -1,0 +1,319 @@
+"""`digest run`: the long-running process. APScheduler 3 wakes it up; the ledger decides.
+
+Jobs: watch the inbox, poll feeds, reload profiles, retry failed editions, and one job
+per subscriber (`edition:<subscriber>`) on that subscriber's schedule and time zone.
+Editions go through one queue to one sender, which calls `EditionRun.run_edition`, so
+the ledger, not the job store, says what was sent: after downtime a missed edition is
+sent once (within `catchup_grace_s`), and restarts send nothing twice.
+
+Signals: the first SIGTERM or SIGINT lets the edition in flight finish and starts no
+new one; a second exits at once. SIGHUP reloads the configuration and the profiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from digest.config import Settings
+from digest.deliver import SmtpMailer
+from digest.errors import ConfigError, ProfileError
+from digest.ingest.inbox import InboxWatcher
+from digest.ingest.poll import poll_feed
+from digest.models import Profile
+from digest.pipeline import EditionRun, Status
+from digest.profiles import load_profile, profile_paths
+from digest.schedule import Schedule, parse_schedule
+from digest.store import Store
+from digest.store.store import engine_name
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    profile: Profile
+    schedule: Schedule
+    signature: tuple[int, int]  # (size, mtime_ns) of the file when it was read
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
+    """How long after its last attempt a failed edition is tried again."""
+    return float(min(base_s * 2 ** max(0, attempts - 1), max_s))
+
+
+class Daemon:
+    """Everything `digest run` keeps between jobs. `clock` is injectable for tests."""
+
+    def __init__(self, load_settings: Callable[[], Settings], *,
+                 clock: Callable[[], datetime] = utc_now, rng: random.Random | None = None):
+        self._load_settings = load_settings
+        self.settings = load_settings()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.store = Store.open(self.settings.db_url)
+        self.profiles: dict[str, LoadedProfile] = {}
+        self._broken: dict[Path, tuple[int, int] | None] = {}  # logged once per version
+        self.inbox = InboxWatcher(self.settings.inbox_dir, self.settings.daemon.inbox_settle_s)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.queue: asyncio.Queue[tuple[str, datetime | None] | None] = asyncio.Queue()
+        self._queued: set[tuple[str, datetime | None]] = set()
+        self.stopping = asyncio.Event()
+        self.sent = 0
+
+    # Profiles --------------------------------------------------------------------------
+
+    def reload_profiles(self, *, force: bool = False) -> None:
+        """Pick up added, edited and removed profile files; a broken edit keeps the last
+        good version of that profile."""
+        settings = self.settings
+        paths = profile_paths(settings.profiles_dir)
+        seen: set[str] = set()
+        for path in paths:
+            signature = _signature(path)
+            current = self.profiles.get(path.stem)
+            seen.add(path.stem)
+            if not force and current is not None and current.signature == signature:
+                continue
+            if not force and path in self._broken and self._broken[path] == signature:
+                continue
+            try:
+                profile = load_profile(path, default_max_papers=settings.default_max_papers)
+                schedule = parse_schedule(profile.schedule, profile.timezone)
+            except (ProfileError, ValueError) as exc:
+                self._broken[path] = signature
+                kept = "keeping the last good version" if current else "not served"
+                log.warning("profile.invalid %s (%s)", exc, kept)
+                continue
+            self._broken.pop(path, None)
+            loaded = LoadedProfile(profile, schedule, signature or (0, 0))
+            self.profiles[profile.subscriber_id] = loaded
+            self.store.save_subscriber(profile, self.clock())
+            self._schedule_editions(loaded)
+            log.info("profile.loaded subscriber=%s schedule=%r timezone=%s active=%s",
+                     profile.subscriber_id, profile.schedule, profile.timezone, profile.active)
+        for gone in set(self.profiles) - seen:
+            del self.profiles[gone]
+            if self.scheduler.get_job(f"edition:{gone}"):
+                self.scheduler.remove_job(f"edition:{gone}")
+            log.info("profile.removed subscriber=%s", gone)
+
+    def _schedule_editions(self, loaded: LoadedProfile) -> None:
+        job_id = f"edition:{loaded.profile.subscriber_id}"
+        if not loaded.profile.active:
+            if self.scheduler.get_job(job_id):
+                self.scheduler.remove_job(job_id)
+            return
+        self.scheduler.add_job(
+            self._enqueue_job, trigger=loaded.schedule.trigger, id=job_id,
+            args=[loaded.profile.subscriber_id], replace_existing=True, coalesce=True,
+            misfire_grace_time=max(1, int(self.settings.daemon.catchup_grace_s)))
+
+    # Editions --------------------------------------------------------------------------
+
+    def enqueue(self, subscriber_id: str, slot: datetime | None = None) -> None:
+        """Ask the sender for this subscriber's edition (the due one, or `slot`)."""
+        key = (subscriber_id, slot)
+        if key in self._queued or self.stopping.is_set():
+            return
+        self._queued.add(key)
+        self.queue.put_nowait(key)
+
+    async def _enqueue_job(self, subscriber_id: str) -> None:
+        # A coroutine, so APScheduler runs it in the event loop, not in a worker thread.
+        self.enqueue(subscriber_id)
+
+    def catch_up(self) -> None:
+        """Queue every subscriber whose latest slot passed within the grace period; the
+        ledger turns this into nothing for editions already sent."""
+        now = self.clock()
+        grace = timedelta(seconds=self.settings.daemon.catchup_grace_s)
+        for subscriber_id, loaded in sorted(self.profiles.items()):
+            slot = loaded.schedule.last_slot(now)
+            if loaded.profile.active and slot is not None and now - slot <= grace:
+                self.enqueue(subscriber_id)
+
+    def retry_failed(self) -> None:
+        """Queue failed editions whose back-off has passed and which are still timely."""
+        now = self.clock()
+        daemon = self.settings.daemon
+        grace = timedelta(seconds=daemon.catchup_grace_s)
+        for edition in self.store.retryable_editions():
+            if edition.subscriber_id not in self.profiles or now - edition.slot > grace:
+                continue
+            wait = retry_delay_s(edition.attempts, daemon.retry_base_s, daemon.retry_max_s)
+            if self.store.edition_updated_at(edition) + timedelta(seconds=wait) <= now:
+                self.enqueue(edition.subscriber_id, edition.slot)
+
+    async def send_editions(self) -> None:
+        """The one sender: takes queued editions in batches, one SMTP connection a batch."""
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while not self.queue.empty():
+                more = self.queue.get_nowait()
+                if more is None:
+                    self.queue.put_nowait(None)  # keep the stop marker for the outer loop
+                    break
+                batch.append(more)
+            run = EditionRun(self.store, self.settings)  # a corpus fitted on today's papers
+            smtp = self.settings.smtp
+            async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
+                for key in batch:
+                    self._queued.discard(key)
+                    if self.stopping.is_set():
+                        break
+                    await self._send_one(run, mailer, *key)
+
+    async def _send_one(self, run: EditionRun, mailer: SmtpMailer, subscriber_id: str,
+                        slot: datetime | None) -> None:
+        loaded = self.profiles.get(subscriber_id)
+        if loaded is None:
+            return
+        now = self.clock()
+        due = slot or loaded.schedule.last_slot(now)
+        grace = timedelta(seconds=self.settings.daemon.catchup_grace_s)
+        if due is None or now - due > grace:
+            log.info("edition.skipped subscriber=%s slot=%s reason=older-than-grace",
+                     subscriber_id, due)
+            return
+        try:
+            outcome = await run.run_edition(loaded.profile, mailer, now=now, slot=due)
+        except Exception:  # one subscriber's bug must not stop the others' editions
+            log.exception("edition.error subscriber=%s slot=%s", subscriber_id, due)
+            return
+        if outcome.status is Status.SENT:
+            self.sent += 1
+        elif outcome.status is Status.EMPTY:
+            log.info("edition.empty subscriber=%s slot=%s", subscriber_id, due.isoformat())
+
+    # Inbox and feeds -------------------------------------------------------------------
+
+    async def poll_inbox(self) -> None:
+        try:
+            await asyncio.to_thread(self.inbox.process, self.store, self.clock())
+        except OSError as exc:
+            log.error("inbox.error folder=%s error=%r", self.inbox.folder, str(exc))
+
+    async def poll_feeds(self) -> None:
+        now = self.clock()
+        feeds = self.settings.feeds
+        results = await asyncio.gather(
+            *(poll_feed(self.store, feed, self.settings.daemon, now=now, rng=self.rng)
+              for feed in feeds), return_exceptions=True)
+        for feed, result in zip(feeds, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("feed.error url=%s error=%r", feed.url, str(result))
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def _add_periodic_jobs(self) -> None:
+        d = self.settings.daemon
+        feed_tick = min([d.feed_poll_s, 60.0, *(f.poll_s for f in self.settings.feeds
+                                                if f.poll_s)])
+        async def reload_profiles() -> None:
+            self.reload_profiles()
+
+        async def retry_failed() -> None:
+            self.retry_failed()
+
+        # Every job is a coroutine so that it runs in the event loop, never in a thread.
+        jobs: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+            ("inbox", self.poll_inbox, d.inbox_poll_s),
+            ("profiles", reload_profiles, d.profiles_poll_s),
+            ("retry", retry_failed, min(d.retry_base_s, 60.0)),
+        ]
+        if self.settings.feeds:
+            jobs.append(("feeds", self.poll_feeds, feed_tick))
+        elif self.scheduler.get_job("feeds"):
+            self.scheduler.remove_job("feeds")
+        for job_id, func, every_s in jobs:
+            self.scheduler.add_job(func, IntervalTrigger(seconds=every_s), id=job_id,
+                                   replace_existing=True, coalesce=True, max_instances=1,
+                                   next_run_time=datetime.now(UTC))
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration and every profile again."""
+        try:
+            settings = self._load_settings()
+        except ConfigError as exc:
+            log.error("config.invalid %s (keeping the running configuration)", exc)
+            return
+        if settings.db_url != self.settings.db_url:
+            log.warning("config.reload database_url changed; restart to use the new database")
+            settings = settings.model_copy(update={"database_url": self.settings.database_url,
+                                                   "data_dir": self.settings.data_dir})
+        self.settings = settings
+        self.inbox = InboxWatcher(settings.inbox_dir, settings.daemon.inbox_settle_s)
+        self._add_periodic_jobs()
+        self.reload_profiles(force=True)
+        log.info("config.reloaded path=%s profiles=%d feeds=%d", settings.config_path,
+                 len(self.profiles), len(settings.feeds))
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        log.info("daemon.stopping signal=%s (finishing what is in flight; send it again to "
+                 "exit at once)", name)
+        self.stopping.set()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, _exit_at_once)
+
+    async def run(self) -> int:
+        """Run until a stop signal; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+        self.reload_profiles()
+        self._add_periodic_jobs()
+        self.scheduler.start()
+        log.info("daemon.started pid=%d profiles=%d feeds=%d inbox=%s database=%s",
+                 os.getpid(), len(self.profiles), len(self.settings.feeds),
+                 self.settings.inbox_dir, engine_name(self.settings.db_url))
+        self.catch_up()
+        sender = asyncio.create_task(self.send_editions())
+        await self.stopping.wait()
+        self.scheduler.shutdown(wait=False)
+        self.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(sender, self.settings.daemon.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("daemon.stop sending did not finish within %ss",
+                      self.settings.daemon.shutdown_timeout_s)
+        self.store.close()
+        log.info("daemon.stopped editions_sent=%d", self.sent)
+        return 0
+
+
+def _exit_at_once(signum: int, _frame: FrameType | None) -> None:
+    log.warning("daemon.killed signal=%s (second signal)", signal.Signals(signum).name)
+    os._exit(128 + signum)

@@ -1,0 +1,108 @@
+"""The inbox folder: digest files dropped there are ingested once they are complete, then
+moved to `processed/`, or to `rejected/` with a `.reason` file beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from digest.errors import InputError
+from digest.ingest.files import read_digest_file
+from digest.models import Problem
+from digest.store import Store
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "processed"
+REJECTED = "rejected"
+_PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".swp", "~")
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    path: Path
+    new_papers: int = 0
+    entries: int = 0
+    problems: tuple[Problem, ...] = ()
+    rejected: str | None = None  # the reason, if the file was moved to rejected/
+
+
+def _unique(target: Path) -> Path:
+    """`target`, or the same name with a counter if a file of that name is already there."""
+    if not target.exists():
+        return target
+    for n in range(1, 10_000):
+        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise InputError(target, "too many files of the same name")
+
+
+@dataclass
+class InboxWatcher:
+    """Remembers what it saw last time, so that a file is read only once it stops changing."""
+
+    folder: Path
+    settle_s: float = 2.0
+    _seen: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def ready(self, now: datetime, *, wait: bool = True) -> list[Path]:
+        """Files that look complete: unchanged since the last look and not touched lately
+        (every file, without `wait`)."""
+        if not self.folder.is_dir():
+            return []
+        current: dict[Path, tuple[int, int]] = {}
+        ready = []
+        for path in sorted(self.folder.iterdir()):
+            name = path.name
+            if name.startswith(".") or name.endswith(_PARTIAL_SUFFIXES) or not path.is_file():
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # moved away meanwhile
+            signature = (stat.st_size, stat.st_mtime_ns)
+            current[path] = signature
+            quiet = now.timestamp() - stat.st_mtime >= self.settle_s
+            if not wait or (self._seen.get(path) == signature and quiet):
+                ready.append(path)
+        self._seen = current
+        return ready
+
+    def process(self, store: Store, now: datetime, *, wait: bool = True) -> list[InboxFile]:
+        """Ingest every ready file and move it out of the inbox."""
+        done = []
+        for path in self.ready(now, wait=wait):
+            done.append(self._ingest(store, path, now))
+            self._seen.pop(path, None)
+        return done
+
+    def _ingest(self, store: Store, path: Path, now: datetime) -> InboxFile:
+        try:
+            parsed = read_digest_file(path)
+        except InputError as exc:
+            return self._reject(path, exc.reason)
+        fatal = [p for p in parsed.problems if p.fatal]
+        if fatal or not parsed.entries:
+            return self._reject(path, fatal[0].reason if fatal else "no papers found")
+        added = store.add_entries(parsed.entries, now)
+        target = _unique(self.folder / PROCESSED / path.name)
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(path, target)
+        log.info("inbox.ingested file=%s entries=%d new=%d skipped_lines=%d moved_to=%s",
+                 path.name, added.entries, added.new_papers, len(parsed.problems), target)
+        for problem in parsed.problems:
+            log.warning("inbox.skipped %s", problem)
+        return InboxFile(target, added.new_papers, added.entries, parsed.problems)
+
+    def _reject(self, path: Path, reason: str) -> InboxFile:
+        target = _unique(self.folder / REJECTED / path.name)
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(path, target)
+        target.with_name(target.name + ".reason").write_text(reason + "\n", encoding="utf-8")
+        log.warning("inbox.rejected file=%s reason=%r moved_to=%s", path.name, reason, target)
+        return InboxFile(target, rejected=reason)
