@@ -123,9 +123,10 @@ class Daemon:
 
     def _schedule_editions(self, loaded: LoadedProfile) -> None:
         job_id = f"edition:{loaded.profile.subscriber_id}"
+        if self.scheduler.get_job(job_id):
+            # Removed first: before the scheduler starts, replace_existing would keep both.
+            self.scheduler.remove_job(job_id)
         if not loaded.profile.active:
-            if self.scheduler.get_job(job_id):
-                self.scheduler.remove_job(job_id)
             return
         self.scheduler.add_job(
             self._enqueue_job, trigger=loaded.schedule.trigger, id=job_id,

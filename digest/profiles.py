@@ -171,8 +171,10 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ProfileError(path, f"not valid YAML: {exc.problem or exc.context}",
-                           line=line) from exc
+        reason = f"not valid YAML: {exc.problem or exc.context}"
+        if exc.context and exc.context_mark is not None and exc.problem:
+            reason += f" ({exc.context}, line {exc.context_mark.line + 1})"
+        raise ProfileError(path, reason, line=line) from exc
     except YAMLError as exc:
         raise ProfileError(path, f"not valid YAML: {exc}") from exc
     if root is None:

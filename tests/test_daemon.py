@@ -1,0 +1,306 @@
+"""`digest run`: catch-up after downtime, hot profile reloads, and the real process end to
+end against a real SMTP server and a real HTTP server serving the feed fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from digest.config import DaemonSettings, Settings
+from digest.daemon import Daemon, retry_delay_s
+from digest.ingest import read_digest_file
+from digest.models import EditionState
+from digest.pipeline import ingest_files
+
+from .conftest import NOW
+from .feedserver import FeedServer
+
+ROOT = Path(__file__).parents[1]
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _restart_and_catch_up(settings: Settings, clock: Clock) -> Daemon:
+    """What `digest run` does when it starts: load profiles, queue missed editions, send."""
+    daemon = Daemon(lambda: settings, clock=clock)
+
+    async def cycle() -> None:
+        daemon.reload_profiles()
+        daemon.catch_up()
+        daemon.queue.put_nowait(None)
+        await daemon.send_editions()
+
+    asyncio.run(cycle())
+    daemon.store.close()
+    return daemon
+
+
+@pytest.fixture
+def daemon_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"daemon": DaemonSettings(catchup_grace_s=12 * 3600)})
+
+
+def test_a_missed_edition_is_sent_once_after_downtime(daemon_settings, store, seeds,
+                                                      write_profile, smtp_sink):
+    write_profile("ana", interests=["retrieval", "language models"], schedule="daily 07:00")
+    ingest_files(store, seeds[:2], now=NOW - timedelta(hours=8), reference=NOW)
+    clock = Clock(NOW)  # 12:00 UTC: today's 07:00 edition was missed
+
+    first = _restart_and_catch_up(daemon_settings, clock)
+    again = _restart_and_catch_up(daemon_settings, clock)
+    clock.now = NOW + timedelta(minutes=30)
+    third = _restart_and_catch_up(daemon_settings, clock)
+    assert (first.sent, again.sent, third.sent) == (1, 0, 0)
+    assert len(smtp_sink.received) == 1
+
+    # Down for two days: only the latest missed edition goes out, with what arrived since.
+    ingest_files(store, seeds[2:], now=NOW + timedelta(days=2), reference=NOW)
+    clock.now = NOW + timedelta(days=2, hours=1)
+    assert _restart_and_catch_up(daemon_settings, clock).sent == 1
+    slots = sorted(e.slot for e in [store.last_edition("ana")] if e)
+    assert slots == [NOW.replace(hour=7) + timedelta(days=2)]
+    assert store.get_edition("ana", NOW.replace(hour=7) + timedelta(days=1)) is None
+
+    # Back after more than the grace period: that edition is skipped, not sent late.
+    clock.now = NOW + timedelta(days=3, hours=8)  # 20:00, 13 h after the 07:00 slot
+    assert _restart_and_catch_up(daemon_settings, clock).sent == 0
+    assert len(smtp_sink.received) == 2
+
+
+def test_failed_edition_is_retried_after_its_back_off(daemon_settings, store, seeds,
+                                                     write_profile, smtp_sink):
+    from digest.smtpsink import SmtpSink
+
+    write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
+    ingest_files(store, seeds, now=NOW - timedelta(hours=8), reference=NOW)
+    clock = Clock(NOW)
+    with SmtpSink(respond=lambda _m: "421 4.7.0 too busy") as busy:
+        failing = daemon_settings.model_copy(update={"smtp": daemon_settings.smtp.model_copy(
+            update={"port": busy.port})})
+        _restart_and_catch_up(failing, clock)
+    edition = store.last_edition("ana")
+    assert edition.state is EditionState.FAILED and edition.retryable
+
+    daemon = Daemon(lambda: daemon_settings, clock=clock)
+
+    async def retry_at(moment: datetime) -> int:
+        clock.now = moment
+        daemon.reload_profiles()
+        daemon.retry_failed()
+        queued = daemon.queue.qsize()
+        daemon.queue.put_nowait(None)
+        await daemon.send_editions()
+        return queued
+
+    wait = retry_delay_s(1, daemon_settings.daemon.retry_base_s, daemon_settings.daemon.retry_max_s)
+
+    async def both() -> tuple[int, int]:
+        early = await retry_at(NOW + timedelta(seconds=wait - 1))
+        late = await retry_at(NOW + timedelta(seconds=wait + 1))
+        return early, late
+
+    assert asyncio.run(both()) == (0, 1)
+    assert store.last_edition("ana").state is EditionState.SENT
+    assert len(smtp_sink.received) == 1
+
+
+def test_profiles_reload_without_restart_and_a_broken_edit_keeps_the_last_good_one(
+        daemon_settings, write_profile, caplog):
+    caplog.set_level(logging.INFO, logger="digest")
+    clock = Clock(NOW)
+    daemon = Daemon(lambda: daemon_settings, clock=clock)
+    path = write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
+    daemon.reload_profiles()
+    assert daemon.profiles["ana"].profile.schedule == "daily 07:00"
+    assert daemon.scheduler.get_job("edition:ana") is not None
+
+    path.write_text("name: Ana\nemail: ana@example.org\nschedule: [broken\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    daemon.reload_profiles()
+    assert daemon.profiles["ana"].profile.schedule == "daily 07:00"
+    assert "keeping the last good version" in caplog.text
+    assert "ana.yaml:4: not valid YAML" in caplog.text and "line 3" in caplog.text
+
+    write_profile("ana", interests=["retrieval"], schedule="weekly mon 08:00")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    write_profile("bob", timezone="Mars/Olympus")
+    daemon.reload_profiles()
+    assert daemon.profiles["ana"].profile.schedule == "weekly mon 08:00"
+    assert "bob" not in daemon.profiles and "unknown time zone" in caplog.text
+
+    path.unlink()
+    daemon.reload_profiles()
+    assert "ana" not in daemon.profiles and daemon.scheduler.get_job("edition:ana") is None
+    daemon.store.close()
+
+
+# The real process ---------------------------------------------------------------------
+
+def _wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Process:
+    def __init__(self, config: Path, log: Path):
+        self.log = log
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("DIGEST_CONFIG", None)
+        self.handle = subprocess.Popen(
+            [sys.executable, "-m", "digest", "-c", str(config), "run"],
+            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=config.parent)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        self.handle.send_signal(signal.SIGTERM)
+        return self.handle.wait(timeout=30)
+
+
+def test_digest_run_end_to_end(tmp_path, smtp_sink, seeds):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    # Every 2 s: editions follow what arrives. Once a day: only the catch-up sends it.
+    (profiles / "fast.yaml").write_text(
+        "name: Fast\nemail: fast@example.org\nschedule: every 2s\n"
+        "interests: [retrieval, language models, attention]\n")
+    (profiles / "daily.yaml").write_text(
+        "name: Daily\nemail: daily@example.org\nschedule: every 24h\n"
+        "interests: [retrieval, language models]\n")
+    feed = "hf-daily-papers/feed_daily_2026-06-22.xml"
+    with FeedServer() as server:
+        config = tmp_path / "digest.toml"
+        config.write_text(f"""data_dir = "data"
+profiles_dir = "profiles"
+inbox_dir = "inbox"
+feeds = [{{ url = "{server.url(feed)}", poll_s = 1 }}]
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_sink.port}
+security = "none"
+timeout_s = 5
+
+[mail]
+from_address = "digest@test.example"
+
+[daemon]
+inbox_poll_s = 0.3
+inbox_settle_s = 0.2
+profiles_poll_s = 0.5
+catchup_grace_s = 86400
+""")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest", seeds[0]],
+                       check=True, capture_output=True, env=env)
+        first = Process(config, tmp_path / "run1.log")
+        _wait_for(lambda: any(r.recipients == ("daily@example.org",)
+                              for r in smtp_sink.received), 20, "the catch-up edition")
+        _wait_for(lambda: 200 in server.statuses(feed), 10, "the first feed poll")
+        inbox = tmp_path / "inbox"
+        shutil.copy(seeds[3], inbox / "seed.txt")
+        already = {e.title for e in read_digest_file(seeds[0]).entries}
+        dropped = {e.title for e in read_digest_file(seeds[3]).entries} - already
+
+        def fast_got_the_seed() -> bool:
+            return any(r.recipients == ("fast@example.org",)
+                       and any(t in " ".join(r.message.get_body(("plain",)).get_content()
+                                                     .split()) for t in dropped)
+                       for r in smtp_sink.received)
+
+        _wait_for(fast_got_the_seed, 20, "an edition with the dropped file's papers")
+        _wait_for(lambda: 304 in server.statuses(feed), 10, "a 304 on the second poll")
+        assert (inbox / "processed" / "seed.txt").is_file()
+        assert first.stop() == 0
+        log = first.text()
+        assert "daemon.stopped" in log and "Traceback" not in log
+
+        received = len(smtp_sink.received)
+        second = Process(config, tmp_path / "run2.log")
+        _wait_for(lambda: "daemon.started" in second.text(), 20, "the restart")
+        _wait_for(lambda: second.text().count("edition.empty subscriber=fast") >= 2, 20,
+                  "two scheduled editions with nothing new after the restart")
+        assert second.stop() == 0
+    message_ids = [r.message["Message-ID"] for r in smtp_sink.received]
+    assert len(smtp_sink.received) == received, "the restart sent something again"
+    assert len(message_ids) == len(set(message_ids))
+    assert "feed.polled" in second.text() and "status=304" in second.text()
+
+    status = subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "status",
+                             "--json"], capture_output=True, text=True, env=env, check=True)
+    report = json.loads(status.stdout)
+    by_id = {s["subscriber_id"]: s for s in report["subscribers"]}
+    assert by_id["daily"]["last_state"] == "sent" and by_id["daily"]["next_slot"]
+    assert by_id["fast"]["last_state"] in ("sent", "empty")
+    [feed_status] = report["feeds"]
+    assert feed_status["result"] == "304" and feed_status["failures"] == 0
+    assert report["editions"]["sent"] == len(smtp_sink.received)
+
+
+def _slow_daemon(tmp_path: Path, seeds: list[Path], port: int) -> Path:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "ana.yaml").write_text(
+        "name: Ana\nemail: ana@example.org\nschedule: every 24h\ninterests: [retrieval]\n")
+    config = tmp_path / "digest.toml"
+    config.write_text(f'data_dir = "data"\nprofiles_dir = "profiles"\n[smtp]\n'
+                      f'host = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout_s = 10\n'
+                      '[daemon]\ncatchup_grace_s = 86400\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest", seeds[0]],
+                   check=True, capture_output=True, env=env)
+    return config
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_lets_the_email_in_flight_finish_and_a_second_exits_at_once(
+        tmp_path, seeds, signals):
+    import threading
+
+    from digest.smtpsink import SmtpSink
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow(_message):
+        arrived.set()
+        release.wait(5)
+        return "250 OK"
+
+    with SmtpSink(respond=slow) as sink:
+        config = _slow_daemon(tmp_path, seeds, sink.port)
+        process = Process(config, tmp_path / "run.log")
+        assert arrived.wait(20), "the edition never reached the server"
+        for _ in range(signals):
+            process.handle.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        if signals == 1:
+            assert process.handle.poll() is None, "it must wait for the server's reply"
+            release.set()
+            assert process.handle.wait(timeout=20) == 0
+            assert len(sink.received) == 1
+            assert "edition.sent subscriber=ana" in process.text()
+        else:
+            assert process.handle.wait(timeout=5) == 128 + signal.SIGTERM
+            release.set()
