@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import load_settings
+from digest.config import FeedSettings, load_settings
 from digest.errors import ConfigError
 
 
@@ -56,3 +56,55 @@ def test_bad_config_names_the_key(tmp_path, text, expected):
     path.write_text(text)
     with pytest.raises(ConfigError, match=expected):
         load_settings(path, env={})
+
+
+def _load(tmp_path: Path, text: str):
+    path = tmp_path / "digest.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_settings(path, env={})
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("not an address", "must not contain spaces"),
+    ("nobody", "'nobody' is not an email address"),
+])
+def test_a_from_address_that_is_not_one_is_refused(tmp_path, address, why):
+    with pytest.raises(ConfigError, match=r"mail\.from_address: .*" + why):
+        _load(tmp_path, f'[mail]\nfrom_address = "{address}"\n')
+
+
+def test_a_reply_to_with_a_line_break_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"mail\.reply_to: .*line breaks"):
+        _load(tmp_path, '[mail]\nreply_to = "ops@example.org\\nBcc: x@evil.example"\n')
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('smtp = "localhost"\n', r"smtp: expected a table \(\[smtp\]\)"),
+    ("data_dir = 5\n", "data_dir: expected a string"),
+])
+def test_values_of_the_wrong_kind_are_refused(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected) as caught:
+        _load(tmp_path, text)
+    assert str(caught.value).startswith(str(tmp_path / "digest.toml"))
+
+
+def test_a_clear_text_login_is_refused_unless_the_server_is_on_this_machine(tmp_path):
+    table = '[smtp]\nsecurity = "none"\nusername = "me"\nhost = "{}"\n'
+    with pytest.raises(ConfigError, match=r"smtp: .*clear text.*use starttls or tls"):
+        _load(tmp_path, table.format("mail.example.org"))
+    local = _load(tmp_path, table.format("127.0.0.1"))
+    assert (local.smtp.host, local.smtp.security, local.smtp.username) == (
+        "127.0.0.1", "none", "me")
+
+
+def test_feeds_may_be_urls_or_tables(tmp_path):
+    settings = _load(tmp_path, 'feeds = ["https://example.org/rss", '
+                               '{url = "https://example.org/atom", poll_s = 60}]\n')
+    assert [(f.url, f.poll_s) for f in settings.feeds] == [
+        ("https://example.org/rss", None), ("https://example.org/atom", 60)]
+    assert all(isinstance(f, FeedSettings) for f in settings.feeds)
+
+
+def test_a_feed_that_is_not_http_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"feeds\.0\.url"):
+        _load(tmp_path, 'feeds = ["ftp://x"]\n')

@@ -97,3 +97,55 @@ def test_addresses_digest_cannot_send_to_are_refused(address):
                                      "a@bücher.example", "root@localhost"])
 def test_ordinary_addresses_are_accepted(address):
     assert check_email(address) == address
+
+
+def test_an_id_field_overrides_the_file_name(write_profile):
+    profile = load_profile(write_profile("ana-lima-2026", id="ana"))
+    assert profile.subscriber_id == "ana"
+    assert profile.path.name == "ana-lima-2026.yaml"
+
+
+def test_an_invalid_id_field_is_refused(write_profile):
+    path = write_profile("ana", id="ana lima")
+    with pytest.raises(ProfileError, match=r":\d+: id: String should match pattern"):
+        load_profile(path)
+
+
+def _awkward_names(tmp_path):
+    body = "name: {0}\nemail: {1}@example.org\n"
+    spaced = tmp_path / "Ana Smith.yaml"
+    spaced.write_text(body.format("Ana Smith", "ana"), encoding="utf-8")
+    same = []
+    for folder, who in (("team-a", "bo"), ("team-b", "cy")):
+        (tmp_path / folder).mkdir()
+        same.append(tmp_path / folder / "profile.yaml")
+        same[-1].write_text(body.format(who.title(), who), encoding="utf-8")
+    return spaced, same
+
+
+def test_any_file_names_will_do_for_ranking(tmp_path):
+    spaced, same = _awkward_names(tmp_path)
+    loaded = load_profiles([spaced, *same], for_sending=False)
+    assert loaded.errors == ()
+    assert [p.name for p in loaded.profiles] == ["Ana Smith", "Bo", "Cy"]
+    assert [p.path for p in loaded.profiles] == [spaced, *same]
+
+
+def test_for_sending_file_names_must_be_valid_and_distinct_ids(tmp_path):
+    spaced, same = _awkward_names(tmp_path)
+    loaded = load_profiles([spaced, *same])
+    assert [p.path for p in loaded.profiles] == [same[0]]
+    assert [e.path for e in loaded.errors] == [spaced, same[1]]
+    spaced_error, same_error = (str(e) for e in loaded.errors)
+    assert spaced_error.startswith(f"{spaced}: the file name is the subscriber id")
+    assert "(or set `id:` in the file)" in spaced_error
+    assert same_error == f"{same[1]}: same subscriber id 'profile' as {same[0]}"
+
+
+def test_an_id_field_lets_same_named_files_be_sent(tmp_path):
+    _spaced, same = _awkward_names(tmp_path)
+    for path, new_id in zip(same, ("bo", "cy"), strict=True):
+        path.write_text(path.read_text(encoding="utf-8") + f"id: {new_id}\n", encoding="utf-8")
+    loaded = load_profiles(same)
+    assert loaded.errors == ()
+    assert [p.subscriber_id for p in loaded.profiles] == ["bo", "cy"]

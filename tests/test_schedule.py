@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -43,4 +43,40 @@ def test_cron_expressions_use_standard_day_numbers(expr, expected):
                                   "* * *"])
 def test_bad_schedules_say_why(text):
     with pytest.raises(ValueError, match="schedule|day of week"):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize("text", ["0 7 31 2 *", "0 7 30 2 *"])
+def test_a_cron_day_that_never_comes_is_refused(text):
+    with pytest.raises(ValueError, match="never"):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize(("text", "interval"), [
+    ("every 6h", timedelta(hours=6)),
+    ("every 30 minutes", timedelta(minutes=30)),
+    ("every 90s", timedelta(seconds=90)),
+])
+def test_interval_slots_do_not_depend_on_when_they_are_asked(text, interval):
+    now = utc(2026, 11, 25, 11, 58, 7)
+    slot = parse_schedule(text, "UTC").last_slot(now)
+    assert slot is not None and slot <= now < slot + interval
+    # Another process, or the same one after a restart, asking later in that interval.
+    again = parse_schedule(text, "Europe/Lisbon")
+    assert again.last_slot(slot + interval - timedelta(seconds=1)) == slot
+    assert again.last_slot(slot) == slot
+    assert again.next_slot(now) - again.last_slot(now) == interval
+    assert again.next_slot(slot) == slot + interval
+    assert again.last_slot(slot + interval) == slot + interval
+
+
+def test_interval_slots_fall_on_round_times():
+    assert parse_schedule("every 6h").last_slot(utc(2026, 11, 25, 11, 58)) == utc(2026, 11, 25, 6)
+    assert parse_schedule("every 30 minutes").next_slot(utc(2026, 11, 25, 11, 58)) == utc(
+        2026, 11, 25, 12)
+
+
+@pytest.mark.parametrize("text", ["every 0s", "every 0 minutes", "every 9000h"])
+def test_an_interval_out_of_range_is_refused(text):
+    with pytest.raises(ValueError, match="between 1 second and a year"):
         parse_schedule(text)
