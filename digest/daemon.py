@@ -217,9 +217,15 @@ class Daemon:
 
     async def poll_inbox(self) -> None:
         try:
-            await asyncio.to_thread(self.inbox.process, self.store, self.clock())
+            done = await asyncio.to_thread(self.inbox.process, self.store, self.clock())
         except OSError as exc:
             log.error("inbox.error folder=%s error=%r", self.inbox.folder, str(exc))
+            return
+        for item in done:
+            if item.rejected:
+                log.warning("inbox.rejected file=%s reason=%r", item.path, item.rejected)
+            for problem in item.problems:
+                log.warning("inbox.skipped %s", problem)
 
     async def poll_feeds(self) -> None:
         now = self.clock()

@@ -14,6 +14,8 @@ import click
 import pytest
 
 from digest.cli import cli
+from digest.models import EditionState
+from digest.store import Store
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -216,17 +218,14 @@ def test_rank_takes_profiles_whatever_their_file_names(run_cli, seeds, tmp_path)
 
 
 def test_a_broken_operator_template_fails_the_send_and_keeps_the_edition(
-        config_file, seeds, smtp_sink, write_profile, tmp_path):
-    from digest.models import EditionState
-    from digest.store import Store
-
+        run_cli, config_file, seeds, smtp_sink, write_profile, tmp_path):
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "email.txt.j2").write_text("{{ heading }}\n{{ nosuchvar }}\n")
     config_file.write_text(config_file.read_text().replace(
         '\n[smtp]', 'templates_dir = "templates"\n\n[smtp]', 1))
     write_profile("ana", interests=["dense retrieval"])
-    assert _digest("-c", config_file, "ingest", *seeds, cwd=tmp_path).returncode == 0
+    assert run_cli("-c", config_file, "ingest", *seeds).exit_code == 0
 
     broken = _digest("-c", config_file, "send", cwd=tmp_path)
 
@@ -260,8 +259,8 @@ def test_preview_to_a_missing_folder_is_one_line(run_cli, seeds, tmp_path, write
     out = tmp_path / "nonexistent-dir" / "x.html"
     result = run_cli("--data-dir", tmp_path / "d", "preview", path, "--out", out)
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
-        f"digest: error: {out}: cannot be written: No such file or directory"]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"digest: error: {out}: cannot be written: ")
     assert not out.parent.exists()
 
 
@@ -312,13 +311,11 @@ def test_a_garbage_file_is_one_line_on_stderr(tmp_path):
     assert result.stderr.splitlines() == [f"{junk}: not a text file (binary data)"]
 
 
-@pytest.mark.xfail(strict=True, reason="the inbox watcher logs a WARNING for a rejected file "
-                   "and `digest ingest` then prints the problem as well: two lines")
 def test_a_garbage_file_in_the_inbox_is_one_line_on_stderr(config_file, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "junk.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" + bytes(range(256)))
     result = _digest("-c", config_file, "ingest", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        f"{inbox / 'rejected' / 'junk.txt'}: not a text file (binary data)"]
+    [line] = result.stderr.splitlines()
+    assert line.endswith("junk.txt: not a text file (binary data)")

@@ -1,5 +1,8 @@
 """The inbox folder: digest files dropped there are ingested once they are complete, then
 moved to `processed/`, or to `rejected/` with a `.reason` file beside them.
+
+Problems are returned, not logged: the caller (the daemon, or `digest ingest`) reports
+them once.
 """
 
 from __future__ import annotations
@@ -95,8 +98,6 @@ class InboxWatcher:
         shutil.move(path, target)
         log.info("inbox.ingested file=%s entries=%d new=%d skipped_lines=%d moved_to=%s",
                  path.name, added.entries, added.new_papers, len(parsed.problems), target)
-        for problem in parsed.problems:
-            log.warning("inbox.skipped %s", problem)
         return InboxFile(target, added.new_papers, added.entries, parsed.problems)
 
     def _reject(self, path: Path, reason: str) -> InboxFile:
@@ -104,5 +105,5 @@ class InboxWatcher:
         target.parent.mkdir(exist_ok=True)
         shutil.move(path, target)
         target.with_name(target.name + ".reason").write_text(reason + "\n", encoding="utf-8")
-        log.warning("inbox.rejected file=%s reason=%r moved_to=%s", path.name, reason, target)
+        log.debug("inbox.rejected file=%s reason=%r moved_to=%s", path.name, reason, target)
         return InboxFile(target, rejected=reason)

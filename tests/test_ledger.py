@@ -1,0 +1,235 @@
+"""The edition ledger: one edition per (subscriber, slot), sent once, and nothing lost.
+
+Real SQLite and a real SMTP server throughout; concurrency is real too (two event-loop
+tasks with their own store and connection, or two `digest send` processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from digest.config import Settings
+from digest.deliver import SmtpMailer
+from digest.models import Edition, EditionState, Profile
+from digest.pipeline import EditionOutcome, EditionRun, Status, ingest_files
+from digest.profiles import load_profile
+from digest.smtpsink import ACCEPT, Received, SmtpSink
+from digest.store import Store
+
+from .conftest import NOW
+
+ROOT = Path(__file__).parents[1]
+
+
+def _pointing_at(settings: Settings, sink: SmtpSink) -> Settings:
+    return settings.model_copy(update={"smtp": settings.smtp.model_copy(
+        update={"host": sink.host, "port": sink.port})})
+
+
+def _held_sink(release: threading.Event, hold_s: float = 10) -> SmtpSink:
+    """A server that keeps each message until `release` is set (or `hold_s` passes), so the
+    first sender is still mid-delivery while the second one decides."""
+
+    def respond(_message: Received) -> str:
+        release.wait(hold_s)
+        return ACCEPT
+
+    return SmtpSink(respond=respond)
+
+
+def _send_one(store: Store, settings: Settings, path: Path, now=NOW) -> EditionOutcome:
+    profile = load_profile(path)
+
+    async def go() -> EditionOutcome:
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await EditionRun(store, settings).run_edition(profile, mailer, now=now)
+
+    return asyncio.run(go())
+
+
+# (a) two senders, one edition -----------------------------------------------------------
+
+def test_two_concurrent_senders_send_one_edition_once(store, settings, seeds, write_profile):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    profile = load_profile(write_profile("ana", interests=["dense retrieval"]))
+    release = threading.Event()
+    other_store = Store.open(settings.db_url)  # as a second process would have its own
+
+    async def race(sending: Settings) -> list[EditionOutcome]:
+        tasks = [asyncio.create_task(_run_and_close(EditionRun(each, sending), profile))
+                 for each in (store, other_store)]
+        try:
+            # The loser finishes while the winner's message is still held by the server.
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            release.set()
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        with _held_sink(release) as sink:
+            outcomes = asyncio.run(race(_pointing_at(settings, sink)))
+            received = sink.received
+    finally:
+        other_store.close()
+
+    assert sorted(o.status for o in outcomes) == sorted([Status.SENT, Status.IN_FLIGHT])
+    assert len(received) == 1
+    edition = store.get_edition("ana", outcomes[0].slot)
+    assert edition.state is EditionState.SENT and edition.attempts == 1
+    assert received[0].message["Message-ID"] == edition.message_id
+
+
+async def _run_and_close(run: EditionRun, profile: Profile) -> EditionOutcome:
+    """One sender with its own SMTP connection."""
+    settings = run.settings
+    async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+        return await run.run_edition(profile, mailer, now=NOW)
+
+
+def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile):
+    """Two `digest send` processes at once: the database decides which one sends."""
+    write_profile("ana", interests=["dense retrieval"])
+    release = threading.Event()
+    with _held_sink(release) as sink:
+        config = tmp_path / "digest.toml"
+        config.write_text(f'data_dir = "data"\nprofiles_dir = "profiles"\n'
+                          f'outbox_dir = "outbox"\n[smtp]\nhost = "{sink.host}"\n'
+                          f'port = {sink.port}\nsecurity = "none"\ntimeout_s = 20\n'
+                          '[mail]\nfrom_address = "digest@test.example"\n', encoding="utf-8")
+        store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+        try:
+            ingest_files(store, seeds, now=NOW, reference=NOW)
+        finally:
+            store.close()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+        command = [sys.executable, "-m", "digest", "-c", str(config), "send"]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env, cwd=tmp_path) for _ in range(2)]
+        one_exited = threading.Event()
+        for proc in procs:
+            threading.Thread(target=lambda p=proc: (p.wait(), one_exited.set()),
+                             daemon=True).start()
+        try:
+            # One of them finds the edition taken and exits while the other's is held.
+            one_exited.wait(60)
+        finally:
+            release.set()
+        results = [(p.wait(60), *p.communicate()) for p in procs]
+        received = sink.received
+
+    assert [code for code, _out, _err in results] == [0, 0], results
+    outputs = " ".join(out for _code, out, _err in results)
+    # The other one found it being sent (or, had it started late, already sent).
+    assert (outputs.count("being sent by another process")
+            + outputs.count("already sent")) == 1, outputs
+    assert len(received) == 1
+    store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    try:
+        edition = store.last_edition("ana")
+    finally:
+        store.close()
+    assert edition.state is EditionState.SENT and edition.attempts == 1
+
+
+# (b) begin_sending -----------------------------------------------------------------------
+
+def _pending_edition(store: Store) -> Edition:
+    draft = Edition(subscriber_id="ana", slot=NOW - timedelta(hours=5),
+                    state=EditionState.PENDING, message_id="<e1@test.example>")
+    created = store.create_edition(draft, candidates_until=NOW, now=NOW)
+    assert created is not None
+    return created
+
+
+def test_a_sending_edition_is_taken_again_only_once_it_is_stale(store):
+    edition = _pending_edition(store)
+    stale = timedelta(minutes=10)
+
+    assert store.begin_sending(edition, now=NOW, stale_before=NOW - stale)
+    assert store.get_edition("ana", edition.slot).state is EditionState.SENDING
+
+    later = NOW + timedelta(minutes=9)  # its sender may still be at it
+    assert not store.begin_sending(edition, now=later, stale_before=later - stale)
+    assert store.edition_updated_at(edition) == NOW  # a refused take changes nothing
+    # Exactly as old as the limit is not older than it.
+    assert not store.begin_sending(edition, now=NOW + stale, stale_before=NOW)
+
+    much_later = NOW + timedelta(minutes=11)  # its sender died
+    assert store.begin_sending(edition, now=much_later, stale_before=much_later - stale)
+    assert store.edition_updated_at(edition) == much_later
+    # Taken afresh: the new holder is now protected in turn.
+    assert not store.begin_sending(edition, now=much_later + timedelta(minutes=1),
+                                   stale_before=much_later - timedelta(minutes=9))
+
+
+def test_begin_sending_by_state(store):
+    edition = _pending_edition(store)
+    far_future = NOW + timedelta(days=365)
+
+    assert store.begin_sending(edition, now=NOW, stale_before=NOW - timedelta(minutes=10))
+    store.record_attempt(edition, state=EditionState.FAILED, reply="451 later",
+                         retryable=True, now=NOW)
+    assert store.begin_sending(edition, now=NOW, stale_before=NOW - timedelta(minutes=10))
+    store.record_attempt(edition, state=EditionState.FAILED, reply="550 no",
+                         retryable=False, now=NOW)
+    assert not store.begin_sending(edition, now=far_future, stale_before=far_future)
+    store.record_attempt(edition, state=EditionState.SENT, reply="250 ok",
+                         retryable=False, now=NOW)
+    assert not store.begin_sending(edition, now=far_future, stale_before=far_future)
+    assert store.get_edition("ana", edition.slot).state is EditionState.SENT
+
+
+# (c), (d) a failed edition's papers are not lost -----------------------------------------
+
+def test_a_transient_failure_is_superseded_by_the_next_slot_with_its_papers(
+        store, settings, smtp_sink, seeds, write_profile):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["dense retrieval", "reranking"])
+    with SmtpSink(respond=lambda _m: "451 4.3.0 try later") as busy:
+        day1 = _send_one(store, _pointing_at(settings, busy), path)
+        assert busy.received == []
+    assert day1.status is Status.FAILED and day1.retry and day1.picks
+
+    day2 = _send_one(store, settings, path, now=NOW + timedelta(days=1))  # nothing new
+
+    assert day2.status is Status.SENT
+    assert day2.slot == day1.slot + timedelta(days=1)
+    assert {p.paper.row_id for p in day1.picks} <= {p.paper.row_id for p in day2.picks}
+    assert len(smtp_sink.received) == 1
+    old = store.get_edition("ana", day1.slot)
+    assert old.state is EditionState.FAILED and old.retryable is False
+    assert "451" in old.smtp_reply and "superseded" in old.smtp_reply
+    assert store.retryable_editions() == []  # the day-1 edition is not retried as well
+    # A late retry of day 1 does not send those papers a second time.
+    late = asyncio.run(_late_retry(store, settings, path, day1.slot))
+    assert late.status is Status.FAILED and not late.retry
+    assert len(smtp_sink.received) == 1
+
+
+async def _late_retry(store: Store, settings: Settings, path: Path, slot) -> EditionOutcome:
+    async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+        return await EditionRun(store, settings).run_edition(
+            load_profile(path), mailer, now=NOW + timedelta(days=1, hours=1), slot=slot)
+
+
+def test_a_permanent_failures_papers_are_offered_in_the_next_slot(store, settings, smtp_sink,
+                                                                  seeds, write_profile):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["dense retrieval", "reranking"])
+    with SmtpSink(respond=lambda _m: "550 5.2.2 mailbox full") as refusing:
+        day1 = _send_one(store, _pointing_at(settings, refusing), path)
+    assert day1.status is Status.FAILED and not day1.retry and day1.picks
+
+    day2 = _send_one(store, settings, path, now=NOW + timedelta(days=1))
+
+    assert day2.status is Status.SENT
+    assert {p.paper.row_id for p in day1.picks} <= {p.paper.row_id for p in day2.picks}
+    assert len(smtp_sink.received) == 1
+    old = store.get_edition("ana", day1.slot)
+    assert old.state is EditionState.FAILED and not old.retryable and "550" in old.smtp_reply
