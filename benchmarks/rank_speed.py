@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from digest.identity import normalise_title
 from digest.models import PaperEntry
 from digest.store import Store
 
@@ -30,12 +31,14 @@ DATA = Path(__file__).parent / "data" / "arxiv-frontpage"
 
 
 def real_papers() -> list[dict[str, str]]:
-    papers = []
+    """The fixture's papers, each once (the same paper can be in a day and a topic)."""
+    papers: dict[str, dict[str, str]] = {}
     for path in sorted(DATA.glob("downloads/*.jsonl")) + sorted(DATA.glob("train/*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            papers.append({"title": record["title"], "abstract": record["abstract"]})
-    return papers
+            papers.setdefault(normalise_title(record["title"]),
+                              {"title": record["title"], "abstract": record["abstract"]})
+    return list(papers.values())
 
 
 def corpus(n: int, rng: random.Random) -> list[dict[str, str]]:
