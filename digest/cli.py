@@ -28,7 +28,7 @@ from digest.deliver import Mailer, OutboxMailer, SmtpMailer
 from digest.errors import DigestError
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
-from digest.profiles import load_profiles, profile_paths
+from digest.profiles import load_profiles, profile_paths, set_feedback
 from digest.schedule import parse_schedule
 from digest.store import Store
 
@@ -252,6 +252,7 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     store = obj.open_store()
     try:
         run = EditionRun(store, obj.settings)
+        run.prefetch(loaded.profiles)
         by_path = {p.path: p for p in loaded.profiles}
         errors = {e.path: e for e in loaded.errors}
         console = Console()
@@ -480,6 +481,55 @@ def profile_validate(obj: Context, paths: tuple[Path, ...]) -> None:
         click.echo(f"{p.path}: ok ({p.name} <{p.email}>, {p.schedule} {p.timezone})")
     if loaded.errors:
         sys.exit(1)
+
+
+def _feedback(obj: Context, profile_path: Path, references: Sequence[str], *,
+              liked: bool) -> None:
+    store = obj.open_store()
+    try:
+        found = store.find_papers(references)
+    finally:
+        store.close()
+    for reference in references:
+        paper = found.get(reference)
+        entry = paper.title if paper is not None else reference
+        if paper is None:
+            click.echo(f"{reference!r} is not among the stored papers; recorded as given "
+                       "(titles still steer the ranking)", err=True)
+        outcome = set_feedback(profile_path, entry, liked=liked)
+        click.echo(f"{profile_path}: {entry!r} {outcome}")
+
+
+@profile.command("like")
+@click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
+@click.argument("papers", nargs=-1, required=True)
+@pass_context
+@handle_errors
+def profile_like(obj: Context, profile_path: Path, papers: tuple[str, ...]) -> None:
+    """More like this: add papers (id, arXiv id or title) to the profile's liked list.
+
+    The edit keeps the file's comments and layout; the next edition reflects it.
+
+    \b
+    Example:
+        digest profile like profiles/ana.yaml 2209.11755
+    """
+    _feedback(obj, profile_path, papers, liked=True)
+
+
+@profile.command("dislike")
+@click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
+@click.argument("papers", nargs=-1, required=True)
+@pass_context
+@handle_errors
+def profile_dislike(obj: Context, profile_path: Path, papers: tuple[str, ...]) -> None:
+    """Less like this: add papers to the profile's disliked list (out of liked).
+
+    \b
+    Example:
+        digest profile dislike profiles/ana.yaml "Some Paper Title"
+    """
+    _feedback(obj, profile_path, papers, liked=False)
 
 
 def main() -> None:

@@ -111,6 +111,14 @@ class DaemonSettings(_Frozen):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class RankSettings(_Frozen):
+    """How papers are ranked."""
+
+    # Sentence embeddings: "auto" uses them when the `embeddings` extra is installed,
+    # "on" requires it, "off" ranks lexically only.
+    embeddings: Literal["auto", "on", "off"] = "auto"
+
+
 class Settings(_Frozen):
     """Every setting digest uses, with its default beside it."""
 
@@ -125,6 +133,7 @@ class Settings(_Frozen):
     smtp: SmtpSettings = SmtpSettings()
     mail: MailSettings = MailSettings()
     daemon: DaemonSettings = DaemonSettings()
+    rank: RankSettings = RankSettings()
     feeds: tuple[FeedSettings, ...] = ()
     config_path: Path | None = None
 
@@ -179,7 +188,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(config_path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
-    for table in ("smtp", "mail", "daemon"):
+    for table in ("smtp", "mail", "daemon", "rank"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table}: expected a table ([{table}])", path=path)
     for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir",
@@ -196,6 +205,8 @@ def load_settings(
         raw["data_dir"] = Path(env["DIGEST_DATA_DIR"])
     if data_dir is not None:
         raw["data_dir"] = data_dir
+    if env.get("DIGEST_EMBEDDINGS"):
+        raw["rank"] = {**(raw.get("rank") or {}), "embeddings": env["DIGEST_EMBEDDINGS"]}
     if env.get("DIGEST_DATABASE_URL"):
         raw["database_url"] = env["DIGEST_DATABASE_URL"]
     home = Path(raw.get("data_dir") or default_data_dir(env))

@@ -84,6 +84,9 @@ class Profile:
     liked: tuple[str, ...] = ()  # titles or arXiv ids
     disliked: tuple[str, ...] = ()
     active: bool = True
+    # Scores are standard deviations above a typical stored paper; nothing below is sent.
+    min_score: float = 0.0
+    when_nothing: str = "skip"  # no paper good enough: "skip" the edition, or send a "note"
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 from jinja2 import Environment, TemplateError, TemplateSyntaxError
 
 from digest.config import Settings
 from digest.deliver import Mailer
+from digest.embed import Embedder, load_embedder
 from digest.errors import (
     ConfigError,
     InputError,
@@ -27,7 +30,7 @@ from digest.errors import (
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
 from digest.ingest.inbox import InboxWatcher
-from digest.models import Edition, EditionState, IngestReport, Pick, Problem, Profile
+from digest.models import Edition, EditionState, IngestReport, Paper, Pick, Problem, Profile
 from digest.rank import (
     Candidates,
     Corpus,
@@ -80,13 +83,31 @@ def ingest_inbox(store: Store, folder: Path, *, now: datetime) -> IngestReport:
                         new_papers=sum(d.new_papers for d in done), problems=tuple(problems))
 
 
-def resolve_preferences(store: Store, profile: Profile) -> tuple[Preferences, list[str]]:
-    """Find the profile's liked and disliked papers in the store.
+def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> np.ndarray:
+    """One embedding per paper, computed once and kept in the store (unit rows)."""
+    known = store.embeddings([p.row_id for p in papers], embedder.name)
+    missing = [p for p in papers if p.row_id not in known]
+    for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run keeps
+        batch = missing[start:start + 256]  # what it computed
+        vectors = embedder.encode([p.text for p in batch])
+        fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
+        store.save_embeddings(embedder.name, fresh)
+        known.update(fresh)
+    if missing:
+        log.info("embeddings.computed papers=%d model=%s", len(missing), embedder.name)
+    return np.vstack([known[p.row_id] for p in papers]) if papers else np.zeros((0, 1))
+
+
+def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Paper] | None = None
+                        ) -> tuple[Preferences, list[str]]:
+    """Find the profile's liked and disliked papers in the store (or in `found`, looked up
+    beforehand for many profiles at once).
 
     Liked titles that are not stored still count, through their words; liked arXiv ids
     that are not stored cannot, and are returned as unresolved.
     """
-    found = store.find_papers([*profile.liked, *profile.disliked])
+    if found is None:
+        found = store.find_papers([*profile.liked, *profile.disliked])
     unresolved: list[str] = []
     liked_titles: list[str] = []
     for ref in profile.liked:
@@ -136,17 +157,41 @@ class EditionRun:
     store: Store
     settings: Settings
     env: Environment | None = None
+    # The embedder when the extra is installed; loaded on first use unless given (the
+    # daemon passes the one it keeps, so the model is loaded once).
+    embedder: Embedder | None | Literal["unloaded"] = "unloaded"
     _corpus: Corpus | None = None
     _candidates: dict[datetime | None, Candidates] = field(default_factory=dict)
+    _found: dict[str, Paper] | None = None
+    _sent: dict[str, set[int]] = field(default_factory=dict)
+
+    def prefetch(self, profiles: Sequence[Profile]) -> None:
+        """Look up every profile's liked and disliked papers and sent papers at once, so
+        that ranking thousands of profiles does not query the store for each."""
+        refs = [r for p in profiles for r in (*p.liked, *p.disliked)]
+        self._found = self.store.find_papers(refs)
+        self._sent = self.store.sent_paper_ids_many([p.subscriber_id for p in profiles])
 
     def __post_init__(self) -> None:
         if self.env is None:
             self.env = make_environment(self.settings.templates_dir)
 
+    def get_embedder(self) -> Embedder | None:
+        if self.embedder == "unloaded":
+            self.embedder = load_embedder(self.settings.rank.embeddings)
+        return self.embedder
+
     @property
     def corpus(self) -> Corpus:
         if self._corpus is None:
-            self._corpus = build_corpus(self.store.papers())
+            papers = self.store.papers()
+            embedder = self.get_embedder()
+            if embedder is None:
+                self._corpus = build_corpus(papers)
+            else:
+                vectors = embed_papers(self.store, embedder, papers)
+                self._corpus = build_corpus(papers, embeddings=vectors,
+                                            embed_text=embedder.encode)
         return self._corpus
 
     def candidates(self, since: datetime | None) -> Candidates:
@@ -166,12 +211,15 @@ class EditionRun:
             if since is None:
                 since = now - timedelta(days=self.settings.first_edition_lookback_days)
         candidates = self.candidates(since)
-        prefs, unresolved = resolve_preferences(self.store, profile)
+        prefs, unresolved = resolve_preferences(self.store, profile, self._found)
         for ref in unresolved:
             log.info("rank.unresolved subscriber=%s ref=%r", profile.subscriber_id, ref)
-        exclude = frozenset(self.store.sent_paper_ids(profile.subscriber_id))
+        sent = self._sent.get(profile.subscriber_id)
+        if sent is None:
+            sent = self.store.sent_paper_ids(profile.subscriber_id)
+        exclude = frozenset(sent)
         return rank_papers(self.corpus, prefs, candidates, top=top or profile.max_papers,
-                           exclude=exclude)
+                           exclude=exclude, min_score=profile.min_score)
 
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
                now: datetime) -> EmailMessage:
@@ -187,9 +235,11 @@ class EditionRun:
     def _draft(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
         """A new edition for (subscriber, slot) with its picks, not yet recorded."""
         picks = self.choose_picks(profile, now=now)
+        # Nothing good enough: the profile says whether to skip or to send a short note.
+        worth_sending = bool(picks) or profile.when_nothing == "note"
         return Edition(
             subscriber_id=profile.subscriber_id, slot=slot,
-            state=EditionState.PENDING if picks else EditionState.EMPTY,
+            state=EditionState.PENDING if worth_sending else EditionState.EMPTY,
             message_id=message_id(profile.subscriber_id, slot, mail_domain(self.settings.mail)),
             picks=tuple(picks))
 

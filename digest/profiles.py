@@ -6,11 +6,15 @@ reported and skipped so that the other subscribers are still served.
 
 from __future__ import annotations
 
+import fcntl
+import io
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,8 +27,10 @@ from pydantic import (
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from digest.errors import ProfileError
+from digest.identity import normalise_title, parse_arxiv_id
 from digest.models import Interest, Profile
 from digest.schedule import load_timezone, parse_schedule
 
@@ -96,6 +102,13 @@ class ProfileFile(BaseModel):
     liked: list[Text] = []
     disliked: list[Text] = []
     active: bool = True
+    min_score: float = Field(default=0.0, ge=-5, le=50)
+    when_nothing: Literal["skip", "note"] = "skip"
+
+    @field_validator("min_score", mode="before")
+    @classmethod
+    def _int_score(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("name")
     @classmethod
@@ -165,6 +178,49 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
 
     With `strict_id` off (ranking only, nothing recorded) any file name will do.
     """
+    data = _validate_fast(text)
+    if data is None:
+        data = _validate_located(text, path)
+    subscriber_id = data.id or path.stem
+    if strict_id and not _SUBSCRIBER_ID.match(subscriber_id):
+        raise ProfileError(path, "the file name is the subscriber id, so it must be letters, "
+                                 "digits, '.', '_' or '-' (or set `id:` in the file)")
+    return Profile(
+        subscriber_id=subscriber_id,
+        path=path,
+        name=data.name,
+        email=data.email,
+        timezone=data.timezone,
+        schedule=data.schedule,
+        max_papers=data.max_papers or default_max_papers,
+        interests=tuple(
+            Interest(i, 1.0) if isinstance(i, str) else Interest(i.text, i.weight)
+            for i in data.interests
+        ),
+        require=tuple(data.keywords.require),
+        mute=tuple(data.keywords.mute),
+        avoid=tuple(data.avoid),
+        authors=tuple(data.authors),
+        liked=tuple(data.liked),
+        disliked=tuple(data.disliked),
+        active=data.active,
+        min_score=data.min_score,
+        when_nothing=data.when_nothing,
+    )
+
+
+def _validate_fast(text: str) -> ProfileFile | None:
+    """The common case, quickly: the C loader (ruamel.yaml.clib) and no line bookkeeping.
+    None if anything is wrong; the slow path then finds where."""
+    try:
+        data = YAML(typ="safe").load(text)
+        return ProfileFile.model_validate(data) if isinstance(data, dict) else None
+    except (YAMLError, ValidationError, ValueError):
+        return None
+
+
+def _validate_located(text: str, path: Path) -> ProfileFile:
+    """Load with line numbers and validate; raises ProfileError naming line and field."""
     yaml = YAML(typ="rt")
     try:
         root = yaml.load(text)
@@ -197,30 +253,7 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
         more = f" (and {problems - 1} more problems)" if problems > 1 else ""
         raise ProfileError(path, message + more, line=_line_of(root, loc) or 1,
                            field=_field_name(loc)) from exc
-    subscriber_id = data.id or path.stem
-    if strict_id and not _SUBSCRIBER_ID.match(subscriber_id):
-        raise ProfileError(path, "the file name is the subscriber id, so it must be letters, "
-                                 "digits, '.', '_' or '-' (or set `id:` in the file)")
-    return Profile(
-        subscriber_id=subscriber_id,
-        path=path,
-        name=data.name,
-        email=data.email,
-        timezone=data.timezone,
-        schedule=data.schedule,
-        max_papers=data.max_papers or default_max_papers,
-        interests=tuple(
-            Interest(i, 1.0) if isinstance(i, str) else Interest(i.text, i.weight)
-            for i in data.interests
-        ),
-        require=tuple(data.keywords.require),
-        mute=tuple(data.keywords.mute),
-        avoid=tuple(data.avoid),
-        authors=tuple(data.authors),
-        liked=tuple(data.liked),
-        disliked=tuple(data.disliked),
-        active=data.active,
-    )
+    return data
 
 
 def load_profile(path: Path, *, default_max_papers: int = 10,
@@ -280,3 +313,90 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
         seen[profile.subscriber_id] = path
         profiles.append(profile)
     return ProfileSet(tuple(profiles), tuple(errors))
+
+
+# Editing ------------------------------------------------------------------------------
+
+def _round_trip(text: str = "") -> YAML:
+    """A round-trip YAML that writes lists indented the way this file already does."""
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap a person's long lines
+    offsets = [len(m.group(1)) for m in re.finditer(r"^[^\s#][^\n]*:\s*\n( *)- ", text, re.M)]
+    offset = offsets[0] if offsets else 2
+    yaml.indent(mapping=2, sequence=offset + 2, offset=offset)
+    return yaml
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the file, so two edits of one profile never interleave."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
+    """Apply `change` to the profile's YAML and write it back atomically.
+
+    Comments, key order, quoting and layout outside the changed values survive. The file
+    is only replaced when the result is a valid profile; a file that is not valid YAML is
+    reported (ProfileError) and left exactly as it is. Returns what `change` returned.
+    """
+    with _locked(path):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        parse_profile(text, path)  # refuse to touch a file that is already broken
+        yaml = _round_trip(text)
+        root = yaml.load(text)
+        result = change(root)
+        buffer = io.StringIO()
+        yaml.dump(root, buffer)
+        new_text = buffer.getvalue()
+        parse_profile(new_text, path)  # never write a profile that would not load
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(new_text, encoding="utf-8")
+        os.replace(temporary, path)
+    return result
+
+
+def _same(a: str, b: str) -> bool:
+    id_a, id_b = parse_arxiv_id(a), parse_arxiv_id(b)
+    if id_a or id_b:
+        return id_a == id_b
+    return normalise_title(a) == normalise_title(b)
+
+
+def set_feedback(path: Path, reference: str, *, liked: bool) -> str:
+    """Move a paper (title or arXiv id) into `liked` or `disliked`, out of the other list.
+
+    Returns a sentence saying what changed.
+    """
+    add, remove = ("liked", "disliked") if liked else ("disliked", "liked")
+
+    def change(root: CommentedMap) -> str:
+        removed = False
+        if isinstance(root.get(remove), CommentedSeq):
+            kept = [item for item in root[remove] if not _same(str(item), reference)]
+            removed = len(kept) != len(root[remove])
+            while len(root[remove]) > len(kept):  # remove in place: comments stay put
+                for index, item in enumerate(root[remove]):
+                    if _same(str(item), reference):
+                        del root[remove][index]
+                        break
+        target = root.get(add)
+        if not isinstance(target, CommentedSeq):
+            target = CommentedSeq()
+            root[add] = target
+        if any(_same(str(item), reference) for item in target):
+            return f"already in {add}" + (f" (removed from {remove})" if removed else "")
+        target.append(DoubleQuotedScalarString(reference))  # "2401.01234" stays a string
+        return f"added to {add}" + (f", removed from {remove}" if removed else "")
+
+    return edit_profile(path, change)

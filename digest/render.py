@@ -147,7 +147,9 @@ def render_edition(
         "subject": subject,
         "heading": f"Papers for {local_day:%A %d %B %Y}",
         "lede": (f"{profile.name}, here {'is' if count == 1 else 'are'} {count} new "
-                 f"paper{'' if count == 1 else 's'} picked for your interests."),
+                 f"paper{'' if count == 1 else 's'} picked for your interests." if count else
+                 f"{profile.name}, nothing that arrived since your last email matched your "
+                 "interests closely enough. Your profile asks for this note on such days."),
         "preheader": f"Top pick: {views[0].title}" if views else "Nothing new today",
         "picks": views,
         "profile": profile,

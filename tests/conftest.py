@@ -10,13 +10,20 @@ import pytest
 from click.testing import CliRunner, Result
 
 from digest.cli import cli
-from digest.config import MailSettings, Settings, SmtpSettings
+from digest.config import MailSettings, RankSettings, Settings, SmtpSettings
 from digest.smtpsink import SmtpSink
 from digest.store import Store
 
 DATA = Path(__file__).parent / "data"
 SEEDS = sorted((DATA / "digests" / "seeds").glob("*.txt"))
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def lexical_ranking_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests rank without sentence embeddings (slow to compute) unless they ask for them;
+    subprocesses inherit this too."""
+    monkeypatch.setenv("DIGEST_EMBEDDINGS", "off")
 
 
 @pytest.fixture
@@ -53,6 +60,7 @@ def settings(tmp_path: Path, smtp_sink: SmtpSink) -> Settings:
         smtp=SmtpSettings(host=smtp_sink.host, port=smtp_sink.port, security="none",
                           timeout_s=5),
         mail=MailSettings(from_address="digest@test.example", list_id="test.digest.example"),
+        rank=RankSettings(embeddings="off"),
     )
 
 

@@ -156,3 +156,18 @@ def test_ingesting_again_adds_nothing(store, seeds):
     assert (first.entries, first.new_papers) == (314, 283)
     assert (second.entries, second.new_papers) == (314, 0)
     assert store.count_papers() == 283
+
+
+def test_nothing_relevant_skips_or_sends_a_note_as_the_profile_says(store, settings, seeds,
+                                                                   write_profile, smtp_sink):
+    ingest_files(store, seeds[:1], now=NOW, reference=NOW)
+    impossible = {"interests": ["retrieval"], "min_score": 49}
+    skip = write_profile("ana", **impossible)
+    note = write_profile("bob", when_nothing="note", **impossible)
+    outcomes = _send(store, settings, [skip, note])
+    assert [o.status for o in outcomes] == [Status.EMPTY, Status.SENT]
+    [received] = smtp_sink.received
+    assert received.recipients == ("bob@example.org",)
+    assert received.message["Subject"] == "Papers for Wed 25 Nov: nothing new today"
+    text = received.message.get_body(("plain",)).get_content()
+    assert "matched your" in text and "interests closely enough" in " ".join(text.split())

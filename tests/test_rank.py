@@ -90,3 +90,49 @@ def test_weights_change_the_order(store, papers):
 
 def test_profile_with_nothing_to_go_on_gets_nothing(store, papers):
     assert _rank(store, papers, _profile()) == []
+
+
+def test_min_score_leaves_out_weak_matches(store, papers):
+    interests = (Interest("tabular data"),)
+    loose = _rank(store, papers, _profile(interests=interests), top=50)
+    strict = _rank_with(store, papers, _profile(interests=interests, min_score=3.0), top=50)
+    assert len(strict) < len(loose)
+    assert strict and all(p.score >= 3.0 for p in strict)
+    assert _rank_with(store, papers, _profile(interests=interests, min_score=49.0)) == []
+
+
+def _rank_with(store, papers, profile, top=10):
+    prefs, _ = resolve_preferences(store, profile)
+    corpus = build_corpus(papers)
+    return rank_papers(corpus, prefs, prepare_candidates(corpus, papers), top=top,
+                       min_score=profile.min_score)
+
+
+def test_near_copies_do_not_fill_the_top(store, papers):
+    from digest.models import PaperEntry
+
+    original = next(p for p in papers if p.title.startswith("Promptagator"))
+    store.add_entries([PaperEntry(title=original.title + " (extended version)",
+                                  abstract=original.abstract, source="feed")], NOW)
+    everything = store.papers()
+    picks = _rank(store, everything, _profile(interests=(Interest("few-shot dense retrieval"),),
+                                              liked=(original.title,)), top=5)
+    # The liked paper's copy may be picked, but the picks are not all alike.
+    titles = [p.paper.title for p in picks]
+    assert sum("Promptagator" in t for t in titles) <= 1
+    assert len(picks) == 5
+
+
+def test_a_classifier_is_learned_from_enough_likes_and_dislikes(store, papers):
+    retrieval = [p.title for p in papers if "retriev" in p.title.lower()][:6]
+    vision = [p.title for p in papers if "image" in p.title.lower() or "vision" in
+              p.title.lower()][:6]
+    assert len(retrieval) == 6 and len(vision) == 6
+    picks = _rank(store, papers, _profile(liked=tuple(retrieval), disliked=tuple(vision)))
+    assert any("learned from your 6 liked and 6 disliked papers" in p.reason for p in picks)
+    assert not any(p.paper.title in vision for p in picks)
+
+
+def test_scores_are_standard_deviations_above_a_typical_paper(store, papers):
+    picks = _rank(store, papers, _profile(interests=(Interest("dense retrieval"),)), top=3)
+    assert all(p.score > 1.0 for p in picks)  # far above the typical stored paper

