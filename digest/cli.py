@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -161,7 +162,12 @@ def demo(out_dir: Path) -> None:
     from digest.demo import run_demo
 
     started = time.perf_counter()
-    result = asyncio.run(run_demo(out_dir, now=utc_now()))
+    wanted = os.environ.get("DIGEST_EMBEDDINGS", "auto")
+    modes: dict[str, Literal["auto", "on", "off"]] = {"auto": "auto", "on": "on", "off": "off"}
+    if wanted not in modes:
+        fail(f"DIGEST_EMBEDDINGS={wanted!r}: expected auto, on or off")
+    embeddings = modes[wanted]
+    result = asyncio.run(run_demo(out_dir, now=utc_now(), embeddings=embeddings))
     report_problems(result.ingest.problems)
     report_problems(result.profiles.errors)
     console = Console()

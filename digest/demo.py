@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-from digest.config import MailSettings, Settings, SmtpSettings
+from digest.config import MailSettings, RankSettings, Settings, SmtpSettings
 from digest.deliver import SmtpMailer
 from digest.models import IngestReport
 from digest.pipeline import EditionOutcome, EditionRun, ingest_files
@@ -34,7 +35,8 @@ def bundled_seeds() -> list[Path]:
     return sorted((DATA / "seeds").glob("*.txt"))
 
 
-async def run_demo(out_dir: Path, *, now: datetime) -> DemoResult:
+async def run_demo(out_dir: Path, *, now: datetime,
+                   embeddings: Literal["auto", "on", "off"] = "auto") -> DemoResult:
     """Run the demo into `out_dir` (its own database, in demo-data/, starts afresh)."""
     data_dir = out_dir / "demo-data"  # never `data/`, where `digest init` keeps a real one
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,7 @@ async def run_demo(out_dir: Path, *, now: datetime) -> DemoResult:
             smtp=SmtpSettings(host=sink.host, port=sink.port, security="none", timeout_s=10),
             mail=MailSettings(from_address="digest@demo.example", from_name="digest demo",
                               list_id="demo.digest.example"),
+            rank=RankSettings(embeddings=embeddings),
         )
         store = Store.open(settings.db_url)
         try:

