@@ -29,7 +29,7 @@ from digest.deliver import Mailer, OutboxMailer, SmtpMailer
 from digest.errors import DigestError
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
-from digest.profiles import load_profiles, profile_paths, set_feedback
+from digest.profiles import load_profile, load_profiles, profile_paths, set_feedback
 from digest.schedule import parse_schedule
 from digest.store import Store
 
@@ -309,7 +309,6 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     Example:
         digest preview profiles/ana.yaml && xdg-open ana-preview.html
     """
-    from digest.profiles import load_profile
 
     settings = obj.settings
     profile = load_profile(profile_path, default_max_papers=settings.default_max_papers)
@@ -491,18 +490,29 @@ def profile_validate(obj: Context, paths: tuple[Path, ...]) -> None:
 
 def _feedback(obj: Context, profile_path: Path, references: Sequence[str], *,
               liked: bool) -> None:
+    current = load_profile(profile_path)
     store = obj.open_store()
     try:
-        found = store.find_papers(references)
+        found = store.find_papers([*references, *current.liked, *current.disliked])
     finally:
         store.close()
+
+    def key(entry: str) -> str:
+        paper = found.get(entry)
+        return paper.key if paper is not None else entry.casefold()
+
+    def same(a: str, b: str) -> bool:  # a title and an arXiv id of one paper are one paper
+        return key(a) == key(b)
+
     for reference in references:
         paper = found.get(reference)
         entry = paper.title if paper is not None else reference
         if paper is None:
             click.echo(f"{reference!r} is not among the stored papers; recorded as given "
                        "(titles still steer the ranking)", err=True)
-        outcome = set_feedback(profile_path, entry, liked=liked)
+        else:
+            found[entry] = paper
+        outcome = set_feedback(profile_path, entry, liked=liked, same=same)
         click.echo(f"{profile_path}: {entry!r} {outcome}")
 
 

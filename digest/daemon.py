@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
+from digest.embed import Embedder
 from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
@@ -83,6 +85,7 @@ class Daemon:
         self._queued: set[tuple[str, datetime | None]] = set()
         self.stopping = asyncio.Event()
         self.sent = 0
+        self._embedder: Embedder | None | Literal["unloaded"] = "unloaded"
 
     # Profiles --------------------------------------------------------------------------
 
@@ -182,7 +185,8 @@ class Daemon:
                     self.queue.put_nowait(None)  # keep the stop marker for the outer loop
                     break
                 batch.append(more)
-            run = EditionRun(self.store, self.settings)  # a corpus fitted on today's papers
+            # A corpus fitted on today's papers; the embedding model is loaded only once.
+            run = EditionRun(self.store, self.settings, embedder=self._embedder)
             smtp = self.settings.smtp
             async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
                 for key in batch:
@@ -190,6 +194,7 @@ class Daemon:
                     if self.stopping.is_set():
                         break
                     await self._send_one(run, mailer, *key)
+            self._embedder = run.embedder
 
     async def _send_one(self, run: EditionRun, mailer: SmtpMailer, subscriber_id: str,
                         slot: datetime | None) -> None:
@@ -275,6 +280,8 @@ class Daemon:
             log.warning("config.reload database_url changed; restart to use the new database")
             settings = settings.model_copy(update={"database_url": self.settings.database_url,
                                                    "data_dir": self.settings.data_dir})
+        if settings.rank != self.settings.rank:
+            self._embedder = "unloaded"
         self.settings = settings
         self.inbox = InboxWatcher(settings.inbox_dir, settings.daemon.inbox_settle_s)
         self._add_periodic_jobs()

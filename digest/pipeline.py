@@ -86,7 +86,14 @@ def ingest_inbox(store: Store, folder: Path, *, now: datetime) -> IngestReport:
 def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> np.ndarray:
     """One embedding per paper, computed once and kept in the store (unit rows)."""
     known = store.embeddings([p.row_id for p in papers], embedder.name)
+    sizes = {len(v) for v in known.values()}
+    if len(sizes) > 1:  # vectors of another shape (an older model of the same name)
+        common = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
+        known = {k: v for k, v in known.items() if len(v) == common}
     missing = [p for p in papers if p.row_id not in known]
+    if len(missing) > 100:
+        log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
+                 len(missing), embedder.name)
     for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run keeps
         batch = missing[start:start + 256]  # what it computed
         vectors = embedder.encode([p.text for p in batch])

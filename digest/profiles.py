@@ -6,6 +6,7 @@ reported and skipped so that the other subscribers are still served.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import io
 import os
@@ -70,6 +71,11 @@ class _Keywords(BaseModel):
     require: list[Text] = []
     mute: list[Text] = []
 
+    @field_validator("require", "mute", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
 
 class _Interest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -109,6 +115,17 @@ class ProfileFile(BaseModel):
     @classmethod
     def _int_score(cls, value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("interests", "avoid", "authors", "liked", "disliked", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        # `liked:` with nothing after it is null in YAML: people mean an empty list.
+        return [] if value is None else value
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _empty_table(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @field_validator("name")
     @classmethod
@@ -343,42 +360,65 @@ def _locked(path: Path) -> Iterator[None]:
 def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
     """Apply `change` to the profile's YAML and write it back atomically.
 
-    Comments, key order, quoting and layout outside the changed values survive. The file
-    is only replaced when the result is a valid profile; a file that is not valid YAML is
-    reported (ProfileError) and left exactly as it is. Returns what `change` returned.
+    Comments, key order, quoting, indentation, line endings, a BOM and the file's mode
+    survive; a symbolic link keeps pointing at the edited file. The file is only replaced
+    when the result is a valid profile; a file that is not valid YAML is reported
+    (ProfileError) and left exactly as it is. Returns what `change` returned.
     """
-    with _locked(path):
+    target = path.resolve()  # edit what a symbolic link points to, keep the link
+    with _locked(target):
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = target.read_bytes()
         except OSError as exc:
             raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        bom = raw.startswith(codecs.BOM_UTF8)
+        text = raw.decode("utf-8-sig", errors="strict").replace("\r\n", "\n")
+        crlf = b"\r\n" in raw
         parse_profile(text, path)  # refuse to touch a file that is already broken
         yaml = _round_trip(text)
-        root = yaml.load(text)
+        try:
+            root = yaml.load(text)
+        except YAMLError as exc:
+            raise ProfileError(path, f"cannot be edited safely, edit it by hand: {exc}") \
+                from exc
         result = change(root)
         buffer = io.StringIO()
         yaml.dump(root, buffer)
         new_text = buffer.getvalue()
         parse_profile(new_text, path)  # never write a profile that would not load
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(new_text, encoding="utf-8")
-        os.replace(temporary, path)
+        if crlf:
+            new_text = new_text.replace("\n", "\r\n")
+        data = (codecs.BOM_UTF8 if bom else b"") + new_text.encode("utf-8")
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, target.stat().st_mode & 0o7777)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
     return result
 
 
-def _same(a: str, b: str) -> bool:
+def _same_text(a: str, b: str) -> bool:
     id_a, id_b = parse_arxiv_id(a), parse_arxiv_id(b)
     if id_a or id_b:
         return id_a == id_b
     return normalise_title(a) == normalise_title(b)
 
 
-def set_feedback(path: Path, reference: str, *, liked: bool) -> str:
+def set_feedback(path: Path, reference: str, *, liked: bool,
+                 same: Callable[[str, str], bool] | None = None) -> str:
     """Move a paper (title or arXiv id) into `liked` or `disliked`, out of the other list.
 
+    `same` tells whether two entries name one paper (the CLI asks the store, so a title
+    and an arXiv id of one paper match); by default titles and ids are compared as text.
     Returns a sentence saying what changed.
     """
     add, remove = ("liked", "disliked") if liked else ("disliked", "liked")
+    _same = same or _same_text
 
     def change(root: CommentedMap) -> str:
         removed = False

@@ -34,6 +34,7 @@ DIVERSITY = 1.0  # MMR: a pick loses this many standard deviations per unit of c
 # similarity to a paper already chosen
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
 REFERENCE_ROWS = 2000
+MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
 REASON_TERMS = 3
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]
@@ -107,7 +108,9 @@ def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = Non
         stop_words="english",
         ngram_range=(1, 2),
         sublinear_tf=True,
-        token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9\-]+\b",
+        # Words of two or more characters that hold a letter: "3D" and "6G" count, "2024"
+        # does not.
+        token_pattern=r"(?u)\b(?:[a-zA-Z][a-zA-Z0-9\-]+|\d+[a-zA-Z][a-zA-Z0-9\-]*)\b",
         dtype=np.float32,
     )
     texts = [p.text for p in papers] or [""]
@@ -246,10 +249,16 @@ class _Evidence:
     candidates: np.ndarray
     reference: np.ndarray
 
+    @property
+    def informative(self) -> bool:
+        """False when no paper matches at all (e.g. an interest made only of stop words)."""
+        return bool(self.candidates.max(initial=0.0) > 0 or self.reference.std() > 0)
+
     def standardised(self) -> np.ndarray:
-        """Standard deviations above the typical stored paper."""
-        spread = float(self.reference.std())
-        return (self.candidates - float(self.reference.mean())) / max(spread, 1e-6)
+        """Standard deviations above the typical stored paper. The spread has a floor, so
+        that a query matching almost nothing does not make one faint match look huge."""
+        spread = max(float(self.reference.std()), MIN_SPREAD)
+        return (self.candidates - float(self.reference.mean())) / spread
 
 
 class _Scorer:
@@ -291,7 +300,7 @@ def _rocchio(vectors: sparse.csr_matrix | np.ndarray, common: np.ndarray | None)
 
 def _family(parts: Sequence[_Evidence | None]) -> np.ndarray | None:
     """The mean standardised score of the evidence that is there."""
-    present = [p.standardised() for p in parts if p is not None]
+    present = [p.standardised() for p in parts if p is not None and p.informative]
     return np.mean(present, axis=0) if present else None
 
 
@@ -394,11 +403,13 @@ def rank_papers(
     by_followed = np.zeros(n, dtype=bool)
     if followed:
         by_followed = np.array([bool(names & followed) for names in candidates.authors])
-    if not families and not followed:
-        return []  # nothing to go on: no interests, no liked papers, no authors
-
+    if not families:
+        # Nothing scores the papers: only followed authors' papers can be picked.
+        allowed &= by_followed
+        if not allowed.any():
+            return []
     floor = -np.inf if min_score is None else min_score
-    eligible = allowed & ((score >= floor) | by_followed)  # followed authors: a hard rule
+    eligible = allowed & ((score > floor) | by_followed)  # followed authors: a hard rule
     order_by = score + FOLLOWED_FIRST * by_followed
     chosen = _diverse_top(order_by, eligible, candidates.matrix, top)
 

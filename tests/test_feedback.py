@@ -86,3 +86,35 @@ def test_dislike_and_like_change_the_next_ranking(run_cli, seeds, tmp_path, writ
     assert [p["id"] for p in after_like] != [p["id"] for p in after_dislike]
     assert any(f"like: {liked}" in p["reason"] for p in after_like)
     assert load_profile(path).disliked == (first["title"],)
+
+
+def test_edits_keep_line_endings_bom_mode_and_links(write_profile, tmp_path):
+    import os
+
+    path = write_profile("ana", text="")
+    path.write_bytes(b"\xef\xbb\xbfname: Ana\r\nemail: ana@example.org\r\nliked:\r\n")
+    os.chmod(path, 0o600)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(path)
+    assert set_feedback(link, "A Paper", liked=True) == "added to liked"
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data and b"\n" not in data.replace(
+        b"\r\n", b"")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert link.is_symlink() and load_profile(path).liked == ("A Paper",)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_liking_by_arxiv_id_and_title_is_one_paper(run_cli, tmp_path, write_profile, store):
+    from digest.models import PaperEntry
+
+    from .conftest import NOW
+
+    store.add_entries([PaperEntry(title="Graph Neural Networks for Molecules", abstract="x",
+                                  source="feed", arxiv_id="2401.01234")], NOW)
+    path = write_profile("ana", liked=["2401.01234"])
+    result = run_cli("--data-dir", tmp_path, "profile", "dislike", path,
+                     "Graph Neural Networks for Molecules")
+    assert result.exit_code == 0, result.output
+    profile = load_profile(path)
+    assert profile.liked == () and profile.disliked == ("Graph Neural Networks for Molecules",)

@@ -149,3 +149,10 @@ def test_an_id_field_lets_same_named_files_be_sent(tmp_path):
     loaded = load_profiles(same)
     assert loaded.errors == ()
     assert [p.subscriber_id for p in loaded.profiles] == ["bo", "cy"]
+
+
+def test_empty_lists_written_as_nothing_are_empty(write_profile):
+    path = write_profile("ana", text="name: Ana\nemail: ana@example.org\nliked:\ndisliked:\n"
+                                     "keywords:\n  mute:\n")
+    profile = load_profile(path)
+    assert profile.liked == () and profile.disliked == () and profile.mute == ()

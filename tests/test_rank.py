@@ -136,3 +136,22 @@ def test_a_classifier_is_learned_from_enough_likes_and_dislikes(store, papers):
 def test_scores_are_standard_deviations_above_a_typical_paper(store, papers):
     picks = _rank(store, papers, _profile(interests=(Interest("dense retrieval"),)), top=3)
     assert all(p.score > 1.0 for p in picks)  # far above the typical stored paper
+
+
+def test_nothing_to_score_with_picks_nothing_arbitrary(store, papers):
+    assert _rank(store, papers, _profile(authors=("Nobody Real",))) == []
+    assert _rank(store, papers, _profile(interests=(Interest("the and of"),))) == []
+
+
+def test_interests_starting_with_a_digit_are_words(store, papers):
+    picks = _rank(store, papers, _profile(interests=(Interest("3D"),)), top=3)
+    assert picks and all("3d" in p.paper.text.lower() for p in picks)
+
+
+def test_storing_an_embedding_twice_is_harmless(store, papers):
+    import numpy as np
+
+    vector = np.ones(4, dtype=np.float32)
+    store.save_embeddings("m", {papers[0].row_id: vector})
+    store.save_embeddings("m", {papers[0].row_id: vector})  # another process got there first
+    assert list(store.embeddings([papers[0].row_id], "m")) == [papers[0].row_id]

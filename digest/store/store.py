@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -357,8 +359,13 @@ class Store:
     def save_embeddings(self, model: str, vectors: dict[int, np.ndarray]) -> None:
         if not vectors:
             return
-        with self._begin() as conn:
-            conn.execute(insert(paper_embeddings), [
+        dialect = self.engine.dialect.name
+        statement = (sqlite_insert(paper_embeddings).on_conflict_do_nothing()
+                     if dialect == "sqlite" else
+                     postgresql_insert(paper_embeddings).on_conflict_do_nothing()
+                     if dialect == "postgresql" else insert(paper_embeddings))
+        with self._begin() as conn:  # another process may have stored some meanwhile
+            conn.execute(statement, [
                 dict(paper_id=paper_id, model=model,
                      vector=np.asarray(vector, dtype="<f4").tobytes())
                 for paper_id, vector in vectors.items()])
