@@ -28,7 +28,7 @@ from digest.config import CONFIG_NAME, Settings, load_settings
 from digest.deliver import Mailer, OutboxMailer, SmtpMailer
 from digest.errors import DigestError
 from digest.models import Profile
-from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
+from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox, recover_abandoned
 from digest.profiles import load_profile, load_profiles, profile_paths, set_feedback
 from digest.schedule import parse_schedule
 from digest.store import Store
@@ -357,6 +357,8 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
     report_problems(loaded.errors)
     store = obj.open_store()
     outbox = OutboxMailer(settings.outbox_dir)
+    if not dry_run:
+        recover_abandoned(store, now=utc_now())
 
     async def go() -> list[Any]:
         run = EditionRun(store, settings)

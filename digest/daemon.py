@@ -34,7 +34,7 @@ from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.models import Profile
-from digest.pipeline import EditionRun, Status
+from digest.pipeline import EditionRun, Status, recover_abandoned
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -307,6 +307,7 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+        recover_abandoned(self.store, now=self.clock())
         self.reload_profiles()
         self._add_periodic_jobs()
         self.scheduler.start()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -133,6 +135,31 @@ def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Pape
     return prefs, unresolved
 
 
+def sender_identity() -> str:
+    """"host:pid" of this process, recorded on the editions it is sending."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def recover_abandoned(store: Store, *, now: datetime) -> int:
+    """Editions that a sender on this host left half-sent when it died go back to pending,
+    so that this run sends them (rather than after `sending_stale_s`)."""
+    recovered = store.recover_abandoned(socket.gethostname(), _process_alive, now=now)
+    if recovered:
+        log.warning("editions.recovered count=%d (their sender died before the server's "
+                    "reply was recorded; they are sent again)", recovered)
+    return recovered
+
+
 class Status(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"  # this attempt failed; `retry` says whether a later run tries again
@@ -169,6 +196,7 @@ class EditionRun:
     embedder: Embedder | None | Literal["unloaded"] = "unloaded"
     _corpus: Corpus | None = None
     _candidates: dict[datetime | None, Candidates] = field(default_factory=dict)
+    claimer: str = field(default_factory=sender_identity)
     _found: dict[str, Paper] | None = None
     _sent: dict[str, set[int]] = field(default_factory=dict)
 
@@ -303,7 +331,8 @@ class EditionRun:
             return EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks, detail,
                                   message=message)
         stale_before = now - timedelta(seconds=self.settings.mail.sending_stale_s)
-        if not self.store.begin_sending(edition, now=now, stale_before=stale_before):
+        if not self.store.begin_sending(edition, now=now, stale_before=stale_before,
+                                        claimer=self.claimer):
             return EditionOutcome(profile, Status.IN_FLIGHT, slot, edition.picks)
         max_attempts = self.settings.mail.max_attempts
         try:

@@ -104,6 +104,9 @@ editions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
+    # Who is sending it ("host:pid"), so a restart on that host can take back the editions
+    # of a sender that died mid-way at once, instead of waiting for them to go stale.
+    Column("claimed_by", String(200)),
     UniqueConstraint("subscriber_id", "slot", name="uq_edition_slot"),
     Index("ix_editions_state", "state"),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -77,6 +88,7 @@ class Store:
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             metadata.create_all(engine)
+            _add_missing_columns(engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot open the database {engine_name(url)}: {exc}") from exc
         return cls(engine)
@@ -280,11 +292,13 @@ class Store:
                        editions.c.state != EditionState.FAILED.value)).scalar()
         return value if isinstance(value, datetime) else None
 
-    def begin_sending(self, edition: Edition, *, now: datetime, stale_before: datetime) -> bool:
+    def begin_sending(self, edition: Edition, *, now: datetime, stale_before: datetime,
+                      claimer: str = "") -> bool:
         """Take the edition for sending; False if another sender has it or it is done.
 
         Atomic, so two `digest send` runs never both send one edition. An edition left in
         `sending` since before `stale_before` (its sender died) may be taken again.
+        `claimer` ("host:pid") is recorded for `recover_abandoned`.
         """
         with self._begin() as conn:
             taken = conn.execute(
@@ -294,8 +308,32 @@ class Store:
                        | ((editions.c.state == EditionState.FAILED.value) & editions.c.retryable)
                        | ((editions.c.state == EditionState.SENDING.value)
                           & (editions.c.updated_at < stale_before)))
-                .values(state=EditionState.SENDING.value, updated_at=now)).rowcount
+                .values(state=EditionState.SENDING.value, updated_at=now,
+                        claimed_by=claimer or None)).rowcount
         return bool(taken)
+
+    def recover_abandoned(self, host: str, alive: Callable[[int], bool], *,
+                          now: datetime) -> int:
+        """Put back to `pending` the editions that a dead sender on `host` left in `sending`.
+
+        Their server acknowledgement was never recorded, so they are sent again: the one
+        window where a message can arrive twice (with the same Message-ID).
+        """
+        recovered = 0
+        with self._begin() as conn:
+            rows = conn.execute(select(editions.c.id, editions.c.claimed_by).where(
+                editions.c.state == EditionState.SENDING.value,
+                editions.c.claimed_by.like(f"{host}:%"))).all()
+            for row_id, claimed_by in rows:
+                pid = claimed_by.rpartition(":")[2]
+                if pid.isdigit() and not alive(int(pid)):
+                    recovered += conn.execute(
+                        update(editions).where(editions.c.id == row_id,
+                                               editions.c.claimed_by == claimed_by,
+                                               editions.c.state == EditionState.SENDING.value)
+                        .values(state=EditionState.PENDING.value, claimed_by=None,
+                                updated_at=now)).rowcount
+        return recovered
 
     def supersede_failed(self, subscriber_id: str, *, before: datetime, by: datetime,
                          now: datetime) -> int:
@@ -389,6 +427,14 @@ class Store:
                                 .values(**values)).rowcount
             if not done:
                 conn.execute(insert(feeds).values(url=state.url, **values))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (until migrations arrive with Alembic)."""
+    present = {c["name"] for c in inspect(engine).get_columns("editions")}
+    if "claimed_by" not in present:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE editions ADD COLUMN claimed_by VARCHAR(200)"))
 
 
 def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
