@@ -65,6 +65,9 @@ class MailSettings(_Frozen):
     max_attempts: int = Field(default=5, ge=1)  # tries per edition before it stays failed
     # An edition left "sending" this long ago (its sender died mid-way) may be sent again.
     sending_stale_s: float = Field(default=600, gt=0)
+    # Within one run, transient failures are retried after this, doubling each time.
+    retry_delay_s: float = Field(default=2.0, ge=0)
+    retry_delay_max_s: float = Field(default=60.0, ge=0)
 
     @field_validator("from_address")
     @classmethod

@@ -6,9 +6,11 @@ stages together itself. `now` is always a parameter so that tests can fix it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import os
+import random
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -353,6 +355,27 @@ class EditionRun:
         return EditionOutcome(profile, Status.SENT, slot, edition.picks, reply, message=message)
 
     async def run_editions(self, profiles: Iterable[Profile], mailer: Mailer, *,
-                           now: datetime, dry_run: bool = False) -> list[EditionOutcome]:
-        """Run every profile's edition in turn; one subscriber's failure never stops the rest."""
-        return [await self.run_edition(p, mailer, now=now, dry_run=dry_run) for p in profiles]
+                           now: datetime, dry_run: bool = False,
+                           rng: random.Random | None = None) -> list[EditionOutcome]:
+        """Run every profile's edition in turn; one subscriber's failure never stops the rest.
+
+        Editions that failed transiently (4xx, dropped, timed out) are tried again at the
+        end of the run, after an exponential back-off with jitter, until they are sent or
+        `mail.max_attempts` is used up.
+        """
+        profiles = list(profiles)
+        outcomes = [await self.run_edition(p, mailer, now=now, dry_run=dry_run)
+                    for p in profiles]
+        rng = rng or random.Random()
+        mail = self.settings.mail
+        for attempt in range(1, mail.max_attempts):
+            again = [i for i, o in enumerate(outcomes) if o.status is Status.FAILED and o.retry]
+            if not again:
+                break
+            delay = min(mail.retry_delay_s * 2 ** (attempt - 1), mail.retry_delay_max_s)
+            await asyncio.sleep(delay * rng.uniform(0.75, 1.25))
+            log.info("editions.retrying count=%d attempt=%d", len(again), attempt + 1)
+            for i in again:
+                outcomes[i] = await self.run_edition(profiles[i], mailer, now=now,
+                                                     slot=outcomes[i].slot)
+        return outcomes

@@ -34,6 +34,7 @@ class Received:
 
 
 ACCEPT = "250 OK message accepted"
+DROP = "DROP"  # a `respond` answer: close the connection instead of replying
 
 
 @dataclass
@@ -46,6 +47,10 @@ class _Handler:
         content = envelope.original_content or b""
         item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content))
         reply = self.respond(item)
+        if reply == DROP:  # hang up without a reply, as a crashing relay would
+            if server.transport is not None:
+                server.transport.close()
+            return "421 4.4.2 connection dropped"
         if reply.startswith("2"):  # only what the server accepted counts as received
             with self.lock:
                 self.received.append(item)

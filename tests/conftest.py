@@ -59,7 +59,8 @@ def settings(tmp_path: Path, smtp_sink: SmtpSink) -> Settings:
         outbox_dir=tmp_path / "outbox",
         smtp=SmtpSettings(host=smtp_sink.host, port=smtp_sink.port, security="none",
                           timeout_s=5),
-        mail=MailSettings(from_address="digest@test.example", list_id="test.digest.example"),
+        mail=MailSettings(from_address="digest@test.example", list_id="test.digest.example",
+                          retry_delay_s=0.01),
         rank=RankSettings(embeddings="off"),
     )
 
@@ -106,6 +107,7 @@ timeout_s = 5
 [mail]
 from_address = "digest@test.example"
 list_id = "test.digest.example"
+retry_delay_s = 0.01
 """,
         encoding="utf-8",
     )

@@ -12,7 +12,7 @@ from digest.deliver import OutboxMailer, SmtpMailer
 from digest.models import EditionState
 from digest.pipeline import EditionRun, Status, ingest_files
 from digest.profiles import load_profile
-from digest.smtpsink import SmtpSink
+from digest.smtpsink import DROP, SmtpSink
 from digest.store import Store
 
 from .conftest import NOW
@@ -89,22 +89,36 @@ def test_refused_message_is_recorded_with_the_server_reply(store, tmp_path, seed
     assert again.status is Status.FAILED and edition.attempts == 1  # not retried
 
 
-def test_transient_failure_is_retried_by_the_next_run(store, seeds, write_profile, settings,
-                                                     smtp_sink):
+def test_transient_failures_are_retried_with_back_off_in_the_run(store, seeds,
+                                                                 write_profile, settings):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["retrieval"])
+    replies = iter(["451 4.3.0 try again later", DROP])
+
+    def flaky(_message):
+        return next(replies, "250 OK")
+
+    with SmtpSink(respond=flaky) as server:
+        flaky_settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(
+            update={"port": server.port})})
+        [outcome] = _send(store, flaky_settings, [path])
+        assert len(server.received) == 1
+    assert outcome.status is Status.SENT
+    assert store.get_edition("ana", outcome.slot).attempts == 3
+
+
+def test_a_server_that_keeps_refusing_leaves_the_edition_failed_with_its_reply(
+        store, seeds, write_profile, settings):
     ingest_files(store, seeds, now=NOW, reference=NOW)
     path = write_profile("ana", interests=["retrieval"])
     with SmtpSink(respond=lambda _m: "451 4.3.0 try again later") as busy:
         busy_settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(
             update={"port": busy.port})})
-        failed = _send(store, busy_settings, [path])[0]
-    retried = _send(store, settings, [path])[0]
-
-    assert failed.status is Status.FAILED and failed.retry
-    assert "451" in failed.detail
-    assert retried.status is Status.SENT
-    assert [p.paper.row_id for p in retried.picks] == [p.paper.row_id for p in failed.picks]
-    assert len(smtp_sink.received) == 1
-    assert store.get_edition("ana", retried.slot).attempts == 2
+        [outcome] = _send(store, busy_settings, [path])
+    edition = store.get_edition("ana", outcome.slot)
+    assert outcome.status is Status.FAILED and not outcome.retry
+    assert edition.attempts == settings.mail.max_attempts
+    assert edition.smtp_reply.startswith("451 4.3.0")
 
 
 def test_unreachable_server_fails_the_edition_and_keeps_it(store, seeds, write_profile,
@@ -119,7 +133,7 @@ def test_unreachable_server_fails_the_edition_and_keeps_it(store, seeds, write_p
 
     outcome = _send(store, dead, [path])[0]
 
-    assert outcome.status is Status.FAILED and outcome.retry
+    assert outcome.status is Status.FAILED  # after every attempt the run allows
     assert f"cannot connect to 127.0.0.1:{closed_port}" in outcome.detail
     assert store.get_edition("ana", outcome.slot).state is EditionState.FAILED
 
