@@ -187,8 +187,9 @@ class Store:
                 for r in conn.execute(select(papers).where(papers.c.arxiv_id.in_(chunk))):
                     arxiv_rows[r._mapping["arxiv_id"]] = _paper(r)
             for chunk in _chunks(keys):
+                # Newest first, so that the oldest record of a repeated title wins.
                 for r in conn.execute(select(papers).where(papers.c.title_key.in_(chunk))
-                                      .order_by(papers.c.id)):
+                                      .order_by(papers.c.id.desc())):
                     title_rows[r._mapping["title_key"]] = _paper(r)
         for ref in refs:
             arxiv_id = by_arxiv[ref]
