@@ -45,6 +45,9 @@ class SmtpSettings(_Frozen):
     validate_certs: bool = True
     ca_file: Path | None = None  # a private CA's certificates (PEM), added to the system's
     timeout_s: float = Field(default=30.0, gt=0)
+    # Relays limit how fast they take mail; 0 means no limit.
+    max_per_second: float = Field(default=0, ge=0)
+    max_per_hour: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _no_clear_text_password(self) -> SmtpSettings:

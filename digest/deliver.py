@@ -25,6 +25,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest.ratelimit import smtp_limiter
 
 log = logging.getLogger(__name__)
 _CONNECT_PREFIX = re.compile(r"^Error connecting to \S+ on port \d+: ")
@@ -78,6 +79,7 @@ class SmtpMailer:
         self.sender = sender
         self.where = f"{settings.host}:{settings.port}"
         self._client: aiosmtplib.SMTP | None = None
+        self.limiter = smtp_limiter(settings.max_per_second, settings.max_per_hour)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.security == "none":
@@ -115,6 +117,8 @@ class SmtpMailer:
     async def send(self, message: EmailMessage) -> str:
         """Send one message; returns the server's reply. Raises DeliveryError."""
         recipients = [a.addr_spec for a in message["To"].addresses]
+        if self.limiter is not None:
+            await self.limiter.acquire()
         try:
             if self._client is None or not self._client.is_connected:
                 self._client = await self._connect()
