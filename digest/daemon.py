@@ -169,7 +169,8 @@ class Daemon:
             if edition.subscriber_id not in self.profiles or now - edition.slot > grace:
                 continue
             wait = retry_delay_s(edition.attempts, daemon.retry_base_s, daemon.retry_max_s)
-            if self.store.edition_updated_at(edition) + timedelta(seconds=wait) <= now:
+            last = edition.updated_at or edition.slot
+            if last + timedelta(seconds=wait) <= now:
                 self.enqueue(edition.subscriber_id, edition.slot)
 
     async def send_editions(self) -> None:

@@ -120,6 +120,7 @@ class Edition:
     retryable: bool = True
     row_id: int = 0
     created_at: datetime | None = None
+    updated_at: datetime | None = None  # the last change of state, e.g. the last attempt
     sent_at: datetime | None = None
 
 

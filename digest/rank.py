@@ -262,10 +262,10 @@ class _Evidence:
 
 
 class _Scorer:
-    """Scores one profile's evidence on the candidates and on the corpus reference."""
+    """Scores one profile's evidence on the candidates and on the corpus reference rows
+    (prepared together in `Candidates.scoring`)."""
 
-    def __init__(self, corpus: Corpus, candidates: Candidates):
-        self.corpus = corpus
+    def __init__(self, candidates: Candidates):
         self.candidates = candidates
         self.n = len(candidates.papers)
 
@@ -346,7 +346,7 @@ def rank_papers(
         allowed &= _mentions(candidates, profile.require)
     if not allowed.any():
         return []
-    scorer = _Scorer(corpus, candidates)
+    scorer = _Scorer(candidates)
     transform = corpus.transform
 
     families: list[tuple[str, np.ndarray]] = []

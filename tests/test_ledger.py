@@ -156,13 +156,14 @@ def test_a_sending_edition_is_taken_again_only_once_it_is_stale(store):
 
     later = NOW + timedelta(minutes=9)  # its sender may still be at it
     assert not store.begin_sending(edition, now=later, stale_before=later - stale)
-    assert store.edition_updated_at(edition) == NOW  # a refused take changes nothing
+    # A refused take changes nothing.
+    assert store.get_edition("ana", edition.slot).updated_at == NOW
     # Exactly as old as the limit is not older than it.
     assert not store.begin_sending(edition, now=NOW + stale, stale_before=NOW)
 
     much_later = NOW + timedelta(minutes=11)  # its sender died
     assert store.begin_sending(edition, now=much_later, stale_before=much_later - stale)
-    assert store.edition_updated_at(edition) == much_later
+    assert store.get_edition("ana", edition.slot).updated_at == much_later
     # Taken afresh: the new holder is now protected in turn.
     assert not store.begin_sending(edition, now=much_later + timedelta(minutes=1),
                                    stale_before=much_later - timedelta(minutes=9))

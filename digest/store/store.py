@@ -258,7 +258,7 @@ class Store:
             subscriber_id=m["subscriber_id"], slot=m["slot"], state=EditionState(m["state"]),
             message_id=m["message_id"], picks=picks, attempts=m["attempts"],
             smtp_reply=m["smtp_reply"], retryable=m["retryable"], row_id=m["id"],
-            created_at=m["created_at"], sent_at=m["sent_at"])
+            created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"])
 
     def create_edition(self, edition: Edition, *, candidates_until: datetime,
                        now: datetime) -> Edition | None:
@@ -367,13 +367,6 @@ class Store:
                 editions.c.state == EditionState.FAILED.value, editions.c.retryable)
                 .order_by(editions.c.updated_at)).all()
             return [self._edition(conn, row) for row in rows]
-
-    def edition_updated_at(self, edition: Edition) -> datetime:
-        with self._begin() as conn:
-            value = conn.execute(select(editions.c.updated_at)
-                                 .where(editions.c.id == edition.row_id)).scalar_one()
-        assert isinstance(value, datetime)
-        return value
 
     def edition_counts(self) -> dict[str, int]:
         with self._begin() as conn:
