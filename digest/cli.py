@@ -25,12 +25,13 @@ from rich.table import Table
 
 from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
-from digest.deliver import Mailer, OutboxMailer, SmtpMailer
+from digest.deliver import OutboxMailer
 from digest.errors import DigestError
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox, recover_abandoned
 from digest.profiles import load_profile, load_profiles, profile_paths, set_feedback
 from digest.schedule import parse_schedule
+from digest.shards import SendReport, send_all
 from digest.store import Store
 
 log = logging.getLogger("digest")
@@ -318,7 +319,7 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     try:
         run = EditionRun(store, settings)
         picks = run.choose_picks(profile, now=now)
-        message = run.render(profile, picks, slot=slot, now=now)
+        message = run.render(profile, picks, slot=slot, now=now).email
     finally:
         store.close()
     html_part = message.get_body(preferencelist=("html",))
@@ -353,37 +354,50 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
     paths = list(profiles) or profile_paths(settings.profiles_dir)
     if not paths:
         fail(f"no profiles in {settings.profiles_dir} (run `digest init`, or pass files)")
-    loaded = load_profiles(paths, default_max_papers=settings.default_max_papers)
-    report_problems(loaded.errors)
+    started = time.perf_counter()
     store = obj.open_store()
-    outbox = OutboxMailer(settings.outbox_dir)
-    if not dry_run:
-        recover_abandoned(store, now=utc_now())
-
-    async def go() -> list[Any]:
-        run = EditionRun(store, settings)
-        if dry_run:
-            return await run.run_editions(loaded.profiles, outbox, now=utc_now(), dry_run=True)
-        mailer: Mailer
-        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
-            return await run.run_editions(loaded.profiles, mailer, now=utc_now())
-
     try:
-        outcomes = asyncio.run(go())
+        if dry_run:
+            report = _dry_run(store, settings, paths)
+        else:
+            recover_abandoned(store, now=utc_now())
     finally:
-        store.close()
-    table = Table(title="Dry run: nothing sent" if dry_run else "Editions")
-    for column in ("subscriber", "status", "picks", "detail"):
-        table.add_column(column, overflow="fold")
-    for o in outcomes:
-        detail = o.detail + (" (will retry)" if o.status is Status.FAILED and o.retry else "")
-        table.add_row(o.profile.subscriber_id, str(o.status), str(len(o.picks)), detail)
-    Console().print(table)
-    failed = [o for o in outcomes if o.status is Status.FAILED]
+        store.close()  # workers open their own; none may inherit this one
+    if not dry_run:
+        report = send_all(settings, paths, now=utc_now(), processes=settings.send.processes)
+    elapsed = time.perf_counter() - started
+    stages = " ".join(f"{stage}_s={seconds:.2f}" for stage, seconds in report.timings.items())
+    log.info("send.stages editions=%d sent=%d %s wall_s=%.2f", report.editions,
+             report.counts[Status.SENT], stages, elapsed)
+    if report.shown:
+        table = Table(title="Dry run: nothing sent" if dry_run else "Editions")
+        for column in ("subscriber", "status", "picks", "detail"):
+            table.add_column(column, overflow="fold")
+        for o in report.shown:
+            detail = o.detail + (" (will retry)" if o.status is Status.FAILED and o.retry else "")
+            table.add_row(o.profile.subscriber_id, str(o.status), str(o.count), detail)
+        Console().print(table)
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.most_common())
+    click.echo(f"{report.editions} editions in {elapsed:.1f} s: {counts or 'none due'}.")
+    report_problems(report.errors)
+    failed = [o for o in report.shown if o.status is Status.FAILED]
     for o in failed:
         click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
-    if failed or loaded.errors:
+    if report.counts[Status.FAILED] or report.errors:
         sys.exit(1)
+
+
+def _dry_run(store: Store, settings: Settings, paths: Sequence[Path]) -> SendReport:
+    """Every due edition written to the outbox as .eml, in this process; nothing recorded."""
+    loaded = load_profiles(paths, default_max_papers=settings.default_max_papers)
+    report = SendReport(errors=[str(e) for e in loaded.errors])
+    outbox = OutboxMailer(settings.outbox_dir)
+    outcomes = asyncio.run(EditionRun(store, settings).run_editions(
+        loaded.profiles, outbox, now=utc_now(), dry_run=True))
+    for o in outcomes:
+        report.counts[o.status] += 1
+        report.shown.append(o.lite())
+    return report
 
 
 # run -----------------------------------------------------------------------------------

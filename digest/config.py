@@ -45,6 +45,8 @@ class SmtpSettings(_Frozen):
     validate_certs: bool = True
     ca_file: Path | None = None  # a private CA's certificates (PEM), added to the system's
     timeout_s: float = Field(default=30.0, gt=0)
+    # Connections kept open to the server and used at once; relays often cap this.
+    connections: int = Field(default=4, ge=1, le=100)
     # Relays limit how fast they take mail; 0 means no limit.
     max_per_second: float = Field(default=0, ge=0)
     max_per_hour: int = Field(default=0, ge=0)
@@ -125,6 +127,12 @@ class RankSettings(_Frozen):
     embeddings: Literal["auto", "on", "off"] = "auto"
 
 
+class SendSettings(_Frozen):
+    """How a run of many editions uses the machine."""
+
+    processes: int = Field(default=0, ge=0, le=256)  # worker processes; 0: one per CPU core
+
+
 class Settings(_Frozen):
     """Every setting digest uses, with its default beside it."""
 
@@ -140,6 +148,7 @@ class Settings(_Frozen):
     mail: MailSettings = MailSettings()
     daemon: DaemonSettings = DaemonSettings()
     rank: RankSettings = RankSettings()
+    send: SendSettings = SendSettings()
     feeds: tuple[FeedSettings, ...] = ()
     config_path: Path | None = None
 
@@ -194,7 +203,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(config_path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
-    for table in ("smtp", "mail", "daemon", "rank"):
+    for table in ("smtp", "mail", "daemon", "rank", "send"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table}: expected a table ([{table}])", path=path)
     for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir",

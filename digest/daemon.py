@@ -34,7 +34,7 @@ from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.models import Profile
-from digest.pipeline import EditionRun, Status, recover_abandoned
+from digest.pipeline import BATCH, EditionRun, Status, recover_abandoned
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -187,37 +187,54 @@ class Daemon:
                     break
                 batch.append(more)
             # A corpus fitted on today's papers; the embedding model is loaded only once.
-            run = EditionRun(self.store, self.settings, embedder=self._embedder)
+            run = EditionRun(self.store, self.settings, embedder=self._embedder,
+                             stopping=self.stopping)
+            due = []
+            for key in batch:
+                self._queued.discard(key)
+                ready = self._due(*key)
+                if ready is not None:
+                    due.append(ready)
             smtp = self.settings.smtp
             async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
-                for key in batch:
-                    self._queued.discard(key)
+                for start in range(0, len(due), BATCH):
                     if self.stopping.is_set():
                         break
-                    await self._send_one(run, mailer, *key)
+                    await self._send_batch(run, mailer, due[start:start + BATCH])
             self._embedder = run.embedder
 
-    async def _send_one(self, run: EditionRun, mailer: SmtpMailer, subscriber_id: str,
-                        slot: datetime | None) -> None:
+    def _due(self, subscriber_id: str, slot: datetime | None
+             ) -> tuple[Profile, datetime] | None:
+        """The profile and slot to send for a queued edition; None if it is gone or late."""
         loaded = self.profiles.get(subscriber_id)
         if loaded is None:
-            return
-        now = self.clock()
-        due = slot or loaded.schedule.last_slot(now)
+            return None
+        due = slot or loaded.schedule.last_slot(self.clock())
         grace = timedelta(seconds=self.settings.daemon.catchup_grace_s)
-        if due is None or now - due > grace:
+        if due is None or self.clock() - due > grace:
             log.info("edition.skipped subscriber=%s slot=%s reason=older-than-grace",
                      subscriber_id, due)
-            return
+            return None
+        return loaded.profile, due
+
+    async def _send_batch(self, run: EditionRun, mailer: SmtpMailer,
+                          due: list[tuple[Profile, datetime]]) -> None:
         try:
-            outcome = await run.run_edition(loaded.profile, mailer, now=now, slot=due)
-        except Exception:  # one subscriber's bug must not stop the others' editions
-            log.exception("edition.error subscriber=%s slot=%s", subscriber_id, due)
+            outcomes = await run.run_batch(due, mailer, now=self.clock())
+        except Exception:
+            if len(due) == 1:  # one subscriber's bug must not stop the others' editions
+                log.exception("edition.error subscriber=%s slot=%s", due[0][0].subscriber_id,
+                              due[0][1].isoformat())
+                return
+            for item in due:  # find whose it is: the others still go out
+                await self._send_batch(run, mailer, [item])
             return
-        if outcome.status is Status.SENT:
-            self.sent += 1
-        elif outcome.status is Status.EMPTY:
-            log.info("edition.empty subscriber=%s slot=%s", subscriber_id, due.isoformat())
+        for outcome in outcomes:
+            if outcome.status is Status.SENT:
+                self.sent += 1
+            elif outcome.status is Status.EMPTY:
+                log.info("edition.empty subscriber=%s slot=%s", outcome.profile.subscriber_id,
+                         outcome.slot.isoformat() if outcome.slot else "")
 
     # Inbox and feeds -------------------------------------------------------------------
 

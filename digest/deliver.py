@@ -10,8 +10,6 @@ import asyncio
 import logging
 import re
 import ssl
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -25,6 +23,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest.models import OutgoingEmail
 from digest.ratelimit import smtp_limiter
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ _CONNECT_PREFIX = re.compile(r"^Error connecting to \S+ on port \d+: ")
 class Mailer(Protocol):
     """Anything that can take a message and say what the receiving side replied."""
 
-    async def send(self, message: EmailMessage) -> str: ...
+    async def send(self, email: OutgoingEmail) -> str: ...
 
 
 def _reply_error(code: int, text: str) -> DeliveryError:
@@ -69,17 +68,21 @@ def classify_smtp_error(exc: Exception, where: str) -> DeliveryError:
 
 
 class SmtpMailer:
-    """Sends over one reused SMTP connection; reconnects after any failure.
+    """Sends over a pool of up to `smtp.connections` reused SMTP connections, so that one
+    message's round trips overlap another's; a connection that fails is dropped and a new
+    one opened for the next message.
 
-    Use as `async with SmtpMailer(settings, sender=...) as mailer: await mailer.send(msg)`.
+    Use as `async with SmtpMailer(settings, sender=...) as mailer: await mailer.send(email)`;
+    `send` may be awaited by many tasks at once.
     """
 
     def __init__(self, settings: SmtpSettings, *, sender: str):
         self.settings = settings
         self.sender = sender
         self.where = f"{settings.host}:{settings.port}"
-        self._client: aiosmtplib.SMTP | None = None
         self.limiter = smtp_limiter(settings.max_per_second, settings.max_per_hour)
+        self._slots = asyncio.Semaphore(settings.connections)
+        self._idle: list[aiosmtplib.SMTP] = []
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.security == "none":
@@ -111,31 +114,31 @@ class SmtpMailer:
         if s.username:
             password = s.password.get_secret_value() if s.password else ""
             await client.login(s.username, password)
-        log.info("smtp.connected server=%s security=%s", self.where, s.security)
+        log.debug("smtp.connected server=%s security=%s", self.where, s.security)
         return client
 
-    async def send(self, message: EmailMessage) -> str:
+    async def send(self, email: OutgoingEmail) -> str:
         """Send one message; returns the server's reply. Raises DeliveryError."""
-        recipients = [a.addr_spec for a in message["To"].addresses]
         if self.limiter is not None:
             await self.limiter.acquire()
-        try:
-            if self._client is None or not self._client.is_connected:
-                self._client = await self._connect()
-            _errors, reply = await self._client.send_message(
-                message, sender=self.sender, recipients=recipients)
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            await self.aclose()
-            raise classify_smtp_error(exc, self.where) from exc
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = await self._connect()
+                _errors, reply = await client.sendmail(self.sender, list(email.recipients),
+                                                       email.data)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                if client is not None:
+                    await _close(client)
+                raise classify_smtp_error(exc, self.where) from exc
+            self._idle.append(client)
         return f"250 {' '.join(reply.split())}"
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            try:
-                await client.quit()
-            except (TimeoutError, aiosmtplib.SMTPException, OSError):
-                client.close()
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _close(client)
 
     async def __aenter__(self) -> SmtpMailer:
         return self
@@ -145,6 +148,15 @@ class SmtpMailer:
         await self.aclose()
 
 
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """Say goodbye if the server still listens; otherwise just drop the connection."""
+    if client.is_connected:
+        try:
+            await client.quit()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            client.close()
+
+
 class OutboxMailer:
     """A dry-run mailer: writes each message as an .eml file instead of sending it."""
 
@@ -152,13 +164,12 @@ class OutboxMailer:
         self.folder = folder
         self.written: list[Path] = []
 
-    async def send(self, message: EmailMessage) -> str:
+    async def send(self, email: OutgoingEmail) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
-        edition = str(message.get("X-Digest-Edition", "message"))
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", edition).strip("_")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", email.label).strip("_") or "message"
         path = self.folder / f"{name}.eml"
         temporary = path.with_suffix(".eml.tmp")
-        temporary.write_bytes(message.as_bytes(policy=SMTP_POLICY))
+        temporary.write_bytes(email.data)
         temporary.replace(path)
         self.written.append(path)
         return f"written to {path}"

@@ -8,6 +8,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
 from pathlib import Path
 
 
@@ -151,3 +155,27 @@ class IngestReport:
     @property
     def rejected(self) -> tuple[Problem, ...]:
         return tuple(p for p in self.problems if p.fatal)
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """A rendered email as it goes over SMTP: its recipients and its bytes (CRLF lines)."""
+
+    recipients: tuple[str, ...]
+    data: bytes
+    message_id: str
+    label: str = "message"  # names the .eml file of a dry run
+
+    @property
+    def email(self) -> EmailMessage:
+        """The message parsed back, for reading it (tests, previews); not for sending."""
+        parsed = message_from_bytes(self.data, policy=default_policy)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    @classmethod
+    def from_message(cls, message: EmailMessage, label: str = "message") -> OutgoingEmail:
+        """Wrap a message built with the email package (its To: addresses receive it)."""
+        return cls(recipients=tuple(a.addr_spec for a in message["To"].addresses),
+                   data=message.as_bytes(policy=SMTP_POLICY),
+                   message_id=str(message.get("Message-ID", "")), label=label)

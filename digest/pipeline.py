@@ -12,10 +12,13 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +37,16 @@ from digest.errors import (
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
 from digest.ingest.inbox import InboxWatcher
-from digest.models import Edition, EditionState, IngestReport, Paper, Pick, Problem, Profile
+from digest.models import (
+    Edition,
+    EditionState,
+    IngestReport,
+    OutgoingEmail,
+    Paper,
+    Pick,
+    Problem,
+    Profile,
+)
 from digest.rank import (
     Candidates,
     Corpus,
@@ -44,8 +56,8 @@ from digest.rank import (
     rank_papers,
 )
 from digest.render import mail_domain, make_environment, message_id, render_edition
-from digest.schedule import parse_schedule
-from digest.store import Store
+from digest.schedule import Schedule, parse_schedule
+from digest.store import Attempt, Store
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +183,7 @@ class Status(enum.StrEnum):
     DRY_RUN = "dry run"
     IN_FLIGHT = "being sent by another process"
     INACTIVE = "inactive"
+    STOPPED = "left for later: stopping"
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,24 @@ class EditionOutcome:
     picks: tuple[Pick, ...] = ()
     detail: str = ""
     retry: bool = False
-    message: EmailMessage | None = field(default=None, repr=False)
+    email: OutgoingEmail | None = field(default=None, repr=False)
+    picked: int | None = None  # len(picks), kept when the picks are dropped (`lite`)
+
+    @property
+    def count(self) -> int:
+        return len(self.picks) if self.picked is None else self.picked
+
+    def lite(self) -> EditionOutcome:
+        """This outcome without its picks and email: small, to pass between processes."""
+        return replace(self, picks=(), email=None, picked=self.count)
+
+
+BATCH = 500  # subscribers whose editions are prepared, claimed and recorded together
+# Server replies are recorded at least this often (how many, or how long since the oldest
+# unrecorded one came): the window in which a crash makes an email go out twice.
+RECORD_EVERY = 64
+RECORD_WITHIN_S = 0.02
+CANDIDATE_SETS = 8  # prepared candidate sets kept per run (one per distinct cut-off)
 
 
 @dataclass
@@ -197,17 +227,25 @@ class EditionRun:
     # daemon passes the one it keeps, so the model is loaded once).
     embedder: Embedder | None | Literal["unloaded"] = "unloaded"
     _corpus: Corpus | None = None
-    _candidates: dict[datetime | None, Candidates] = field(default_factory=dict)
+    _candidates: OrderedDict[datetime | None, Candidates] = field(default_factory=OrderedDict)
     claimer: str = field(default_factory=sender_identity)
     _found: dict[str, Paper] | None = None
     _sent: dict[str, set[int]] = field(default_factory=dict)
+    _since: dict[str, datetime | None] = field(default_factory=dict)
+    # Once set (the daemon is stopping), no new email is handed to the server; the ones in
+    # flight finish and are recorded.
+    stopping: asyncio.Event | None = None
+    # Seconds spent in each stage (rank, render, smtp, ledger), for `digest send -v`.
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def prefetch(self, profiles: Sequence[Profile]) -> None:
-        """Look up every profile's liked and disliked papers and sent papers at once, so
-        that ranking thousands of profiles does not query the store for each."""
+        """Look up every profile's liked and disliked papers, sent papers and last cut-off
+        at once, so that ranking thousands of profiles does not query the store for each."""
         refs = [r for p in profiles for r in (*p.liked, *p.disliked)]
+        ids = [p.subscriber_id for p in profiles]
         self._found = self.store.find_papers(refs)
-        self._sent = self.store.sent_paper_ids_many([p.subscriber_id for p in profiles])
+        self._sent = self.store.sent_paper_ids_many(ids)
+        self._since = self.store.candidates_since_many(ids)
 
     def __post_init__(self) -> None:
         if self.env is None:
@@ -233,18 +271,26 @@ class EditionRun:
 
     def candidates(self, since: datetime | None) -> Candidates:
         """The papers first seen after `since` (all if None), prepared once per run."""
-        if since not in self._candidates:
+        if since in self._candidates:
+            self._candidates.move_to_end(since)
+        else:
             self._candidates[since] = prepare_candidates(self.corpus,
                                                          self.store.papers(since=since))
+            if len(self._candidates) > CANDIDATE_SETS:
+                self._candidates.popitem(last=False)
         return self._candidates[since]
 
     def choose_picks(self, profile: Profile, *, now: datetime, everything: bool = False,
                      top: int | None = None) -> list[Pick]:
         """Rank the papers that arrived since the subscriber's last edition (or all stored
         papers, with `everything`), leaving out what was already sent to them."""
+        started = time.perf_counter()
         since = None
         if not everything:
-            since = self.store.candidates_since(profile.subscriber_id)
+            if profile.subscriber_id in self._since:
+                since = self._since[profile.subscriber_id]
+            else:
+                since = self.store.candidates_since(profile.subscriber_id)
             if since is None:
                 since = now - timedelta(days=self.settings.first_edition_lookback_days)
         candidates = self.candidates(since)
@@ -255,19 +301,24 @@ class EditionRun:
         if sent is None:
             sent = self.store.sent_paper_ids(profile.subscriber_id)
         exclude = frozenset(sent)
-        return rank_papers(self.corpus, prefs, candidates, top=top or profile.max_papers,
-                           exclude=exclude, min_score=profile.min_score)
+        picks = rank_papers(self.corpus, prefs, candidates, top=top or profile.max_papers,
+                            exclude=exclude, min_score=profile.min_score)
+        self.timings["rank"] += time.perf_counter() - started
+        return picks
 
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
-               now: datetime) -> EmailMessage:
+               now: datetime) -> OutgoingEmail:
         """The email for these picks. Raises ConfigError if an operator's template is broken."""
         assert self.env is not None
+        started = time.perf_counter()
         try:
             return render_edition(self.env, profile, picks, slot=slot,
                                   mail=self.settings.mail, now=now)
         except TemplateError as exc:
             where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, TemplateSyntaxError) else ""
             raise ConfigError(f"template error: {where}{exc}") from exc
+        finally:
+            self.timings["render"] += time.perf_counter() - started
 
     def _draft(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
         """A new edition for (subscriber, slot) with its picks, not yet recorded."""
@@ -280,22 +331,37 @@ class EditionRun:
             message_id=message_id(profile.subscriber_id, slot, mail_domain(self.settings.mail)),
             picks=tuple(picks))
 
-    def _claim(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
-        """The edition for (subscriber, slot): the recorded one, or a new one with its picks.
+    def _claim_editions(self, due: Sequence[tuple[Profile, datetime]], now: datetime
+                        ) -> list[Edition]:
+        """The edition of each (profile, slot): the recorded one, or a new one with its picks.
 
         A new edition supersedes the subscriber's older failed ones: their papers are
         candidates again, so nothing is lost and nothing comes twice.
         """
-        existing = self.store.get_edition(profile.subscriber_id, slot)
-        if existing is not None:
-            return existing
-        self.store.supersede_failed(profile.subscriber_id, before=slot, by=slot, now=now)
-        created = self.store.create_edition(self._draft(profile, slot, now),
-                                            candidates_until=now, now=now)
-        if created is None:  # created meanwhile by another sender
-            created = self.store.get_edition(profile.subscriber_id, slot)
-            assert created is not None
-        return created
+        keys = [(p.subscriber_id, slot) for p, slot in due]
+        with self._ledger():
+            self.store.save_subscribers([p for p, _ in due], now)
+            found = self.store.get_editions(keys)
+            new = [(p, slot) for p, slot in due if (p.subscriber_id, slot) not in found]
+            self.store.supersede_failed_many([(p.subscriber_id, slot) for p, slot in new],
+                                             now=now)
+            self.prefetch([p for p, _ in new])  # after superseding: their papers are free
+        drafts = [self._draft(p, slot, now) for p, slot in new]
+        with self._ledger():
+            for edition in self.store.create_editions(drafts, candidates_until=now, now=now):
+                found[(edition.subscriber_id, edition.slot)] = edition
+            raced = [key for key in keys if key not in found]  # created meanwhile elsewhere
+            if raced:
+                found.update(self.store.get_editions(raced))
+        return [found[key] for key in keys]
+
+    @contextmanager
+    def _ledger(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings["ledger"] += time.perf_counter() - started
 
     async def run_edition(self, profile: Profile, mailer: Mailer, *, now: datetime,
                           dry_run: bool = False, slot: datetime | None = None
@@ -307,65 +373,26 @@ class EditionRun:
         one; a failed edition is retried while its failure was transient and attempts
         remain. A dry run records nothing. Raises ConfigError for a broken template.
         """
-        if not profile.active:
-            return EditionOutcome(profile, Status.INACTIVE)
-        if slot is None:
-            slot = parse_schedule(profile.schedule, profile.timezone).last_slot(now)
-        if slot is None:
-            return EditionOutcome(profile, Status.NOT_DUE)
-        if dry_run:
-            edition = (self.store.get_edition(profile.subscriber_id, slot)
-                       or self._draft(profile, slot, now))
-        else:
-            self.store.save_subscriber(profile, now)
-            edition = self._claim(profile, slot, now)
-        if edition.state is EditionState.SENT:
-            return EditionOutcome(profile, Status.ALREADY_SENT, slot, edition.picks)
-        if edition.state is EditionState.EMPTY:
-            return EditionOutcome(profile, Status.EMPTY, slot)
-        if edition.state is EditionState.FAILED and not edition.retryable:
-            return EditionOutcome(profile, Status.FAILED, slot, edition.picks,
-                                  edition.smtp_reply or "", retry=False)
-
-        message = self.render(profile, edition.picks, slot=slot, now=now)
-        if dry_run:
-            detail = await mailer.send(message)
-            return EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks, detail,
-                                  message=message)
-        stale_before = now - timedelta(seconds=self.settings.mail.sending_stale_s)
-        if not self.store.begin_sending(edition, now=now, stale_before=stale_before,
-                                        claimer=self.claimer):
-            return EditionOutcome(profile, Status.IN_FLIGHT, slot, edition.picks)
-        max_attempts = self.settings.mail.max_attempts
-        try:
-            reply = await mailer.send(message)
-        except (TransientDeliveryError, PermanentDeliveryError) as exc:
-            retry = isinstance(exc, TransientDeliveryError) and edition.attempts + 1 < max_attempts
-            self.store.record_attempt(edition, state=EditionState.FAILED, reply=str(exc),
-                                      retryable=retry, now=now)
-            log.warning("edition.failed subscriber=%s slot=%s attempt=%d retry=%s reply=%r",
-                        profile.subscriber_id, slot.isoformat(), edition.attempts + 1, retry,
-                        str(exc))
-            return EditionOutcome(profile, Status.FAILED, slot, edition.picks, str(exc),
-                                  retry=retry, message=message)
-        self.store.record_attempt(edition, state=EditionState.SENT, reply=reply,
-                                  retryable=False, now=now)
-        log.info("edition.sent subscriber=%s slot=%s picks=%d reply=%r",
-                 profile.subscriber_id, slot.isoformat(), len(edition.picks), reply)
-        return EditionOutcome(profile, Status.SENT, slot, edition.picks, reply, message=message)
+        [outcome] = await self.run_batch([(profile, slot)], mailer, now=now, dry_run=dry_run)
+        return outcome
 
     async def run_editions(self, profiles: Iterable[Profile], mailer: Mailer, *,
                            now: datetime, dry_run: bool = False,
                            rng: random.Random | None = None) -> list[EditionOutcome]:
-        """Run every profile's edition in turn; one subscriber's failure never stops the rest.
+        """Run every profile's edition; one subscriber's failure never stops the rest.
 
-        Editions that failed transiently (4xx, dropped, timed out) are tried again at the
-        end of the run, after an exponential back-off with jitter, until they are sent or
-        `mail.max_attempts` is used up.
+        Profiles go in batches: each batch's editions are looked up, ranked and recorded
+        together, then sent over the mailer's pool of connections, each server reply
+        recorded as soon as it comes (see docs/delivery.md). Editions that failed
+        transiently (4xx, dropped, timed out) are tried again at the end of the run, after
+        an exponential back-off with jitter, until they are sent or `mail.max_attempts` is
+        used up.
         """
         profiles = list(profiles)
-        outcomes = [await self.run_edition(p, mailer, now=now, dry_run=dry_run)
-                    for p in profiles]
+        outcomes: list[EditionOutcome] = []
+        for start in range(0, len(profiles), BATCH):
+            batch = [(p, None) for p in profiles[start:start + BATCH]]
+            outcomes += await self.run_batch(batch, mailer, now=now, dry_run=dry_run)
         rng = rng or random.Random()
         mail = self.settings.mail
         for attempt in range(1, mail.max_attempts):
@@ -375,7 +402,169 @@ class EditionRun:
             delay = min(mail.retry_delay_s * 2 ** (attempt - 1), mail.retry_delay_max_s)
             await asyncio.sleep(delay * rng.uniform(0.75, 1.25))
             log.info("editions.retrying count=%d attempt=%d", len(again), attempt + 1)
-            for i in again:
-                outcomes[i] = await self.run_edition(profiles[i], mailer, now=now,
-                                                     slot=outcomes[i].slot)
+            for start in range(0, len(again), BATCH):
+                chosen = again[start:start + BATCH]
+                redone = await self.run_batch(
+                    [(profiles[i], outcomes[i].slot) for i in chosen], mailer, now=now)
+                for i, outcome in zip(chosen, redone, strict=True):
+                    outcomes[i] = outcome
         return outcomes
+
+    async def run_batch(self, items: Sequence[tuple[Profile, datetime | None]],
+                        mailer: Mailer, *, now: datetime, dry_run: bool = False
+                        ) -> list[EditionOutcome]:
+        """A batch of editions (up to `BATCH`), each for its slot (None: the latest due),
+        looked up, ranked, claimed and recorded together; no retries within the run."""
+        outcomes: list[EditionOutcome | None] = [None] * len(items)
+        due: list[tuple[int, Profile, datetime]] = []
+        for i, (profile, slot) in enumerate(items):
+            if not profile.active:
+                outcomes[i] = EditionOutcome(profile, Status.INACTIVE)
+                continue
+            slot = slot or _schedule(profile.schedule, profile.timezone).last_slot(now)
+            if slot is None:
+                outcomes[i] = EditionOutcome(profile, Status.NOT_DUE)
+            else:
+                due.append((i, profile, slot))
+        if due:
+            if dry_run:
+                keys = [(p.subscriber_id, slot) for _, p, slot in due]
+                recorded = self.store.get_editions(keys)
+                self.prefetch([p for (_, p, _), key in zip(due, keys, strict=True)
+                               if key not in recorded])
+                editions = [recorded.get(key) or self._draft(p, slot, now)
+                            for key, (_, p, slot) in zip(keys, due, strict=True)]
+            else:
+                editions = self._claim_editions([(p, slot) for _, p, slot in due], now)
+            sendable = []
+            for (i, profile, slot), edition in zip(due, editions, strict=True):
+                outcome = _settled(profile, slot, edition)
+                if outcome is None:
+                    sendable.append((i, profile, slot, edition))
+                else:
+                    outcomes[i] = outcome
+            if dry_run:
+                for i, profile, slot, edition in sendable:
+                    email = self.render(profile, edition.picks, slot=slot, now=now)
+                    outcomes[i] = EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks,
+                                                 await mailer.send(email), email=email)
+            elif sendable:
+                for i, outcome in (await self._send(sendable, mailer, now)).items():
+                    outcomes[i] = outcome
+        self._found, self._sent, self._since = None, {}, {}
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    async def _send(self, sendable: Sequence[tuple[int, Profile, datetime, Edition]],
+                    mailer: Mailer, now: datetime) -> dict[int, EditionOutcome]:
+        """Claim the editions, then send them over up to `smtp.connections` connections at
+        once, recording each server reply as it arrives (those that arrive together in one
+        transaction). An edition that another sender holds is left alone."""
+        stale_before = now - timedelta(seconds=self.settings.mail.sending_stale_s)
+        with self._ledger():
+            taken = self.store.begin_sending_many([e for *_, e in sendable], now=now,
+                                                  stale_before=stale_before,
+                                                  claimer=self.claimer)
+        outcomes: dict[int, EditionOutcome] = {}
+        work = []
+        for i, profile, slot, edition in sendable:
+            if edition.row_id in taken:
+                work.append((i, profile, slot, edition))
+            else:
+                outcomes[i] = EditionOutcome(profile, Status.IN_FLIGHT, slot, edition.picks)
+        started = time.perf_counter()
+        spent = self.timings["render"] + self.timings["ledger"]
+        running: dict[asyncio.Task[str], tuple[int, Profile, datetime, Edition,
+                                               OutgoingEmail]] = {}
+        replies: list[Attempt] = []  # server replies not yet recorded
+        oldest = 0.0  # when the oldest of them came
+
+        def record() -> None:
+            with self._ledger():
+                self.store.record_attempts(replies, now=now)
+            replies.clear()
+
+        queue = iter(work)
+        try:
+            while True:
+                for i, profile, slot, edition in queue:
+                    if self.stopping is not None and self.stopping.is_set():
+                        outcomes[i] = EditionOutcome(profile, Status.STOPPED, slot,
+                                                     edition.picks)
+                        continue
+                    email = self.render(profile, edition.picks, slot=slot, now=now)
+                    task = asyncio.create_task(mailer.send(email))
+                    running[task] = (i, profile, slot, edition, email)
+                    if len(running) >= self.settings.smtp.connections:
+                        break
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if not replies:
+                    oldest = time.monotonic()
+                for task in done:
+                    i, profile, slot, edition, email = running.pop(task)
+                    outcomes[i], attempt = self._outcome(task, profile, slot, edition, email)
+                    replies.append(attempt)
+                # Replies are recorded together, a few milliseconds' worth at a time: one
+                # transaction each would cost more than the rest of sending.
+                if (not running or len(replies) >= RECORD_EVERY
+                        or time.monotonic() - oldest >= RECORD_WITHIN_S):
+                    record()
+        except BaseException:
+            for task in running:
+                task.cancel()
+            if replies:  # what the server accepted is recorded before anything else
+                record()
+            raise
+        finally:
+            spent = self.timings["render"] + self.timings["ledger"] - spent
+            self.timings["smtp"] += time.perf_counter() - started - spent
+            # What was claimed but never handed to the server goes back to pending; what
+            # was in flight stays `sending` and is recovered (docs/delivery.md).
+            in_flight = {item[0] for item in running.values()}
+            self.store.release_claims(
+                [e.row_id for i, *_, e in work if e.row_id is not None and i not in in_flight
+                 and (i not in outcomes or outcomes[i].status is Status.STOPPED)],
+                claimer=self.claimer, now=now)
+        return outcomes
+
+    def _outcome(self, task: asyncio.Task[str], profile: Profile, slot: datetime,
+                 edition: Edition, email: OutgoingEmail) -> tuple[EditionOutcome, Attempt]:
+        """The outcome of one finished send, and the attempt to record for it."""
+        exc = task.exception()
+        if exc is None:
+            reply = task.result()
+            log.info("edition.sent subscriber=%s slot=%s picks=%d reply=%r",
+                     profile.subscriber_id, slot.isoformat(), len(edition.picks), reply)
+            return (EditionOutcome(profile, Status.SENT, slot, edition.picks, reply,
+                                   email=email),
+                    Attempt(edition, EditionState.SENT, reply, retryable=False))
+        if not isinstance(exc, TransientDeliveryError | PermanentDeliveryError):
+            raise exc
+        retry = (isinstance(exc, TransientDeliveryError)
+                 and edition.attempts + 1 < self.settings.mail.max_attempts)
+        log.warning("edition.failed subscriber=%s slot=%s attempt=%d retry=%s reply=%r",
+                    profile.subscriber_id, slot.isoformat(), edition.attempts + 1, retry,
+                    str(exc))
+        return (EditionOutcome(profile, Status.FAILED, slot, edition.picks, str(exc),
+                               retry=retry, email=email),
+                Attempt(edition, EditionState.FAILED, str(exc), retryable=retry))
+
+
+def _settled(profile: Profile, slot: datetime, edition: Edition) -> EditionOutcome | None:
+    """The outcome of an edition that is not to be sent now; None if it is to be sent."""
+    if edition.state is EditionState.SENT:
+        return EditionOutcome(profile, Status.ALREADY_SENT, slot, edition.picks)
+    if edition.state is EditionState.EMPTY:
+        return EditionOutcome(profile, Status.EMPTY, slot)
+    if edition.state is EditionState.FAILED and not edition.retryable:
+        return EditionOutcome(profile, Status.FAILED, slot, edition.picks,
+                              edition.smtp_reply or "", retry=False)
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _schedule(text: str, timezone: str) -> Schedule:
+    """Parsed schedules, shared: most subscribers of a list have one of a few."""
+    return parse_schedule(text, timezone)

@@ -11,6 +11,7 @@ import fcntl
 import io
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,11 +227,22 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
     )
 
 
+_loaders = threading.local()
+
+
+def _safe_loader() -> YAML:
+    """This thread's C-backed safe loader, made once: making one costs more than a load."""
+    loader = getattr(_loaders, "safe", None)
+    if loader is None:
+        loader = _loaders.safe = YAML(typ="safe")
+    return loader
+
+
 def _validate_fast(text: str) -> ProfileFile | None:
     """The common case, quickly: the C loader (ruamel.yaml.clib) and no line bookkeeping.
     None if anything is wrong; the slow path then finds where."""
     try:
-        data = YAML(typ="safe").load(text)
+        data = _safe_loader().load(text)
         return ProfileFile.model_validate(data) if isinstance(data, dict) else None
     except (YAMLError, ValidationError, ValueError):
         return None

@@ -1,4 +1,4 @@
-"""Render: picks in, one multipart/alternative `EmailMessage` (plain text + HTML) out.
+"""Render: picks in, one multipart/alternative email (plain text + HTML) out, as bytes.
 
 Templates come from the operator's folder first, then the defaults shipped with digest.
 HTML is autoescaped and its CSS inlined; every header value is checked for line breaks.
@@ -6,14 +6,17 @@ HTML is autoescaped and its CSS inlined; every header value is checked for line 
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.charset import BASE64, Charset
+from email.header import Header
+from email.utils import format_datetime, formataddr
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -24,14 +27,18 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
+    pass_environment,
     select_autoescape,
 )
+from jinja2.filters import do_wordwrap
 
 from digest.config import MailSettings
-from digest.models import Pick, Profile
+from digest.models import OutgoingEmail, Paper, Pick, Profile
 
 ABSTRACT_WORDS = 70
 SUBJECT_TITLE_CHARS = 90
+# One inliner for every message: the stylesheet is in the template, never fetched.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 _BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
 
 
@@ -46,7 +53,7 @@ def make_environment(override_dir: Path | None = None) -> Environment:
     """A Jinja environment that looks in `override_dir` before the default templates."""
     loaders = [FileSystemLoader(str(override_dir))] if override_dir else []
     loaders.append(FileSystemLoader(str(default_templates_dir())))
-    return Environment(
+    env = Environment(
         loader=ChoiceLoader(loaders),
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"),
                                      default_for_string=True),
@@ -54,7 +61,33 @@ def make_environment(override_dir: Path | None = None) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # each run makes its own environment, so edits are seen
     )
+    env.filters["wordwrap"] = _cached_wordwrap
+    return env
+
+
+@pass_environment
+def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words: bool = True,
+                     wrapstring: str | None = None, break_on_hyphens: bool = True) -> str:
+    """Jinja's `wordwrap`, remembered: the same paper's title and abstract are wrapped the
+    same way in every subscriber's email, and textwrap is slow."""
+    return _wrap(env.newline_sequence, str(s), width, break_long_words, wrapstring,
+                 break_on_hyphens)
+
+
+@lru_cache(maxsize=65536)
+def _wrap(newline: str, s: str, width: int, break_long_words: bool, wrapstring: str | None,
+          break_on_hyphens: bool) -> str:
+    return str(do_wordwrap(_WRAP_ENV, s, width, break_long_words, wrapstring or newline,
+                           break_on_hyphens))
+
+
+_WRAP_ENV = Environment()
+# Encoded words in base64: choosing the shorter of it and quoted-printable, as the email
+# package does by default, costs more than encoding.
+_UTF8_BASE64 = Charset("utf-8")
+_UTF8_BASE64.header_encoding = BASE64
 
 
 def one_line(value: str) -> str:
@@ -112,6 +145,13 @@ class PickView:
     score: float
 
 
+@lru_cache(maxsize=8192)
+def _paper_view(paper: Paper) -> tuple[str, str | None, str, str]:
+    """A paper's title, link, authors and abstract as shown: the same in every email."""
+    return (one_line(paper.title), safe_url(paper.url), format_authors(paper.authors),
+            shorten(paper.abstract))
+
+
 def edition_subject(profile: Profile, picks: Sequence[Pick], day: datetime) -> str:
     top = one_line(picks[0].paper.title) if picks else "nothing new today"
     if len(top) > SUBJECT_TITLE_CHARS:
@@ -127,21 +167,12 @@ def render_edition(
     slot: datetime,
     mail: MailSettings,
     now: datetime,
-) -> EmailMessage:
+) -> OutgoingEmail:
     """Build the email for one edition. `slot` and `now` are UTC; the day shown is local."""
     local_day = slot.astimezone(ZoneInfo(profile.timezone))
     subject = edition_subject(profile, picks, local_day)
-    views = [
-        PickView(
-            title=one_line(p.paper.title),
-            url=safe_url(p.paper.url),
-            authors=format_authors(p.paper.authors),
-            abstract=shorten(p.paper.abstract),
-            reason=one_line(p.reason),
-            score=p.score,
-        )
-        for p in picks
-    ]
+    views = [PickView(*_paper_view(p.paper), reason=one_line(p.reason), score=p.score)
+             for p in picks]
     count = len(views)
     context = {
         "subject": subject,
@@ -157,21 +188,69 @@ def render_edition(
                    "To change what you get, edit your profile or reply to this email."),
     }
     text = env.get_template("email.txt.j2").render(context)
-    html = env.get_template("email.html.j2").render(context)
-    inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
-    html = inliner.inline(html)
+    html = _INLINER.inline(env.get_template("email.html.j2").render(context))
+    sender = formataddr((one_line(mail.from_name), mail.from_address), charset="utf-8")
+    edition_id = message_id(profile.subscriber_id, slot, mail_domain(mail))
+    headers = [
+        ("Subject", one_line(subject)),
+        ("From", sender),
+        ("To", formataddr((one_line(profile.name), profile.email), charset="utf-8")),
+        *([("Reply-To", mail.reply_to)] if mail.reply_to else []),
+        ("Date", format_datetime(now)),
+        ("Message-ID", edition_id),
+        ("List-Id", f"<{one_line(mail.list_id)}>"),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Digest-Edition", f"{profile.subscriber_id} {slot.isoformat()}"),
+    ]
+    return OutgoingEmail(recipients=(profile.email,), data=serialise(headers, text, html),
+                         message_id=edition_id,
+                         label=f"{profile.subscriber_id} {slot.isoformat()}")
 
-    message = EmailMessage()
-    message["Subject"] = one_line(subject)
-    message["From"] = Address(one_line(mail.from_name), addr_spec=mail.from_address)
-    message["To"] = Address(one_line(profile.name), addr_spec=profile.email)
-    if mail.reply_to:
-        message["Reply-To"] = mail.reply_to
-    message["Date"] = format_datetime(now)
-    message["Message-ID"] = message_id(profile.subscriber_id, slot, mail_domain(mail))
-    message["List-Id"] = f"<{one_line(mail.list_id)}>"
-    message["Auto-Submitted"] = "auto-generated"
-    message["X-Digest-Edition"] = f"{profile.subscriber_id} {slot.isoformat()}"
-    message.set_content(text, subtype="plain", charset="utf-8")
-    message.add_alternative(html, subtype="html", charset="utf-8")
-    return message
+
+def _header(name: str, value: str) -> bytes:
+    """One header line: RFC 2047-encoded (and folded) where it is not ASCII.
+
+    Values are one line already (`one_line`); a line break here would be a bug. ASCII
+    values are left unfolded up to the 998 characters RFC 5322 allows (ours stay far
+    below), which is cheaper than folding them at 78.
+    """
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"line break in the {name} header")
+    if value.isascii() and len(name) + len(value) < 990:
+        return f"{name}: {value}\r\n".encode("ascii")
+    charset = "us-ascii" if value.isascii() else _UTF8_BASE64
+    folded = Header(value, charset, header_name=name).encode(linesep="\r\n")
+    return f"{name}: {folded}\r\n".encode("ascii")
+
+
+def _body(text: str) -> tuple[str, bytes]:
+    """A part's transfer encoding and its bytes with CRLF lines: as it is ("7bit") when it
+    is ASCII with no line over 998 characters, otherwise quoted-printable."""
+    crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    if crlf.isascii() and max(map(len, crlf.split("\r\n")), default=0) <= 998:
+        return "7bit", crlf.encode("ascii")
+    return "quoted-printable", binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
+
+
+def serialise(headers: Sequence[tuple[str, str]], text: str, html: str) -> bytes:
+    """A multipart/alternative message (plain text, then HTML), both parts UTF-8, as bytes
+    with CRLF lines.
+
+    Built directly rather than through `email.message.EmailMessage`, which re-parses and
+    re-folds every header and costs more than the rest of rendering put together. The
+    boundary is 96 random bits (no text can hold it by chance) after "=_", which
+    quoted-printable text can never contain (it writes "=" as "=3D").
+    """
+    boundary = f"=_digest_{secrets.token_hex(12)}"
+    parts = []
+    for kind, content in (("plain", text), ("html", html)):
+        encoding, body = _body(content)
+        parts += [f'--{boundary}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
+                  f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode(), body, b"\r\n"]
+    return b"".join([
+        *(_header(name, value) for name, value in headers),
+        b"MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+        *parts,
+        f"--{boundary}--\r\n".encode(),
+    ])

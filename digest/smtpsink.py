@@ -25,6 +25,7 @@ class Received:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    peer: str = ""  # the client's "host:port": one per connection
 
     @property
     def message(self) -> EmailMessage:
@@ -45,7 +46,9 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content))
+        peer = ":".join(map(str, session.peer)) if isinstance(session.peer, tuple) else ""
+        item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content),
+                        peer)
         reply = self.respond(item)
         if reply == DROP:  # hang up without a reply, as a crashing relay would
             if server.transport is not None:

@@ -12,6 +12,7 @@ import trustme
 from digest.config import SmtpSettings
 from digest.deliver import SmtpMailer
 from digest.errors import TransientDeliveryError
+from digest.models import OutgoingEmail
 from digest.smtpsink import SmtpSink
 
 
@@ -40,7 +41,7 @@ def _message() -> EmailMessage:
 def _send(settings: SmtpSettings) -> str:
     async def go() -> str:
         async with SmtpMailer(settings, sender="digest@test.example") as mailer:
-            return await mailer.send(_message())
+            return await mailer.send(OutgoingEmail.from_message(_message()))
 
     return asyncio.run(go())
 

@@ -126,8 +126,8 @@ def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile
     assert [code for code, _out, _err in results] == [0, 0], results
     outputs = " ".join(out for _code, out, _err in results)
     # The other one found it being sent (or, had it started late, already sent).
-    assert (outputs.count("being sent by another process")
-            + outputs.count("already sent")) == 1, outputs
+    assert (outputs.count("│ being sent by another process")
+            + outputs.count("│ already sent")) == 1, outputs
     assert len(received) == 1
     store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
     try:

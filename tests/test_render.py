@@ -7,12 +7,13 @@ from email import message_from_bytes
 from email.policy import SMTP, default
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.config import MailSettings
 from digest.models import Paper, Pick, Profile
-from digest.render import make_environment, one_line, render_edition
+from digest.render import make_environment, one_line, render_edition, serialise
 
 from .conftest import NOW
 
@@ -35,7 +36,7 @@ def _pick(title: str = "Dense retrieval at scale", url: str | None = "https://ar
 
 def _render(picks, profile=None, env=None):
     return render_edition(env or make_environment(), profile or _profile(), picks, slot=NOW,
-                          mail=MAIL, now=NOW)
+                          mail=MAIL, now=NOW).email
 
 
 def _reparse(message):
@@ -106,3 +107,37 @@ def test_operator_template_overrides_and_extends_the_default(tmp_path):
 @given(st.text())
 def test_one_line_never_leaves_a_line_break(value):
     assert not any(ch in one_line(value) for ch in "\r\n\x0b\x0c\x85\u2028\u2029")
+
+
+@given(st.text(), st.text())
+def test_serialised_parts_decode_to_what_was_rendered(text, html):
+    data = serialise([("Subject", "x"), ("To", "ana@example.org")], text, html)
+    parsed = message_from_bytes(data, policy=default)
+    plain, rich = (part.get_content() for part in parsed.iter_parts())
+
+    def lines(value: str) -> str:  # SMTP carries CRLF lines; the parser gives back "\n"
+        return value.replace("\r\n", "\n").replace("\r", "\n")
+
+    assert lines(plain).rstrip("\n") == lines(text).rstrip("\n")
+    assert lines(rich).rstrip("\n") == lines(html).rstrip("\n")
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+def test_non_ascii_subject_and_names_are_encoded_words():
+    message = _reparse(_render([_pick("Ragnarök: über alles, naïve")],
+                               profile=_profile("Zoë Ångström")))
+    assert message["Subject"] == "Papers for Wed 25 Nov: Ragnarök: über alles, naïve"
+    assert message["To"].addresses[0].display_name == "Zoë Ångström"
+    raw = _render([_pick("Ragnarök")]).as_bytes()
+    assert raw.isascii()
+
+
+def test_ascii_parts_travel_as_they_are_and_others_in_quoted_printable():
+    data = serialise([("Subject", "x")], "plain words\nline two", "<p>café</p>")
+    assert b"Content-Transfer-Encoding: 7bit\r\n\r\nplain words\r\nline two" in data
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>caf=C3=A9</p>" in data
+
+
+def test_a_line_break_in_a_header_is_refused():
+    with pytest.raises(ValueError, match="line break"):
+        serialise([("Subject", "a\r\nBcc: x@example.org")], "", "")

@@ -3,6 +3,6 @@
 `Store` takes and returns records from `digest.models`; no caller sees a row.
 """
 
-from digest.store.store import Store
+from digest.store.store import Attempt, Store
 
-__all__ = ["Store"]
+__all__ = ["Attempt", "Store"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    bindparam,
     create_engine,
     event,
     func,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from digest.errors import StoreError
 from digest.identity import normalise_title, paper_key, parse_arxiv_id
@@ -43,6 +45,16 @@ from digest.store.schema import subscribers as subscribers_table
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """The outcome of one try at delivering an edition, to be recorded."""
+
+    edition: Edition
+    state: EditionState
+    reply: str | None
+    retryable: bool
+
+
+@dataclass(frozen=True)
 class AddResult:
     entries: int
     new_papers: int
@@ -53,6 +65,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the sender
+    # In WAL mode this syncs at checkpoints, not at every commit: a killed process loses
+    # nothing committed; a power cut may lose the last commits (see docs/delivery.md).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
@@ -202,13 +217,26 @@ class Store:
     # Subscribers ----------------------------------------------------------------------
 
     def save_subscriber(self, profile: Profile, now: datetime) -> None:
-        values = dict(email=profile.email, name=profile.name, profile_path=str(profile.path),
-                      active=profile.active, updated_at=now)
-        with self._begin() as conn:
-            done = conn.execute(update(subscribers_table).where(
-                subscribers_table.c.id == profile.subscriber_id).values(**values)).rowcount
-            if not done:
-                conn.execute(insert(subscribers_table).values(id=profile.subscriber_id, **values))
+        self.save_subscribers([profile], now)
+
+    def save_subscribers(self, profiles: Sequence[Profile], now: datetime) -> None:
+        """`save_subscriber` for many profiles in one transaction per 500."""
+        for chunk in _chunks(profiles):
+            rows = [dict(id=p.subscriber_id, email=p.email, name=p.name,
+                         profile_path=str(p.path), active=p.active, updated_at=now)
+                    for p in chunk]
+            statement = self._upsert(subscribers_table)
+            set_ = {c: statement.excluded[c]
+                    for c in ("email", "name", "profile_path", "active", "updated_at")}
+            with self._begin() as conn:
+                conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=set_),
+                             rows)
+
+    def _upsert(self, table: Any) -> Any:
+        """An INSERT that can say ON CONFLICT (SQLite and PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql_insert(table)
+        return sqlite_insert(table)
 
     # Editions -------------------------------------------------------------------------
 
@@ -240,58 +268,129 @@ class Store:
             return self._edition(conn, row) if row is not None else None
 
     def get_edition(self, subscriber_id: str, slot: datetime) -> Edition | None:
-        with self._begin() as conn:
-            row = conn.execute(select(editions).where(
-                editions.c.subscriber_id == subscriber_id, editions.c.slot == slot)).first()
-            return self._edition(conn, row) if row is not None else None
-
-    def _edition(self, conn: Connection, row: Row[Any]) -> Edition:
-        m = row._mapping
-        pick_rows = conn.execute(
-            select(papers, edition_papers.c.score, edition_papers.c.reason)
-            .join(edition_papers, edition_papers.c.paper_id == papers.c.id)
-            .where(edition_papers.c.edition_id == m["id"])
-            .order_by(edition_papers.c.position))
-        picks = tuple(Pick(_paper(r), r._mapping["score"], r._mapping["reason"])
-                      for r in pick_rows)
-        return Edition(
-            subscriber_id=m["subscriber_id"], slot=m["slot"], state=EditionState(m["state"]),
-            message_id=m["message_id"], picks=picks, attempts=m["attempts"],
-            smtp_reply=m["smtp_reply"], retryable=m["retryable"], row_id=m["id"],
-            created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"])
+        return self.get_editions([(subscriber_id, slot)]).get((subscriber_id, slot))
 
     def create_edition(self, edition: Edition, *, candidates_until: datetime,
                        now: datetime) -> Edition | None:
         """Record a new edition with its picks; None if that (subscriber, slot) already exists."""
-        try:
-            with self._begin() as conn:
-                result = conn.execute(insert(editions).values(
-                    subscriber_id=edition.subscriber_id, slot=edition.slot,
-                    state=edition.state.value, message_id=edition.message_id, attempts=0,
-                    retryable=True, candidates_until=candidates_until,
-                    created_at=now, updated_at=now))
-                assert result.inserted_primary_key is not None
-                row_id = int(result.inserted_primary_key[0])
-                if edition.picks:
-                    conn.execute(insert(edition_papers), [
-                        dict(edition_id=row_id, paper_id=pick.paper.row_id, position=position,
-                             score=pick.score, reason=pick.reason)
-                        for position, pick in enumerate(edition.picks)])
-                row = conn.execute(select(editions).where(editions.c.id == row_id)).one()
-                return self._edition(conn, row)
-        except IntegrityError:
-            return None  # another sender created it first: theirs is the edition
+        created = self.create_editions([edition], candidates_until=candidates_until, now=now)
+        return created[0] if created else None
+
+    def _edition(self, conn: Connection, row: Row[Any]) -> Edition:
+        return self._editions(conn, [row])[0]
+
+    def get_editions(self, keys: Sequence[tuple[str, datetime]]
+                     ) -> dict[tuple[str, datetime], Edition]:
+        """The recorded editions among these (subscriber, slot) pairs, with their picks."""
+        wanted = set(keys)
+        found: dict[tuple[str, datetime], Edition] = {}
+        with self._begin() as conn:
+            for chunk in _chunks(sorted({s for s, _ in wanted})):
+                rows = conn.execute(select(editions).where(
+                    editions.c.subscriber_id.in_(chunk),
+                    editions.c.slot.in_(sorted({slot for _, slot in wanted})))).all()
+                rows = [r for r in rows
+                        if (r._mapping["subscriber_id"], r._mapping["slot"]) in wanted]
+                for edition in self._editions(conn, rows):
+                    found[(edition.subscriber_id, edition.slot)] = edition
+        return found
+
+    def _editions(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[Edition]:
+        """Editions from their rows, their picks read in one query."""
+        picks: dict[int, list[Pick]] = {}
+        ids = [int(r._mapping["id"]) for r in rows]
+        for chunk in _chunks(ids):
+            pick_rows = conn.execute(
+                select(papers, edition_papers.c.edition_id, edition_papers.c.score,
+                       edition_papers.c.reason)
+                .join(edition_papers, edition_papers.c.paper_id == papers.c.id)
+                .where(edition_papers.c.edition_id.in_(chunk))
+                .order_by(edition_papers.c.edition_id, edition_papers.c.position))
+            for r in pick_rows:
+                m = r._mapping
+                picks.setdefault(int(m["edition_id"]), []).append(
+                    Pick(_paper(r), m["score"], m["reason"]))
+        return [_edition_from(r, tuple(picks.get(int(r._mapping["id"]), ()))) for r in rows]
+
+    def create_editions(self, drafts: Sequence[Edition], *, candidates_until: datetime,
+                        now: datetime) -> list[Edition]:
+        """Record new editions with their picks in one transaction; a (subscriber, slot)
+        that exists already (another sender created it meanwhile) is left out of the
+        returned list, which holds the editions this call created, with their row ids."""
+        created: list[Edition] = []
+        by_key = {(d.subscriber_id, d.slot): d for d in drafts}
+        with self._begin() as conn:
+            for chunk in _chunks(list(by_key.values())):
+                statement = (self._upsert(editions).on_conflict_do_nothing()
+                             .returning(editions.c.id, editions.c.subscriber_id,
+                                        editions.c.slot))
+                rows = conn.execute(statement, [
+                    dict(subscriber_id=d.subscriber_id, slot=d.slot, state=d.state.value,
+                         message_id=d.message_id, attempts=0, retryable=True,
+                         candidates_until=candidates_until, created_at=now, updated_at=now)
+                    for d in chunk]).all()
+                made = [replace(by_key[(sub, slot)], row_id=int(row_id), attempts=0,
+                                retryable=True, created_at=now, updated_at=now)
+                        for row_id, sub, slot in rows]
+                pick_rows = [dict(edition_id=e.row_id, paper_id=pick.paper.row_id,
+                                  position=position, score=pick.score, reason=pick.reason)
+                             for e in made for position, pick in enumerate(e.picks)]
+                if pick_rows:
+                    conn.execute(insert(edition_papers), pick_rows)
+                created.extend(made)
+        return created
+
+    def candidates_since_many(self, subscriber_ids: Sequence[str]
+                              ) -> dict[str, datetime | None]:
+        """`candidates_since` for many subscribers in a few queries."""
+        since: dict[str, datetime | None] = {s: None for s in subscriber_ids}
+        with self._begin() as conn:
+            for chunk in _chunks(sorted(since)):
+                rows = conn.execute(
+                    select(editions.c.subscriber_id, func.max(editions.c.candidates_until))
+                    .where(editions.c.subscriber_id.in_(chunk),
+                           editions.c.state != EditionState.FAILED.value)
+                    .group_by(editions.c.subscriber_id))
+                for subscriber_id, value in rows:
+                    since[subscriber_id] = value if isinstance(value, datetime) else None
+        return since
+
+    def begin_sending_many(self, editions_: Sequence[Edition], *, now: datetime,
+                           stale_before: datetime, claimer: str) -> set[int]:
+        """`begin_sending` for many editions in one statement; returns the row ids taken."""
+        taken: set[int] = set()
+        with self._begin() as conn:
+            for chunk in _chunks([e.row_id for e in editions_ if e.row_id is not None]):
+                rows = conn.execute(
+                    update(editions)
+                    .where(editions.c.id.in_(chunk), _sendable(stale_before))
+                    .values(state=EditionState.SENDING.value, updated_at=now,
+                            claimed_by=claimer or None)
+                    .returning(editions.c.id))
+                taken.update(int(row_id) for (row_id,) in rows)
+        return taken
+
+    def record_attempts(self, attempts: Sequence[Attempt], *, now: datetime) -> None:
+        """Record the outcomes of several delivery attempts in one transaction."""
+        if not attempts:
+            return
+        statement = (update(editions).where(editions.c.id == bindparam("edition_row"))
+                     .values(state=bindparam("new_state"), smtp_reply=bindparam("reply"),
+                             retryable=bindparam("may_retry"),
+                             attempts=editions.c.attempts + 1, updated_at=now,
+                             sent_at=bindparam("sent")))
+        with self._begin() as conn:
+            conn.execute(statement, [
+                dict(edition_row=a.edition.row_id, new_state=a.state.value, reply=a.reply,
+                     may_retry=a.retryable,
+                     sent=now if a.state is EditionState.SENT else a.edition.sent_at)
+                for a in attempts])
 
     def candidates_since(self, subscriber_id: str) -> datetime | None:
         """Where the subscriber's next edition starts: the cut-off of their last edition that
         was not lost. Papers of failed editions are offered again (already-sent ones are
         excluded separately)."""
-        with self._begin() as conn:
-            value = conn.execute(
-                select(func.max(editions.c.candidates_until))
-                .where(editions.c.subscriber_id == subscriber_id,
-                       editions.c.state != EditionState.FAILED.value)).scalar()
-        return value if isinstance(value, datetime) else None
+        return self.candidates_since_many([subscriber_id])[subscriber_id]
 
     def begin_sending(self, edition: Edition, *, now: datetime, stale_before: datetime,
                       claimer: str = "") -> bool:
@@ -301,17 +400,9 @@ class Store:
         `sending` since before `stale_before` (its sender died) may be taken again.
         `claimer` ("host:pid") is recorded for `recover_abandoned`.
         """
-        with self._begin() as conn:
-            taken = conn.execute(
-                update(editions)
-                .where(editions.c.id == edition.row_id)
-                .where((editions.c.state == EditionState.PENDING.value)
-                       | ((editions.c.state == EditionState.FAILED.value) & editions.c.retryable)
-                       | ((editions.c.state == EditionState.SENDING.value)
-                          & (editions.c.updated_at < stale_before)))
-                .values(state=EditionState.SENDING.value, updated_at=now,
-                        claimed_by=claimer or None)).rowcount
-        return bool(taken)
+        return edition.row_id in self.begin_sending_many([edition], now=now,
+                                                        stale_before=stale_before,
+                                                        claimer=claimer)
 
     def recover_abandoned(self, host: str, alive: Callable[[int], bool], *,
                           now: datetime) -> int:
@@ -336,29 +427,42 @@ class Store:
                                 updated_at=now)).rowcount
         return recovered
 
-    def supersede_failed(self, subscriber_id: str, *, before: datetime, by: datetime,
-                         now: datetime) -> int:
-        """Stop retrying the subscriber's failed editions older than `before`: a newer edition
-        takes their papers instead. Returns how many there were."""
+    def supersede_failed_many(self, editions_: Sequence[tuple[str, datetime]], *,
+                              now: datetime) -> int:
+        """`supersede_failed` for many (subscriber, new slot) pairs; returns how many."""
+        by_slot: dict[datetime, list[str]] = {}
+        for subscriber_id, slot in editions_:
+            by_slot.setdefault(slot, []).append(subscriber_id)
+        done = 0
         with self._begin() as conn:
-            return int(conn.execute(
-                update(editions)
-                .where(editions.c.subscriber_id == subscriber_id,
-                       editions.c.state == EditionState.FAILED.value, editions.c.retryable,
-                       editions.c.slot < before)
-                .values(retryable=False, updated_at=now,
-                        smtp_reply=func.coalesce(editions.c.smtp_reply, "")
-                        + f" (superseded by the edition of {by.isoformat()})")).rowcount)
+            for slot, subscriber_ids in by_slot.items():
+                for chunk in _chunks(subscriber_ids):
+                    done += int(conn.execute(
+                        update(editions)
+                        .where(editions.c.subscriber_id.in_(chunk),
+                               editions.c.state == EditionState.FAILED.value,
+                               editions.c.retryable, editions.c.slot < slot)
+                        .values(retryable=False, updated_at=now,
+                                smtp_reply=func.coalesce(editions.c.smtp_reply, "")
+                                + f" (superseded by the edition of {slot.isoformat()})"))
+                        .rowcount)
+        return done
+
+    def release_claims(self, row_ids: Sequence[int], *, claimer: str, now: datetime) -> None:
+        """Put editions this sender took but never handed to the server back to pending."""
+        if not row_ids:
+            return
+        with self._begin() as conn:
+            for chunk in _chunks(row_ids):
+                conn.execute(update(editions).where(
+                    editions.c.id.in_(chunk), editions.c.claimed_by == claimer,
+                    editions.c.state == EditionState.SENDING.value)
+                    .values(state=EditionState.PENDING.value, claimed_by=None, updated_at=now))
 
     def record_attempt(self, edition: Edition, *, state: EditionState, reply: str | None,
                        retryable: bool, now: datetime) -> None:
         """Record the outcome of one delivery attempt."""
-        values: dict[str, Any] = dict(state=state.value, smtp_reply=reply, retryable=retryable,
-                                      attempts=editions.c.attempts + 1, updated_at=now)
-        if state is EditionState.SENT:
-            values["sent_at"] = now
-        with self._begin() as conn:
-            conn.execute(update(editions).where(editions.c.id == edition.row_id).values(**values))
+        self.record_attempts([Attempt(edition, state, reply, retryable)], now=now)
 
     def retryable_editions(self) -> list[Edition]:
         """Failed editions that may still be sent (their failure was transient)."""
@@ -421,6 +525,24 @@ class Store:
                                 .values(**values)).rowcount
             if not done:
                 conn.execute(insert(feeds).values(url=state.url, **values))
+
+
+def _sendable(stale_before: datetime) -> ColumnElement[bool]:
+    """Editions a sender may take: pending, failed for a reason worth retrying, or left in
+    `sending` since before `stale_before` by a sender that died."""
+    return ((editions.c.state == EditionState.PENDING.value)
+            | ((editions.c.state == EditionState.FAILED.value) & editions.c.retryable)
+            | ((editions.c.state == EditionState.SENDING.value)
+               & (editions.c.updated_at < stale_before)))
+
+
+def _edition_from(row: Row[Any], picks: tuple[Pick, ...]) -> Edition:
+    m = row._mapping
+    return Edition(
+        subscriber_id=m["subscriber_id"], slot=m["slot"], state=EditionState(m["state"]),
+        message_id=m["message_id"], picks=picks, attempts=m["attempts"],
+        smtp_reply=m["smtp_reply"], retryable=m["retryable"], row_id=m["id"],
+        created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"])
 
 
 def _add_missing_columns(engine: Engine) -> None:

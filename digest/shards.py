@@ -1,0 +1,150 @@
+"""Big lists on every core: the profiles are split into shards of file paths, and worker
+processes run each shard's editions (load, rank, render, send, record) against the shared
+ledger.
+
+Only paths go to a worker and only a small summary comes back, so memory stays flat as the
+list grows. The ledger is what makes this safe: editions are claimed atomically, so two
+processes never send one edition, and a worker killed mid-shard leaves its claimed editions
+for `recover_abandoned` (docs/delivery.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from digest.config import Settings
+from digest.deliver import SmtpMailer
+from digest.pipeline import EditionOutcome, EditionRun, Status
+from digest.profiles import load_profiles
+from digest.store import Store
+
+log = logging.getLogger(__name__)
+
+SHARD = 1000  # profiles per shard: big enough to batch, small enough to spread evenly
+SHOW_ALL = 100  # up to this many subscribers, every outcome is kept for the report
+WORTH_SHOWING = frozenset({Status.FAILED, Status.IN_FLIGHT})
+
+
+@dataclass
+class SendReport:
+    """What a run of many editions did, summed over its shards."""
+
+    counts: Counter[Status] = field(default_factory=Counter)
+    # Outcomes worth a line each (failures, editions another sender holds), or all of them
+    # when the run is small; without their picks and emails.
+    shown: list[EditionOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # profiles that could not be loaded
+    subscribers: dict[str, str] = field(default_factory=dict)  # id -> profile path
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    picks: int = 0
+
+    def add(self, other: SendReport) -> None:
+        self.counts.update(other.counts)
+        self.shown += other.shown
+        self.errors += other.errors
+        for subscriber_id, path in other.subscribers.items():
+            if subscriber_id in self.subscribers:
+                # Each shard checks its own profiles; this catches an id used in two shards.
+                self.errors.append(f"{path}: same subscriber id {subscriber_id!r} as "
+                                   f"{self.subscribers[subscriber_id]} (one edition was sent "
+                                   "for both)")
+            else:
+                self.subscribers[subscriber_id] = path
+        for stage, seconds in other.timings.items():
+            self.timings[stage] += seconds
+        self.picks += other.picks
+
+    @property
+    def editions(self) -> int:
+        return sum(self.counts.values())
+
+
+def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
+              show_all: bool = False) -> SendReport:
+    """Load, rank, render and send the editions of these profiles, in this process."""
+    report = SendReport()
+    started = time.perf_counter()
+    loaded = load_profiles(paths, default_max_papers=run.settings.default_max_papers)
+    report.timings["load"] += time.perf_counter() - started
+    report.errors = [str(e) for e in loaded.errors]
+    report.subscribers = {p.subscriber_id: str(p.path) for p in loaded.profiles}
+    before = dict(run.timings)
+
+    async def go() -> list[EditionOutcome]:
+        settings = run.settings
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await run.run_editions(loaded.profiles, mailer, now=now)
+
+    for outcome in asyncio.run(go()):
+        report.counts[outcome.status] += 1
+        report.picks += outcome.count if outcome.status is Status.SENT else 0
+        if show_all or outcome.status in WORTH_SHOWING:
+            report.shown.append(outcome.lite())
+    for stage, seconds in run.timings.items():
+        report.timings[stage] += seconds - before.get(stage, 0.0)
+    return report
+
+
+def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
+             processes: int = 0) -> SendReport:
+    """Every profile's due edition, over `processes` worker processes (0: one per core;
+    a run of one shard stays in this process)."""
+    workers = min(processes or available_cores(), -(-len(paths) // SHARD))
+    show_all = len(paths) <= SHOW_ALL
+    if workers <= 1:
+        store = Store.open(settings.db_url)
+        try:
+            return run_shard(EditionRun(store, settings), paths, now=now, show_all=show_all)
+        finally:
+            store.close()
+    shards = [list(paths[i:i + SHARD]) for i in range(0, len(paths), SHARD)]
+    # fork shares the loaded modules; a parent that loaded PyTorch must not fork (its
+    # thread pools do not survive it), so its workers start afresh.
+    method = "spawn" if "torch" in sys.modules else "fork"
+    report = SendReport()
+    log.info("send.workers processes=%d shards=%d start=%s", workers, len(shards), method)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                             initializer=_start_worker, initargs=(settings,)) as pool:
+        for done in pool.map(_worker_shard, shards, [now] * len(shards),
+                             [show_all] * len(shards)):
+            report.add(done)
+    return report
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_worker_run: EditionRun | None = None
+
+
+def _start_worker(settings: Settings) -> None:
+    """In each worker: die with the parent (so `kill -9` of `digest send` stops everything,
+    as a crash would) and open the store and templates once."""
+    global _worker_run
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    _worker_run = EditionRun(Store.open(settings.db_url), settings)
+
+
+def _worker_shard(paths: list[Path], now: datetime, show_all: bool) -> SendReport:
+    assert _worker_run is not None
+    return run_shard(_worker_run, paths, now=now, show_all=show_all)

@@ -1,0 +1,57 @@
+"""Sending over worker processes: shards of profile files, one summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digest.models import Profile
+from digest.pipeline import EditionOutcome, Status
+from digest.shards import SendReport, send_all
+
+from .conftest import NOW
+
+
+def test_a_subscriber_id_used_in_two_shards_is_reported():
+    first = SendReport(subscribers={"ana": "a/ana.yaml"})
+    second = SendReport(subscribers={"ana": "b/ana.yaml", "ben": "b/ben.yaml"})
+    total = SendReport()
+    total.add(first)
+    total.add(second)
+    assert total.errors == ["b/ana.yaml: same subscriber id 'ana' as a/ana.yaml (one edition "
+                            "was sent for both)"]
+
+
+def test_reports_add_up():
+    profile = Profile(subscriber_id="ana", path=Path("ana.yaml"), name="Ana",
+                      email="ana@example.org")
+    one = SendReport(picks=3)
+    one.counts[Status.SENT] += 2
+    one.timings["rank"] = 0.5
+    two = SendReport(picks=4, shown=[EditionOutcome(profile, Status.FAILED, detail="550")])
+    two.counts[Status.FAILED] += 1
+    two.timings["rank"] = 0.25
+    total = SendReport()
+    for report in (one, two):
+        total.add(report)
+    assert total.editions == 3 and total.picks == 7 and total.timings["rank"] == 0.75
+    assert [o.detail for o in total.shown] == ["550"]
+
+
+def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write_profile,
+                                     monkeypatch):
+    from digest import shards
+    from digest.pipeline import ingest_files
+    from digest.store import Store
+
+    store = Store.open(settings.db_url)
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    store.close()
+    monkeypatch.setattr(shards, "SHARD", 10)  # 25 profiles: three shards, two workers
+    paths = [write_profile(f"r{i:03d}", interests=["dense retrieval"]) for i in range(25)]
+    report = send_all(settings, paths, now=NOW, processes=2)
+    assert report.counts[Status.SENT] == 25 and not report.errors
+    assert sorted(r.recipients[0] for r in smtp_sink.received) == sorted(
+        f"r{i:03d}@example.org" for i in range(25))
+    assert len(report.shown) == 25  # a small run shows every outcome
+    again = send_all(settings, paths, now=NOW, processes=2)
+    assert again.counts[Status.ALREADY_SENT] == 25 and len(smtp_sink.received) == 25
