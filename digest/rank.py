@@ -17,9 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
+import sklearn
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
@@ -36,8 +39,60 @@ CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is le
 REFERENCE_ROWS = 2000
 MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
 REASON_TERMS = 3
+# MMR compares each profile's shortlist of candidates. Up to SIMILARITY_MAX_PAPERS
+# candidates (16 MB, about 0.4 s for 2,000), a table of every two is built once the profiles
+# ranked on them have spent about as long on their own shortlists: comparing one shortlist
+# costs about as long as SIMILARITY_PAIRS_PER_PROFILE entries of the table.
+SIMILARITY_MAX_PAPERS = 2000
+SIMILARITY_PAIRS_PER_PROFILE = 4000
+MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keyword lists met so far
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A few sparse rows (tf-idf vectors) as flat arrays: entry k is row `rows[k]`'s value
+    `values[k]` for term `terms[k]`, row by row. Ranking one profile handles a few short rows,
+    for which scipy's checks on every operation cost far more than the arithmetic."""
+
+    count: int
+    rows: np.ndarray
+    terms: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, matrix: sparse.csr_matrix, positions: np.ndarray | None = None) -> SparseRows:
+        """The matrix's rows, or those at `positions`, in that order."""
+        if positions is None:
+            positions = np.arange(matrix.shape[0])
+        starts, ends = matrix.indptr[positions], matrix.indptr[positions + 1]
+        entries = _spans(starts, ends)
+        return cls(len(positions), np.repeat(np.arange(len(positions)), ends - starts),
+                   matrix.indices[entries], matrix.data[entries])
+
+    @classmethod
+    def stack(cls, parts: Sequence[SparseRows]) -> SparseRows:
+        """The rows of every part, one part after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = np.cumsum([0, *(p.count for p in parts)])
+        return cls(int(offsets[-1]),
+                   np.concatenate([p.rows + o for p, o in zip(parts, offsets[:-1], strict=True)]),
+                   np.concatenate([p.terms for p in parts]),
+                   np.concatenate([p.values for p in parts]))
+
+    def to_csr(self, n_terms: int) -> sparse.csr_matrix:
+        """The same rows as a scipy matrix (the same arrays a row selection would hold)."""
+        indptr = np.r_[0, np.cumsum(np.bincount(self.rows, minlength=self.count))]
+        return sparse.csr_matrix((self.values, self.terms, indptr), shape=(self.count, n_terms))
+
+
+def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions start..end-1 of every span, one after the other."""
+    lengths = ends - starts
+    firsts = np.cumsum(lengths) - lengths  # where each span begins in the result
+    return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
 
 
 @dataclass
@@ -54,22 +109,23 @@ class Corpus:
     embeddings: np.ndarray | None = None  # centred, unit rows aligned with `matrix`
     embedding_mean: np.ndarray | None = None
     embed_text: EmbedText | None = None  # for interest phrases and unknown liked titles
-    _queries: dict[str, sparse.csr_matrix] = field(default_factory=dict)
+    _queries: dict[str, SparseRows] = field(default_factory=dict)
 
-    def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
+    def transform(self, texts: Sequence[str]) -> SparseRows:
         """Tf-idf rows of query texts; the same phrase in many profiles is done once."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._queries]
         if missing:
-            for text, row in zip(missing, self.vectorizer.transform(missing), strict=True):
-                self._queries[text] = row
-        return sparse.vstack([self._queries[t] for t in texts]).tocsr()
+            rows = self.vectorizer.transform(missing)
+            for i, text in enumerate(missing):
+                self._queries[text] = SparseRows.of(rows, np.array([i]))
+        return SparseRows.stack([self._queries[t] for t in texts])
 
-    def vectors(self, papers: Sequence[Paper]) -> sparse.csr_matrix:
+    def vectors(self, papers: Sequence[Paper]) -> SparseRows:
         """Tf-idf vectors of papers: looked up when stored, else transformed."""
         known = [self.rows.get(p.row_id) for p in papers]
         if all(r is not None for r in known):
-            return self.matrix[known]
-        return self.vectorizer.transform([p.text for p in papers])
+            return SparseRows.of(self.matrix, np.array(known, dtype=np.int64))
+        return SparseRows.of(self.vectorizer.transform([p.text for p in papers]))
 
     def paper_embeddings(self, papers: Sequence[Paper], extra_texts: Sequence[str] = ()
                          ) -> np.ndarray | None:
@@ -146,25 +202,69 @@ def _phrase_pattern(phrases: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
 
 
-def _matched_terms(corpus: Corpus, candidate: sparse.csr_matrix, query: np.ndarray,
-                   phrases: Sequence[str]) -> list[str]:
-    """The terms that contribute most to the candidate's match with the (dense) query.
+@dataclass(frozen=True)
+class _TermQuery:
+    """One sparse query vector: `values[k]` for term `terms[k]`, terms ascending."""
+
+    terms: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def weighted_sum(cls, rows: SparseRows, weights: np.ndarray) -> _TermQuery:
+        """The rows times their weights, summed in float32 row after row (as scipy would)."""
+        terms, where = np.unique(rows.terms, return_inverse=True)
+        values = np.zeros(len(terms), dtype=np.float32)
+        np.add.at(values, where, rows.values * weights[rows.rows])
+        present = values != 0
+        return cls(terms[present], values[present])
+
+    def at(self, terms: np.ndarray) -> np.ndarray:
+        """The query's value for each of `terms`, 0 for those it does not hold."""
+        if len(self.terms) == 0:
+            return np.zeros(len(terms), dtype=self.values.dtype)
+        found = np.minimum(np.searchsorted(self.terms, terms), len(self.terms) - 1)
+        return np.where(self.terms[found] == terms, self.values[found],
+                        np.zeros((), dtype=self.values.dtype))
+
+
+def _matched_terms(corpus: Corpus, candidates: Candidates, chosen: Sequence[int],
+                   query: _TermQuery, phrases: Sequence[str]) -> list[list[str]]:
+    """For each chosen candidate, the terms of its row that contribute most to its match
+    with the query (looked up for all the chosen at once).
 
     Two words that both match and form one of the query's phrases are named as that
     phrase ("dense retrieval", not "dense, retrieval").
     """
-    contribution = candidate.data * query[candidate.indices]
+    matrix = candidates.matrix
+    positions = np.asarray(chosen, dtype=np.int64)
+    starts, ends = matrix.indptr[positions], matrix.indptr[positions + 1]
+    entries = _spans(starts, ends)
+    terms = matrix.indices[entries]
+    contribution = matrix.data[entries] * query.at(terms)
     keep = contribution > 0
-    if not keep.any():
-        return []
-    order = np.argsort(-contribution[keep])
-    matched = [str(corpus.terms[i]) for i in candidate.indices[keep][order]]
+    owner = np.repeat(np.arange(len(positions)), ends - starts)[keep]
+    kept = np.bincount(owner, minlength=len(positions)).tolist()  # matched terms per pick
+    terms, contribution = terms[keep], contribution[keep]
+    phrase_words = [(phrase, phrase.split()) for phrase in phrases]
+    named: list[list[str]] = []
+    for last, count in zip(accumulate(kept), kept, strict=True):
+        row_terms = terms[last - count:last]
+        if count > 1:
+            row_terms = row_terms[np.argsort(-contribution[last - count:last])]
+        matched = [str(corpus.terms[t]) for t in row_terms]
+        named.append(_name_terms(matched, phrase_words))
+    return named
+
+
+def _name_terms(matched: list[str], phrases: Sequence[tuple[str, list[str]]]) -> list[str]:
+    """The first few matched terms, a word named by the query phrase (with its words) that
+    it forms with other matched words."""
     present = set(matched)
     chosen: list[str] = []
     for term in matched:
         if " " not in term:
-            whole = next((p for p in phrases if term in p.split()
-                          and all(w in present for w in p.split())), None)
+            whole = next((p for p, words in phrases if term in words
+                          and all(w in present for w in words)), None)
             term = whole or term
         if any(term == c or (term in c.split()) for c in chosen):
             continue  # already said, alone or inside a phrase
@@ -191,31 +291,81 @@ class Preferences:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Papers that may be picked, prepared once and shared by every profile ranked on them."""
+    """Papers that may be picked, prepared once and shared by every profile ranked on them.
+
+    Everything here that does not depend on a profile is computed in `prepare_candidates`,
+    so that ranking one profile does only that profile's arithmetic.
+    """
 
     papers: list[Paper]
     matrix: sparse.csr_matrix
     lowered: list[str]  # title and abstract in lower case, for keyword rules
     authors: list[frozenset[str]]  # normalised author names
     index: dict[int, int]  # paper row_id -> position
-    embeddings: np.ndarray | None = None
     # The candidates' rows followed by the corpus reference rows: one product scores both.
-    scoring: sparse.csr_matrix | None = None
+    scoring: sparse.csr_matrix
+    # The same by term (column): a query with few terms reads few of them.
+    scoring_by_term: sparse.csc_matrix
+    # Scores of the corpus's common direction, part of every liked-papers query.
+    common_scores: np.ndarray
+    common_norm: float
+    by_author: dict[str, np.ndarray]  # normalised author name -> positions
+    similarity: _Similarity = field(repr=False, compare=False)
+    embeddings: np.ndarray | None = None
     scoring_embeddings: np.ndarray | None = None
+    # The candidates that mention each keyword list met so far (see `_mentions`).
+    mentions: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False,
+                                                        compare=False)
+
+
+class _Similarity:
+    """Cosine similarity between candidates, for MMR: computed per shortlist at first, from
+    a table of every two candidates once enough profiles have asked (see
+    SIMILARITY_MAX_PAPERS)."""
+
+    def __init__(self, matrix: sparse.csr_matrix):
+        self.matrix = matrix
+        self.asked = 0
+        self.table: np.ndarray | None = None
+
+    def among(self, shortlist: np.ndarray) -> np.ndarray:
+        """The similarity of every two of the shortlisted candidates."""
+        if self.table is None:
+            self.asked += 1
+            n = self.matrix.shape[0]
+            if n > SIMILARITY_MAX_PAPERS or self.asked * SIMILARITY_PAIRS_PER_PROFILE < n * n:
+                vectors = self.matrix[shortlist]
+                return _dense(vectors @ vectors.T)
+            self.table = _dense(self.matrix @ self.matrix.T)
+        return self.table.take(shortlist, axis=0).take(shortlist, axis=1)
 
 
 def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
+    """Prepare the papers that may be picked, once for every profile ranked on them."""
     papers = list(papers)
-    matrix = corpus.vectors(papers) if papers else sparse.csr_matrix((0, len(corpus.terms)))
+    n_terms = corpus.matrix.shape[1]
+    matrix = (corpus.vectors(papers).to_csr(n_terms) if papers
+              else sparse.csr_matrix((0, n_terms), dtype=np.float32))
     embeddings = corpus.paper_embeddings(papers) if papers else None
+    scoring = sparse.vstack([matrix, corpus.matrix[corpus.reference]]).tocsr()
+    authors = [frozenset(normalise_title(a) for a in p.authors) for p in papers]
+    by_author: dict[str, list[int]] = {}
+    for position, names in enumerate(authors):
+        for name in names:
+            by_author.setdefault(name, []).append(position)
     return Candidates(
         papers=papers,
         matrix=matrix,
         lowered=[p.text.lower() for p in papers],
-        authors=[frozenset(normalise_title(a) for a in p.authors) for p in papers],
+        authors=authors,
         index={p.row_id: i for i, p in enumerate(papers)},
+        scoring=scoring,
+        scoring_by_term=scoring.tocsc(),
+        common_scores=scoring @ corpus.common.astype(np.float64),
+        common_norm=float(np.linalg.norm(corpus.common.astype(np.float64))),
+        by_author={name: np.array(positions) for name, positions in by_author.items()},
+        similarity=_Similarity(matrix),
         embeddings=embeddings,
-        scoring=sparse.vstack([matrix, corpus.matrix[corpus.reference]]).tocsr(),
         scoring_embeddings=(np.vstack([embeddings, corpus.embeddings[corpus.reference]])
                             if embeddings is not None and corpus.embeddings is not None
                             else None),
@@ -223,13 +373,26 @@ def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
 
 
 def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
-    """A mask of the candidates that mention any phrase as whole words."""
-    hits = np.zeros(len(candidates.papers), dtype=bool)
+    """A read-only mask of the candidates that mention any phrase as whole words; kept per
+    keyword list, since many profiles share theirs."""
+    key = tuple(phrases)
+    hits = candidates.mentions.get(key)
+    if hits is None:
+        hits = _find_mentions(candidates.lowered, phrases)
+        hits.flags.writeable = False
+        if (len(candidates.mentions) + 1) * hits.nbytes <= MENTIONS_CACHE_BYTES:
+            candidates.mentions[key] = hits
+    return hits
+
+
+def _find_mentions(texts: Sequence[str], phrases: Sequence[str]) -> np.ndarray:
+    """A mask of the (lower-case) texts that mention any phrase as whole words."""
+    hits = np.zeros(len(texts), dtype=bool)
     pattern = _phrase_pattern(phrases)
     if pattern is None:
         return hits
     needles = [w.lower() for phrase in phrases for w in phrase.split()[:1]]
-    for i, text in enumerate(candidates.lowered):
+    for i, text in enumerate(texts):
         # A cheap substring test first; the regex only confirms word boundaries.
         if any(n in text for n in needles) and pattern.search(text):
             hits[i] = True
@@ -249,15 +412,19 @@ class _Evidence:
     candidates: np.ndarray
     reference: np.ndarray
 
+    @cached_property
+    def _spread(self) -> float:
+        return float(self.reference.std())
+
     @property
     def informative(self) -> bool:
         """False when no paper matches at all (e.g. an interest made only of stop words)."""
-        return bool(self.candidates.max(initial=0.0) > 0 or self.reference.std() > 0)
+        return bool(self.candidates.max(initial=0.0) > 0 or self._spread > 0)
 
     def standardised(self) -> np.ndarray:
         """Standard deviations above the typical stored paper. The spread has a floor, so
         that a query matching almost nothing does not make one faint match look huge."""
-        spread = max(float(self.reference.std()), MIN_SPREAD)
+        spread = max(self._spread, MIN_SPREAD)
         return (self.candidates - float(self.reference.mean())) / spread
 
 
@@ -276,12 +443,42 @@ class _Scorer:
         best = scores.max(axis=1)
         return _Evidence(name, best[: self.n], best[self.n:])
 
-    def lexical(self, name: str, queries: sparse.csr_matrix | np.ndarray,
-                weights: np.ndarray | None = None) -> _Evidence:
+    def products(self, queries: SparseRows) -> np.ndarray:
+        """`scoring @ queries.T` (float64), reading only the columns of the queries' terms."""
+        columns = self.candidates.scoring_by_term
+        starts, ends = columns.indptr[queries.terms], columns.indptr[queries.terms + 1]
+        entries = _spans(starts, ends)
+        lengths = ends - starts
+        terms = columns.data[entries] * np.repeat(queries.values.astype(np.float64), lengths)
+        cells = columns.indices[entries] * queries.count + np.repeat(queries.rows, lengths)
+        rows = columns.shape[0]
+        return np.bincount(cells, weights=terms, minlength=rows * queries.count
+                           ).reshape(rows, queries.count)
+
+    def lexical(self, name: str, queries: SparseRows, weights: np.ndarray | None = None
+                ) -> _Evidence:
         """Best weighted cosine between each paper and any of the query rows."""
-        assert self.candidates.scoring is not None
-        dense = _dense(queries)  # sparse x dense is much cheaper than sparse x sparse
-        return self._evidence(name, _dense(self.candidates.scoring @ dense.T), weights)
+        return self._evidence(name, self.products(queries).astype(np.float32), weights)
+
+    def rocchio(self, name: str, rows: SparseRows, products: np.ndarray, common: np.ndarray
+                ) -> _Evidence:
+        """Cosine with `_rocchio(rows, common)`, given the rows' `products`.
+
+        The query is the rows' unit centroid minus a share of the common direction,
+        normalised: a linear mix, so its scores mix the rows' scores and the common
+        direction's (prepared once), and the dense query is never built.
+        """
+        terms, where = np.unique(rows.terms, return_inverse=True)
+        centroid = np.bincount(where, weights=rows.values, minlength=len(terms)) / rows.count
+        length = float(np.linalg.norm(centroid))
+        scale = max(length, 1e-9)
+        along = float(centroid @ common[terms]) / scale  # unit centroid . common
+        squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
+                   + (ROCCHIO_BETA * self.candidates.common_norm) ** 2)
+        norm = max(float(np.sqrt(max(squared, 0.0))), 1e-9)
+        scores = (products.mean(axis=1) / scale
+                  - ROCCHIO_BETA * self.candidates.common_scores) / norm
+        return self._evidence(name, scores[:, None].astype(np.float32), None)
 
     def semantic(self, name: str, queries: np.ndarray, weights: np.ndarray | None = None
                  ) -> _Evidence | None:
@@ -290,7 +487,8 @@ class _Scorer:
         return self._evidence(name, self.candidates.scoring_embeddings @ queries.T, weights)
 
 
-def _rocchio(vectors: sparse.csr_matrix | np.ndarray, common: np.ndarray | None) -> np.ndarray:
+def _rocchio(vectors: np.ndarray, common: np.ndarray | None) -> np.ndarray:
+    """The rows' unit centroid, less ROCCHIO_BETA times `common` if given, at unit length."""
     centroid = np.asarray(vectors.mean(axis=0)).ravel()
     centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
     if common is not None:
@@ -304,16 +502,24 @@ def _family(parts: Sequence[_Evidence | None]) -> np.ndarray | None:
     return np.mean(present, axis=0) if present else None
 
 
-def _classifier(corpus: Corpus, candidates: Candidates, prefs: Preferences) -> _Evidence | None:
+def _classifier(candidates: Candidates, liked: SparseRows | None, disliked: SparseRows | None
+                ) -> _Evidence | None:
     """A linear classifier of liked against disliked papers, once there are enough of both."""
-    if len(prefs.liked) < CLASSIFIER_MIN or len(prefs.disliked) < CLASSIFIER_MIN:
+    if (liked is None or disliked is None or liked.count < CLASSIFIER_MIN
+            or disliked.count < CLASSIFIER_MIN):
         return None
-    train = sparse.vstack([corpus.vectors(prefs.liked), corpus.vectors(prefs.disliked)]).tocsr()
-    labels = np.r_[np.ones(len(prefs.liked)), np.zeros(len(prefs.disliked))]
-    model = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000)
-    model.fit(train, labels)
-    return _Evidence("classifier", model.decision_function(candidates.matrix).astype(np.float32),
-                     model.decision_function(corpus.matrix[corpus.reference]).astype(np.float32))
+    train = SparseRows.stack([liked, disliked]).to_csr(candidates.scoring.shape[1])
+    labels = np.r_[np.ones(liked.count), np.zeros(disliked.count)]
+    model = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000,
+                      random_state=0)  # the same picks every run
+    # Tf-idf rows are finite and the parameters fixed: sklearn's checks would cost more
+    # than learning from a dozen papers.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        model.fit(train, labels)
+    # What model.decision_function computes, without checking its input again.
+    scores = (candidates.scoring @ model.coef_.ravel() + model.intercept_).astype(np.float32)
+    n = len(candidates.papers)
+    return _Evidence("classifier", scores[:n], scores[n:])
 
 
 def rank_papers(
@@ -357,9 +563,9 @@ def rank_papers(
         weights = np.array([i.weight for i in profile.interests], dtype=np.float32)
         weights = weights / max(float(weights.max()), 1e-9)
         queries = transform(texts)
-        interest_query = np.asarray(queries.multiply(weights[:, None]).sum(axis=0)).ravel()
-        interest_phrases = [str(corpus.terms[i]) for i in np.flatnonzero(interest_query)
-                            if " " in str(corpus.terms[i])]
+        interest_query = _TermQuery.weighted_sum(queries, weights)
+        interest_phrases = [term for term in map(str, corpus.terms[interest_query.terms])
+                            if " " in term]
         embedded = corpus.embed(texts)
         family = _family([scorer.lexical("interests", queries, weights),
                           scorer.semantic("interests~", embedded, weights)
@@ -367,42 +573,45 @@ def rank_papers(
         if family is not None:
             families.append(("interests", family))
 
+    liked = corpus.vectors(prefs.liked) if prefs.liked else None
+    disliked = corpus.vectors(prefs.disliked) if prefs.disliked else None
     liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
     like_sims = None
     if liked_names:
-        parts = []
-        if prefs.liked:
-            parts.append(corpus.vectors(prefs.liked))
+        parts = [liked] if liked is not None else []
         if prefs.liked_titles:
             parts.append(transform(list(prefs.liked_titles)))
-        liked_vectors = sparse.vstack(parts).tocsr()
-        query = _rocchio(liked_vectors, corpus.common)[None, :]
+        liked_vectors = SparseRows.stack(parts)
+        products = scorer.products(liked_vectors)
         semantic = None
         liked_embedded = corpus.paper_embeddings(prefs.liked, prefs.liked_titles)
         if liked_embedded is not None:
             semantic = scorer.semantic("liked~", _rocchio(liked_embedded, None)[None, :])
-        family = _family([scorer.lexical("liked", query), semantic])
+        family = _family([scorer.rocchio("liked", liked_vectors, products, corpus.common),
+                          semantic])
         if family is not None:
             families.append(("liked", family))
-        like_sims = _dense(candidates.matrix @ liked_vectors.T)
+        like_sims = products[:n].astype(np.float32)
         if liked_embedded is not None and candidates.embeddings is not None:
             like_sims = like_sims + candidates.embeddings @ liked_embedded.T
 
-    classifier = _classifier(corpus, candidates, prefs)
+    classifier = _classifier(candidates, liked, disliked)
     if classifier is not None:
         families.append(("classifier", classifier.standardised()))
 
     score = np.mean([f for _, f in families], axis=0) if families else np.zeros(n)
-    if prefs.disliked:
-        score -= PENALTY_WEIGHT * np.maximum(scorer.lexical(
-            "disliked", corpus.vectors(prefs.disliked)).standardised(), 0)
+    if disliked is not None:
+        score -= PENALTY_WEIGHT * np.maximum(
+            scorer.lexical("disliked", disliked).standardised(), 0)
     if profile.avoid:
         score -= PENALTY_WEIGHT * np.maximum(scorer.lexical(
             "avoid", transform(list(profile.avoid))).standardised(), 0)
     followed = frozenset(normalise_title(a) for a in profile.authors)
     by_followed = np.zeros(n, dtype=bool)
-    if followed:
-        by_followed = np.array([bool(names & followed) for names in candidates.authors])
+    for name in followed:
+        positions = candidates.by_author.get(name)
+        if positions is not None:
+            by_followed[positions] = True
     if not families:
         # Nothing scores the papers: only followed authors' papers can be picked.
         allowed &= by_followed
@@ -411,20 +620,22 @@ def rank_papers(
     floor = -np.inf if min_score is None else min_score
     eligible = allowed & ((score > floor) | by_followed)  # followed authors: a hard rule
     order_by = score + FOLLOWED_FIRST * by_followed
-    chosen = _diverse_top(order_by, eligible, candidates.matrix, top)
+    chosen = _diverse_top(order_by, eligible, candidates, top)
 
     by_family = dict(families)
     author_display = {normalise_title(a): a for a in profile.authors}
+    matched_terms = (_matched_terms(corpus, candidates, chosen, interest_query,
+                                    interest_phrases)
+                     if "interests" in by_family and interest_query is not None else None)
     picks: list[Pick] = []
-    for i in chosen:
+    for k, i in enumerate(chosen):
         reasons: list[str] = []
         by = sorted(candidates.authors[i] & followed)
         if by:
             reasons.append("by " + ", ".join(author_display[a] for a in by))
         told: list[tuple[float, str]] = []
-        if "interests" in by_family and interest_query is not None:
-            terms = _matched_terms(corpus, candidates.matrix[i], interest_query,
-                                   interest_phrases)
+        if matched_terms is not None:
+            terms = matched_terms[k]
             if terms:
                 told.append((float(by_family["interests"][i]), "matches: " + ", ".join(terms)))
         if "liked" in by_family and like_sims is not None:
@@ -441,7 +652,7 @@ def rank_papers(
     return picks
 
 
-def _diverse_top(score: np.ndarray, eligible: np.ndarray, matrix: sparse.csr_matrix,
+def _diverse_top(score: np.ndarray, eligible: np.ndarray, candidates: Candidates,
                  top: int) -> list[int]:
     """Maximal marginal relevance: each next pick trades score against resemblance to the
     picks already made, so near-copies of one paper do not fill the list."""
@@ -449,16 +660,13 @@ def _diverse_top(score: np.ndarray, eligible: np.ndarray, matrix: sparse.csr_mat
     if len(order) == 0:
         return []
     shortlist = order[np.argsort(-score[order], kind="stable")[: max(top * 5, 50)]]
-    vectors = matrix[shortlist]
-    similarity = _dense(vectors @ vectors.T)
+    similarity = candidates.similarity.among(shortlist)
     chosen: list[int] = []
     penalty = np.zeros(len(shortlist), dtype=np.float32)
-    available = np.ones(len(shortlist), dtype=bool)
-    base = score[shortlist]
+    base = score[shortlist]  # a copy: a chosen paper's base becomes -inf
     for _ in range(min(top, len(shortlist))):
-        adjusted = np.where(available, base - DIVERSITY * penalty, -np.inf)
-        best = int(np.argmax(adjusted))
+        best = int(np.argmax(base - DIVERSITY * penalty))
         chosen.append(int(shortlist[best]))
-        available[best] = False
+        base[best] = -np.inf
         penalty = np.maximum(penalty, similarity[best])
     return chosen

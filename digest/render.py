@@ -129,6 +129,14 @@ def message_id(subscriber_id: str, slot: datetime, domain: str) -> str:
     return f"<edition.{digest}@{domain}>"
 
 
+def ascii_address(address: str) -> str:
+    """The address with an internationalised domain in its ASCII (IDNA) form, as SMTP
+    without SMTPUTF8 and every header need it (the local part is ASCII already: profiles
+    are checked for that)."""
+    local, _, domain = address.rpartition("@")
+    return address if domain.isascii() else f"{local}@{domain.encode('idna').decode('ascii')}"
+
+
 def mail_domain(mail: MailSettings) -> str:
     return mail.from_address.rpartition("@")[2] or "localhost"
 
@@ -189,12 +197,17 @@ def render_edition(
     }
     text = env.get_template("email.txt.j2").render(context)
     html = _INLINER.inline(env.get_template("email.html.j2").render(context))
-    sender = formataddr((one_line(mail.from_name), mail.from_address), charset="utf-8")
+    # Characters beyond ASCII as references (&#233;): the part then travels as it is,
+    # readable and with no quoted-printable to encode or decode.
+    html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    sender = formataddr((one_line(mail.from_name), ascii_address(mail.from_address)),
+                        charset="utf-8")
+    recipient = ascii_address(profile.email)
     edition_id = message_id(profile.subscriber_id, slot, mail_domain(mail))
     headers = [
         ("Subject", one_line(subject)),
         ("From", sender),
-        ("To", formataddr((one_line(profile.name), profile.email), charset="utf-8")),
+        ("To", formataddr((one_line(profile.name), recipient), charset="utf-8")),
         *([("Reply-To", mail.reply_to)] if mail.reply_to else []),
         ("Date", format_datetime(now)),
         ("Message-ID", edition_id),
@@ -202,7 +215,7 @@ def render_edition(
         ("Auto-Submitted", "auto-generated"),
         ("X-Digest-Edition", f"{profile.subscriber_id} {slot.isoformat()}"),
     ]
-    return OutgoingEmail(recipients=(profile.email,), data=serialise(headers, text, html),
+    return OutgoingEmail(recipients=(recipient,), data=serialise(headers, text, html),
                          message_id=edition_id,
                          label=f"{profile.subscriber_id} {slot.isoformat()}")
 

@@ -155,3 +155,55 @@ def test_storing_an_embedding_twice_is_harmless(store, papers):
     store.save_embeddings("m", {papers[0].row_id: vector})
     store.save_embeddings("m", {papers[0].row_id: vector})  # another process got there first
     assert list(store.embeddings([papers[0].row_id], "m")) == [papers[0].row_id]
+
+
+def test_fast_scores_equal_the_plain_matrix_products(store, papers):
+    """Scores read from the columns of the queries' terms, and the liked-papers query
+    scored without building it, are the products their definitions say."""
+    import numpy as np
+
+    from digest.rank import SparseRows, _rocchio, _Scorer
+
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers[:40])
+    scorer = _Scorer(candidates)
+    scoring = candidates.scoring.toarray().astype(np.float64)
+    liked = corpus.vectors(papers[40:45])
+    queries = SparseRows.stack([liked, corpus.transform(["dense retrieval", "vision"])])
+    dense = queries.to_csr(len(corpus.terms)).toarray()
+    np.testing.assert_allclose(scorer.products(queries), scoring @ dense.T, atol=1e-6)
+
+    rocchio = scorer.rocchio("liked", liked, scorer.products(liked), corpus.common)
+    query = _rocchio(liked.to_csr(len(corpus.terms)).toarray(), corpus.common)
+    np.testing.assert_allclose(np.r_[rocchio.candidates, rocchio.reference], scoring @ query,
+                               atol=1e-5)
+
+
+def test_picks_are_the_same_from_the_similarity_table(store, papers, monkeypatch):
+    """MMR compares each profile's shortlist until enough profiles make a table of every two
+    candidates worth building; both give the same picks."""
+    import digest.rank
+
+    profiles = [_profile(interests=(Interest("retrieval"),), liked=(papers[3].title,)),
+                _profile(interests=(Interest("language models"), Interest("vision"))),
+                _profile(liked=(papers[0].title, papers[1].title), disliked=(papers[-1].title,))]
+
+    def titles() -> list[list[str]]:
+        return [[p.paper.title for p in _rank(store, papers, profile, top=20)]
+                for profile in profiles]
+
+    per_shortlist = titles()
+    monkeypatch.setattr(digest.rank, "SIMILARITY_PAIRS_PER_PROFILE", 10**9)  # table at once
+    assert titles() == per_shortlist
+    assert all(per_shortlist)
+
+
+def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    profile = _profile(interests=(Interest("language models"),), mute=("retrieval",))
+    prefs, _ = resolve_preferences(store, profile)
+    first = rank_papers(corpus, prefs, candidates, top=10)
+    assert list(candidates.mentions) == [("retrieval",)]
+    assert rank_papers(corpus, prefs, candidates, top=10) == first
+    assert not any("retrieval" in p.paper.text.lower() for p in first)

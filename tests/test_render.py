@@ -141,3 +141,12 @@ def test_ascii_parts_travel_as_they_are_and_others_in_quoted_printable():
 def test_a_line_break_in_a_header_is_refused():
     with pytest.raises(ValueError, match="line break"):
         serialise([("Subject", "a\r\nBcc: x@example.org")], "", "")
+
+
+def test_an_internationalised_domain_is_sent_in_its_ascii_form():
+    profile = Profile(subscriber_id="ana", path=Path("ana.yaml"), name="Ana",
+                      email="ana@bücher.example", timezone="Europe/Lisbon")
+    email = render_edition(make_environment(), profile, [_pick()], slot=NOW, mail=MAIL,
+                           now=NOW)
+    assert email.recipients == ("ana@xn--bcher-kva.example",)
+    assert email.email["To"].addresses[0].addr_spec == "ana@xn--bcher-kva.example"
