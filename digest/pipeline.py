@@ -56,7 +56,7 @@ from digest.rank import (
     rank_papers,
 )
 from digest.render import mail_domain, make_environment, message_id, render_edition
-from digest.schedule import Schedule, parse_schedule
+from digest.schedule import parse_schedule
 from digest.store import Attempt, Store
 
 log = logging.getLogger(__name__)
@@ -421,7 +421,7 @@ class EditionRun:
             if not profile.active:
                 outcomes[i] = EditionOutcome(profile, Status.INACTIVE)
                 continue
-            slot = slot or _schedule(profile.schedule, profile.timezone).last_slot(now)
+            slot = slot or _last_slot(profile.schedule, profile.timezone, now)
             if slot is None:
                 outcomes[i] = EditionOutcome(profile, Status.NOT_DUE)
             else:
@@ -565,6 +565,7 @@ def _settled(profile: Profile, slot: datetime, edition: Edition) -> EditionOutco
 
 
 @lru_cache(maxsize=1024)
-def _schedule(text: str, timezone: str) -> Schedule:
-    """Parsed schedules, shared: most subscribers of a list have one of a few."""
-    return parse_schedule(text, timezone)
+def _last_slot(schedule: str, timezone: str, now: datetime) -> datetime | None:
+    """The latest slot of a schedule at or before `now`; remembered, since most
+    subscribers of a list share one of a few schedules."""
+    return parse_schedule(schedule, timezone).last_slot(now)
