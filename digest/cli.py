@@ -424,6 +424,36 @@ def run(obj: Context) -> None:
     sys.exit(asyncio.run(daemon.run()))
 
 
+# serve ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default: web.port, 8025).")
+@pass_context
+@handle_errors
+def serve(obj: Context, host: str | None, port: int | None) -> None:
+    """Serve the pages behind the links in emails: unsubscribe, more / less like this,
+    and editing one's interests. Needs DIGEST_SECRET, the secret the links were signed
+    with; put it behind your HTTPS proxy at web.base_url.
+
+    \b
+    Example:
+        digest serve --port 8025   # with DIGEST_SECRET set
+    """
+    import uvicorn
+
+    from digest.web import make_app
+
+    settings = obj.settings
+    app = make_app(settings)
+    host = host or settings.web.host
+    port = port or settings.web.port
+    click.echo(f"Serving the links of {settings.mail.list_id} on http://{host}:{port}/ "
+               "(Ctrl-C stops)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False,
+                proxy_headers=True)
+
+
 # status --------------------------------------------------------------------------------
 
 @cli.command()

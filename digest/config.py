@@ -127,6 +127,23 @@ class RankSettings(_Frozen):
     embeddings: Literal["auto", "on", "off"] = "auto"
 
 
+class WebSettings(_Frozen):
+    """`digest serve`: the pages behind the links in each email.
+
+    Links are put in emails only when `base_url` is set and the environment holds the
+    signing secret (DIGEST_SECRET)."""
+
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    host: str = "127.0.0.1"  # what `digest serve` listens on; behind a proxy, keep it local
+    port: int = Field(default=8025, ge=1, le=65535)
+    link_days: int = Field(default=90, ge=1)  # how long the links in an email work
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+
 class SendSettings(_Frozen):
     """How a run of many editions uses the machine."""
 
@@ -149,6 +166,7 @@ class Settings(_Frozen):
     daemon: DaemonSettings = DaemonSettings()
     rank: RankSettings = RankSettings()
     send: SendSettings = SendSettings()
+    web: WebSettings = WebSettings()
     feeds: tuple[FeedSettings, ...] = ()
     config_path: Path | None = None
 
@@ -203,7 +221,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(config_path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
-    for table in ("smtp", "mail", "daemon", "rank", "send"):
+    for table in ("smtp", "mail", "daemon", "rank", "send", "web"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table}: expected a table ([{table}])", path=path)
     for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir",

@@ -58,6 +58,7 @@ from digest.rank import (
 from digest.render import mail_domain, make_environment, message_id, render_edition
 from digest.schedule import parse_schedule
 from digest.store import Attempt, Store
+from digest.tokens import Links, Signer
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,17 @@ def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Pape
     return prefs, unresolved
 
 
+def make_links(settings: Settings, env: Mapping[str, str]) -> Links | None:
+    """The signed links for emails, if `web.base_url` is set; it needs DIGEST_SECRET."""
+    if settings.web.base_url is None:
+        return None
+    signer = Signer.from_env(env)
+    if signer is None:
+        raise ConfigError("web.base_url is set, so emails carry signed links, but "
+                          "DIGEST_SECRET is not set in the environment")
+    return Links(settings.web.base_url, signer, settings.web.link_days)
+
+
 def sender_identity() -> str:
     """"host:pid" of this process, recorded on the editions it is sending."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -232,6 +244,7 @@ class EditionRun:
     _found: dict[str, Paper] | None = None
     _sent: dict[str, set[int]] = field(default_factory=dict)
     _since: dict[str, datetime | None] = field(default_factory=dict)
+    links: Links | None = field(init=False, default=None)  # from [web] and DIGEST_SECRET
     # Once set (the daemon is stopping), no new email is handed to the server; the ones in
     # flight finish and are recorded.
     stopping: asyncio.Event | None = None
@@ -250,6 +263,7 @@ class EditionRun:
     def __post_init__(self) -> None:
         if self.env is None:
             self.env = make_environment(self.settings.templates_dir)
+        self.links = make_links(self.settings, os.environ)
 
     def get_embedder(self) -> Embedder | None:
         if self.embedder == "unloaded":
@@ -313,7 +327,7 @@ class EditionRun:
         started = time.perf_counter()
         try:
             return render_edition(self.env, profile, picks, slot=slot,
-                                  mail=self.settings.mail, now=now)
+                                  mail=self.settings.mail, now=now, links=self.links)
         except TemplateError as exc:
             where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, TemplateSyntaxError) else ""
             raise ConfigError(f"template error: {where}{exc}") from exc

@@ -34,6 +34,7 @@ from jinja2.filters import do_wordwrap
 
 from digest.config import MailSettings
 from digest.models import OutgoingEmail, Paper, Pick, Profile
+from digest.tokens import Action, Links
 
 ABSTRACT_WORDS = 70
 SUBJECT_TITLE_CHARS = 90
@@ -151,6 +152,8 @@ class PickView:
     abstract: str
     reason: str
     score: float
+    more_url: str | None = None  # "more like this" / "less like this", when links are on
+    less_url: str | None = None
 
 
 @lru_cache(maxsize=8192)
@@ -175,12 +178,26 @@ def render_edition(
     slot: datetime,
     mail: MailSettings,
     now: datetime,
+    links: Links | None = None,
 ) -> OutgoingEmail:
-    """Build the email for one edition. `slot` and `now` are UTC; the day shown is local."""
+    """Build the email for one edition. `slot` and `now` are UTC; the day shown is local.
+
+    With `links`, each paper gets signed "more / less like this" links, and the email an
+    unsubscribe link (also as RFC 8058 one-click headers) and a link to edit the profile.
+    """
     local_day = slot.astimezone(ZoneInfo(profile.timezone))
     subject = edition_subject(profile, picks, local_day)
-    views = [PickView(*_paper_view(p.paper), reason=one_line(p.reason), score=p.score)
+    sid = profile.subscriber_id
+
+    def feedback(pick: Pick, action: Action) -> str | None:
+        if links is None or pick.paper.row_id is None:
+            return None
+        return links.url(sid, action, now=now, paper_id=pick.paper.row_id)
+
+    views = [PickView(*_paper_view(p.paper), reason=one_line(p.reason), score=p.score,
+                      more_url=feedback(p, "more"), less_url=feedback(p, "less"))
              for p in picks]
+    unsubscribe = links.url(sid, "unsubscribe", now=now) if links else None
     count = len(views)
     context = {
         "subject": subject,
@@ -194,6 +211,8 @@ def render_edition(
         "profile": profile,
         "footer": (f"You receive this because {profile.email} is subscribed to {mail.list_id}. "
                    "To change what you get, edit your profile or reply to this email."),
+        "unsubscribe_url": unsubscribe,
+        "profile_url": links.url(sid, "profile", now=now) if links else None,
     }
     text = env.get_template("email.txt.j2").render(context)
     html = _INLINER.inline(env.get_template("email.html.j2").render(context))
@@ -213,6 +232,8 @@ def render_edition(
         ("Message-ID", edition_id),
         ("List-Id", f"<{one_line(mail.list_id)}>"),
         ("Auto-Submitted", "auto-generated"),
+        *([("List-Unsubscribe", f"<{unsubscribe}>"),
+           ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")] if unsubscribe else []),
         ("X-Digest-Edition", f"{profile.subscriber_id} {slot.isoformat()}"),
     ]
     return OutgoingEmail(recipients=(recipient,), data=serialise(headers, text, html),

@@ -187,6 +187,11 @@ class Store:
         with self._begin() as conn:
             return [_paper(row) for row in conn.execute(query)]
 
+    def paper(self, row_id: int) -> Paper | None:
+        with self._begin() as conn:
+            row = conn.execute(select(papers).where(papers.c.id == row_id)).first()
+        return _paper(row) if row is not None else None
+
     def find_papers(self, refs: Iterable[str]) -> dict[str, Paper]:
         """Map each reference (an arXiv id, URL or a title) to the stored paper it names."""
         refs = [r for r in refs if r.strip()]
@@ -215,6 +220,13 @@ class Store:
         return found
 
     # Subscribers ----------------------------------------------------------------------
+
+    def profile_path(self, subscriber_id: str) -> Path | None:
+        """Where the subscriber's profile file was when an edition was last made for them."""
+        with self._begin() as conn:
+            value = conn.execute(select(subscribers_table.c.profile_path).where(
+                subscribers_table.c.id == subscriber_id)).scalar()
+        return Path(value) if value else None
 
     def save_subscriber(self, profile: Profile, now: datetime) -> None:
         self.save_subscribers([profile], now)

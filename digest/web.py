@@ -1,0 +1,230 @@
+"""`digest serve`: the pages behind the links in each email.
+
+Every page acts for the subscriber named in its signed token (digest.tokens), never for
+one named elsewhere in the request. A GET only shows what would happen and a button; only
+a POST changes anything, so the link scanners of mail systems, which follow links, change
+nothing. Unsubscribing is also one POST with no page at all (RFC 8058 one-click, from the
+`List-Unsubscribe-Post` header). Each change is an edit of the subscriber's YAML profile
+that keeps their comments and formatting (digest.profiles.edit_profile).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from digest.config import Settings
+from digest.errors import ConfigError, ProfileError
+from digest.profiles import edit_profile, load_profile, set_feedback
+from digest.render import make_environment
+from digest.store import Store
+from digest.tokens import Action, LinkToken, Signer, TokenError
+
+log = logging.getLogger(__name__)
+
+MAX_INTERESTS = 50
+MAX_INTEREST_CHARS = 200
+SECURITY_HEADERS = {
+    # Pages of our own markup and inline CSS only: no script runs, no form posts elsewhere.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the token is in the URL: never pass it on
+    "Cache-Control": "no-store",
+}
+
+
+def make_app(settings: Settings, *, env: Mapping[str, str] | None = None,
+             clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Starlette:
+    """The web app. Raises ConfigError if DIGEST_SECRET is not set."""
+    signer = Signer.from_env(os.environ if env is None else env)
+    if signer is None:
+        raise ConfigError("`digest serve` needs DIGEST_SECRET (the secret the links in "
+                          "emails were signed with) in the environment")
+    pages = Pages(settings, signer, clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        pages.close()
+
+    return Starlette(routes=[
+        Route("/u/{token}", pages.unsubscribe, methods=["GET", "POST"]),
+        Route("/f/{token}", pages.feedback, methods=["GET", "POST"]),
+        Route("/p/{token}", pages.profile, methods=["GET", "POST"]),
+        Route("/", pages.home, methods=["GET"]),
+    ], lifespan=lifespan)
+
+
+class Pages:
+    """The handlers, sharing the store, the signer and the page templates."""
+
+    def __init__(self, settings: Settings, signer: Signer, clock: Callable[[], datetime]):
+        self.settings = settings
+        self.signer = signer
+        self.clock = clock
+        self.store = Store.open(settings.db_url)
+        self.templates = make_environment(settings.templates_dir)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(f"web/{template}.html.j2").render(
+            list_id=self.settings.mail.list_id, **context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def _token(self, request: Request, *actions: Action) -> LinkToken:
+        token = self.signer.verify(request.path_params["token"], now=self.clock())
+        if token.action not in actions:
+            raise TokenError("this link is not for this page")
+        return token
+
+    def _refused(self, request: Request, exc: TokenError) -> Response:
+        client = request.client.host if request.client else "?"
+        log.warning("web.refused path=/%s client=%s reason=%r",
+                    request.url.path.split("/")[1], client, str(exc))
+        return self.page("message", 403, title="This link does not work",
+                         message=str(exc))
+
+    def _profile_path(self, token: LinkToken) -> Path | None:
+        path = self.store.profile_path(token.subscriber_id)
+        return path if path is not None and path.is_file() else None
+
+    def _gone(self) -> Response:
+        return self.page("message", 410, title="No such subscription",
+                         message="There is no profile for this link any more.")
+
+    def _not_changed(self, exc: ProfileError) -> Response:
+        # The person's file is broken (perhaps mid-edit): say so, never overwrite it.
+        log.warning("web.profile-invalid %s", exc)
+        where = f" (line {exc.line})" if exc.line else ""
+        return self.page("message", 409, title="Your profile was not changed",
+                         message=f"Your profile file has a problem{where}: {exc.reason}. "
+                                 "Nothing was changed; fix the file or ask the list's "
+                                 "operator.")
+
+    async def home(self, request: Request) -> Response:
+        return self.page("message", title=self.settings.mail.list_id,
+                         message="This server answers the links in the list's emails.")
+
+    async def unsubscribe(self, request: Request) -> Response:
+        try:
+            token = self._token(request, "unsubscribe")
+        except TokenError as exc:
+            return self._refused(request, exc)
+        path = self._profile_path(token)
+        if path is None:
+            return self._gone()
+        if request.method == "GET":
+            return self.page("confirm", title="Unsubscribe?",
+                             message=f"Stop sending {self.settings.mail.list_id} emails to "
+                                     "this subscription?", button="Unsubscribe")
+        try:
+            edit_active(path, False)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        log.info("web.unsubscribed subscriber=%s", token.subscriber_id)
+        return self.page("message", title="You are unsubscribed",
+                         message="No more emails will be sent to you. To come back, ask the "
+                                 "list's operator, or reply to one of the emails.")
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            token = self._token(request, "more", "less")
+        except TokenError as exc:
+            return self._refused(request, exc)
+        path = self._profile_path(token)
+        paper = self.store.paper(token.paper_id) if token.paper_id is not None else None
+        if path is None or paper is None:
+            return self._gone()
+        more = token.action == "more"
+        if request.method == "GET":
+            return self.page("confirm", title="More like this?" if more else "Less like this?",
+                             message=f"{'More' if more else 'Fewer'} papers like "
+                                     f"“{paper.title}” in your next emails?",
+                             button="Yes, more like this" if more else "Yes, fewer like this")
+        reference = paper.arxiv_id or paper.title
+        try:
+            done = set_feedback(path, reference, liked=more)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        log.info("web.feedback subscriber=%s action=%s paper=%s", token.subscriber_id,
+                 token.action, token.paper_id)
+        return self.page("message", title="Thank you",
+                         message=f"“{paper.title}” was {done}. Your next email takes it "
+                                 "into account.")
+
+    async def profile(self, request: Request) -> Response:
+        try:
+            token = self._token(request, "profile")
+        except TokenError as exc:
+            return self._refused(request, exc)
+        path = self._profile_path(token)
+        if path is None:
+            return self._gone()
+        if request.method == "POST":
+            form = await request.form()
+            lines = [" ".join(str(line).split())
+                     for line in str(form.get("interests", "")).splitlines()]
+            interests = [line for line in lines if line]
+            if len(interests) > MAX_INTERESTS or any(len(i) > MAX_INTEREST_CHARS
+                                                      for i in interests):
+                return self.page("message", 400, title="Too long",
+                                 message=f"At most {MAX_INTERESTS} interests of "
+                                         f"{MAX_INTEREST_CHARS} characters each.")
+            try:
+                edit_interests(path, interests)
+            except ProfileError as exc:
+                return self._not_changed(exc)
+            log.info("web.interests subscriber=%s count=%d", token.subscriber_id,
+                     len(interests))
+        try:
+            current = load_profile(path)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        return self.page("profile", title="Your interests", name=current.name,
+                         interests="\n".join(i.text for i in current.interests),
+                         saved=request.method == "POST")
+
+
+def edit_active(path: Path, active: bool) -> None:
+    """Set `active:` in the profile, keeping the rest of the file as it is."""
+
+    def change(root: CommentedMap) -> str:
+        root["active"] = active
+        return "done"
+
+    edit_profile(path, change)
+
+
+def edit_interests(path: Path, interests: list[str]) -> None:
+    """Replace the profile's interests with these texts. An interest that stays keeps its
+    weight and its comments; new ones have weight 1."""
+
+    def change(root: CommentedMap) -> str:
+        old = root.get("interests")
+        kept: dict[str, Any] = {}
+        if isinstance(old, CommentedSeq):
+            for item in old:
+                text = item.get("text") if isinstance(item, CommentedMap) else item
+                kept.setdefault(str(text), item)
+        if isinstance(old, CommentedSeq):  # edited in place: comments and style stay
+            del old[:]
+            old.extend(kept.get(text, text) for text in interests)
+        else:
+            root["interests"] = CommentedSeq(interests)
+        return "done"
+
+    edit_profile(path, change)

@@ -1,0 +1,185 @@
+"""`digest serve` behind the links of a real email: tokens, confirm-then-POST, one-click
+unsubscribe, feedback and interests edited in the subscriber's YAML, refusals.
+
+The app runs in-process (Starlette's TestClient) on a real SQLite store and real profile
+files; tests/test_browser.py clicks through the same pages in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from digest.config import Settings, WebSettings
+from digest.deliver import OutboxMailer
+from digest.models import OutgoingEmail
+from digest.pipeline import EditionRun, ingest_files
+from digest.profiles import load_profile
+from digest.store import Store
+from digest.tokens import LinkToken, Signer
+from digest.web import make_app
+
+from .conftest import NOW
+
+SECRET = "test-secret-" + "x" * 32
+PROFILE = """\
+# Ana's reading list
+name: Ana Lima
+email: ana@example.org   # work address
+interests:
+  - dense retrieval      # the main thing
+  - text: long context
+    weight: 2
+liked:
+  - "T2Ranking: A large-scale Chinese Benchmark for Passage Ranking"
+"""
+
+
+@pytest.fixture
+def web_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"web": WebSettings(base_url="https://digest.example")})
+
+
+@pytest.fixture
+def email(web_settings: Settings, store: Store, seeds: list[Path], tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> OutgoingEmail:
+    """Ana's edition, as a real run renders and records it."""
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    path = tmp_path / "profiles" / "ana.yaml"
+    path.write_text(PROFILE, encoding="utf-8")
+    run = EditionRun(store, web_settings)
+    [outcome] = asyncio.run(run.run_editions([load_profile(path)],
+                                             OutboxMailer(tmp_path / "out"), now=NOW))
+    assert outcome.email is not None
+    return outcome.email
+
+
+@pytest.fixture
+def client(web_settings: Settings, email: OutgoingEmail):
+    app = make_app(web_settings, env={"DIGEST_SECRET": SECRET}, clock=lambda: NOW)
+    with TestClient(app, base_url="https://digest.example") as test_client:
+        yield test_client
+
+
+def _links(email: OutgoingEmail) -> dict[str, list[str]]:
+    html = email.email.get_body(("html",)).get_content()
+    found: dict[str, list[str]] = {}
+    for url, text in re.findall(r'<a href="(https://digest\.example/[^"]+)"[^>]*>([^<]+)</a>',
+                                html):
+        found.setdefault(text, []).append(url.replace("&amp;", "&"))
+    return found
+
+
+def _profile_text(tmp_path: Path) -> str:
+    return (tmp_path / "profiles" / "ana.yaml").read_text(encoding="utf-8")
+
+
+def test_the_email_carries_signed_links_and_one_click_headers(email):
+    message = email.email
+    links = _links(email)
+    assert len(links["More like this"]) == len(links["Less like this"]) >= 5
+    [unsubscribe] = links["Unsubscribe"]
+    assert message["List-Unsubscribe"] == f"<{unsubscribe}>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text = message.get_body(("plain",)).get_content()
+    assert f"Unsubscribe: {unsubscribe}" in text
+    assert text.count("More like this: https://digest.example/f/") >= 5
+
+
+def test_unsubscribe_asks_first_then_acts_on_post_only(client, email, tmp_path):
+    [link] = _links(email)["Unsubscribe"]
+    before = _profile_text(tmp_path)
+    page = client.get(link)
+    assert page.status_code == 200 and "<form method=\"post\">" in page.text
+    assert _profile_text(tmp_path) == before  # a link scanner's GET changes nothing
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    done = client.post(link)
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    after = _profile_text(tmp_path)
+    assert after == before + "active: false\n"  # everything else byte for byte
+    assert load_profile(tmp_path / "profiles" / "ana.yaml").active is False
+
+
+def test_one_click_unsubscribe_from_the_header(client, email, tmp_path):
+    url = email.email["List-Unsubscribe"].strip("<>")
+    answer = client.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    assert load_profile(tmp_path / "profiles" / "ana.yaml").active is False
+
+
+def test_more_and_less_like_this_move_the_paper(client, email, tmp_path):
+    links = _links(email)
+    more, less = links["More like this"][1], links["Less like this"][2]
+    assert "Thank you" in client.post(more).text
+    assert "Thank you" in client.post(less).text
+    profile = load_profile(tmp_path / "profiles" / "ana.yaml")
+    assert len(profile.liked) == 2 and len(profile.disliked) == 1
+    text = _profile_text(tmp_path)
+    assert text.startswith("# Ana's reading list\n")
+    assert "email: ana@example.org   # work address\n" in text
+    assert "  - dense retrieval      # the main thing\n" in text
+
+
+def test_interests_page_edits_only_the_interests(client, email, tmp_path):
+    [link] = _links(email)["Edit your interests"]
+    page = client.get(link)
+    assert "dense retrieval\nlong context</textarea>" in page.text
+    saved = client.post(link, data={"interests": "long context\r\n\r\n  sparse   retrieval \n"})
+    assert "Saved." in saved.text
+    profile = load_profile(tmp_path / "profiles" / "ana.yaml")
+    assert [(i.text, i.weight) for i in profile.interests] == [("long context", 2.0),
+                                                               ("sparse retrieval", 1.0)]
+    text = _profile_text(tmp_path)
+    assert text.startswith("# Ana's reading list\nname: Ana Lima\n")
+    assert "liked:\n  - \"T2Ranking" in text
+
+
+@pytest.mark.parametrize("tamper", ["forged", "other secret", "expired", "wrong page",
+                                    "another subscriber"])
+def test_bad_tokens_are_refused_and_change_nothing(client, email, tmp_path, tamper, caplog):
+    [link] = _links(email)["Unsubscribe"]
+    token = link.rsplit("/", 1)[1]
+    signer = Signer([SECRET])
+    bad = {
+        "forged": token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"),
+        "other secret": Signer(["y" * 40]).sign(LinkToken("ana", "unsubscribe",
+                                                          NOW + timedelta(days=1))),
+        "expired": signer.sign(LinkToken("ana", "unsubscribe", NOW - timedelta(seconds=1))),
+        "wrong page": signer.sign(LinkToken("ana", "more", NOW + timedelta(days=1), 1)),
+        # ben's genuine token, replayed at the unsubscribe page: it acts for ben (who has
+        # no profile here), never for ana
+        "another subscriber": signer.sign(LinkToken("ben", "unsubscribe",
+                                                    NOW + timedelta(days=1))),
+    }[tamper]
+    before = _profile_text(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="digest.web"):
+        answer = client.post(f"https://digest.example/u/{bad}")
+    assert answer.status_code in (403, 410)
+    assert "unsubscribed" not in answer.text
+    assert _profile_text(tmp_path) == before
+    if answer.status_code == 403:
+        assert "web.refused" in caplog.text and bad not in caplog.text
+
+
+def test_a_profile_broken_by_hand_is_reported_and_not_overwritten(client, email, tmp_path):
+    path = tmp_path / "profiles" / "ana.yaml"
+    broken = _profile_text(tmp_path).replace("interests:", "interests: [oops")
+    path.write_text(broken, encoding="utf-8")
+    answer = client.post(_links(email)["More like this"][0])
+    assert answer.status_code == 409 and "not changed" in answer.text
+    assert "line" in answer.text
+    assert path.read_text(encoding="utf-8") == broken
+
+
+def test_serve_needs_the_secret(web_settings):
+    from digest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DIGEST_SECRET"):
+        make_app(web_settings, env={})
