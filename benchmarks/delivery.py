@@ -30,9 +30,9 @@ is not needed).
     nice -n 10 python benchmarks/delivery.py             # 100,000 subscribers
 
 Setting up (writing the profiles, ingesting the papers) is not timed. `--processes` and
-`--connections` set digest's `[send] processes` and `[smtp] connections`, written only if
-the installed digest knows them. Exit status 1 if an edition was lost or duplicated or
-`digest send` failed.
+`--connections` set digest's `[send] processes` and `[smtp] connections`. Every email
+carries its signed links (`[web] base_url`, DIGEST_SECRET), as a real list's do. Exit
+status 1 if an edition was lost or duplicated or `digest send` failed.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import os
 import pwd
 import random
 import re
+import secrets
 import select
 import shutil
 import smtplib
@@ -72,7 +73,6 @@ from sqlalchemy import select as sql_select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.rank_speed import DATA, corpus  # noqa: E402
 from digest.config import load_settings  # noqa: E402
-from digest.errors import ConfigError  # noqa: E402
 from digest.models import PaperEntry  # noqa: E402
 from digest.store import Store  # noqa: E402
 from digest.store.schema import editions  # noqa: E402
@@ -404,36 +404,21 @@ def write_profiles(folder: Path, count: int, papers: Sequence[dict[str, str]],
         (folder / f"reader{i:06d}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_config(root: Path, port: int, processes: int, connections: int,
-                 env: Mapping[str, str]) -> tuple[Path, list[str]]:
-    """digest.toml for the run, without the settings this digest does not know yet."""
+def write_config(root: Path, port: int, processes: int, connections: int) -> Path:
+    """digest.toml for the run: the sink, the pool and processes, and signed links in every
+    email (as a real list has them; DIGEST_SECRET is set in the run's environment)."""
     path = root / "digest.toml"
-    optional: dict[tuple[str, str], int] = {("smtp", "connections"): connections,
-                                            ("send", "processes"): processes}
-    dropped: list[str] = []
-    while True:
-        tables: dict[str, dict[str, object]] = {
-            "smtp": {"host": "127.0.0.1", "port": port, "security": "none"},
-            "mail": {"from_address": "digest@bench.example"}}
-        for (table, key), value in optional.items():
-            tables.setdefault(table, {})[key] = value
-        text = 'data_dir = "data"\nprofiles_dir = "profiles"\n'
-        for table, values in tables.items():
-            text += f"\n[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n"
-                                               for k, v in values.items())
-        path.write_text(text, encoding="utf-8")
-        try:
-            load_settings(path, env=env)
-            return path, dropped
-        except ConfigError as exc:
-            message = str(exc)
-            unknown = [k for k in optional
-                       if f": {k[0]}.{k[1]}: " in message or f": {k[0]}: " in message]
-            if not unknown:
-                raise
-            for table, key in unknown:
-                del optional[table, key]
-                dropped.append(f"{table}.{key}")
+    tables: dict[str, dict[str, object]] = {
+        "smtp": {"host": "127.0.0.1", "port": port, "security": "none",
+                 "connections": connections},
+        "mail": {"from_address": "digest@bench.example"},
+        "send": {"processes": processes},
+        "web": {"base_url": "https://digest.bench.example"}}
+    text = 'data_dir = "data"\nprofiles_dir = "profiles"\n'
+    for table, values in tables.items():
+        text += f"\n[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 # One `digest send` ---------------------------------------------------------------------
@@ -494,7 +479,6 @@ class TreeSampler(threading.Thread):
 class SendRun:
     subscribers: int
     setup_s: float
-    dropped_settings: list[str]
     returncode: int
     wall_s: float
     stages: dict[str, float]
@@ -552,7 +536,7 @@ def run_send(root: Path, subscribers: int, papers: Sequence[dict[str, str]], sin
     root.mkdir()
     ingest(root, papers, rng)
     write_profiles(root / "profiles", subscribers, papers, rng)
-    config, dropped = write_config(root, sink.port, args.processes, args.connections, env)
+    config = write_config(root, sink.port, args.processes, args.connections)
     setup_s = time.perf_counter() - started
     print(f"[{subscribers} subscribers: set up in {setup_s:.1f} s; running digest send]",
           file=sys.stderr, flush=True)
@@ -577,7 +561,7 @@ def run_send(root: Path, subscribers: int, papers: Sequence[dict[str, str]], sin
     rows = read_ledger(config, env)
     sent = {mid.strip() for state, mid in rows if state == "sent"}
     return SendRun(
-        subscribers=subscribers, setup_s=setup_s, dropped_settings=dropped,
+        subscribers=subscribers, setup_s=setup_s,
         returncode=returncode, wall_s=wall_s, stages=read_stages(err),
         peak_total_kb=sampler.peak_total_kb, peak_single_kb=sampler.peak_single_kb,
         peak_pss_kb=sampler.peak_pss_kb, peak_processes=sampler.peak_processes,
@@ -694,9 +678,8 @@ def row(label: str, value: str) -> None:
 
 
 def report_run(run: SendRun, args: argparse.Namespace) -> None:
-    settings = f"processes={args.processes}, connections={args.connections}"
-    if run.dropped_settings:
-        settings += f"; not known to this digest, left out: {', '.join(run.dropped_settings)}"
+    settings = (f"processes={args.processes}, connections={args.connections}, "
+                "signed links on")
     print(f"digest send, {run.subscribers} subscribers ({settings})")
     row("setup (not timed)", f"{run.setup_s:.1f} s")
     editions = run.stages.get("editions", run.stages.get("sent", 0.0))
@@ -753,6 +736,7 @@ def main() -> None:
     load_before = os.getloadavg()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DIGEST_") or k == "DIGEST_EMBEDDINGS"}
+    env["DIGEST_SECRET"] = secrets.token_urlsafe(32)  # for the links in the emails
     scratch = Path(tempfile.mkdtemp(prefix="digest-delivery-"))
     sink: Sink | None = None
     runs: list[SendRun] = []

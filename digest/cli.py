@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from typing import Any, Literal, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
@@ -29,7 +32,16 @@ from digest.deliver import OutboxMailer
 from digest.errors import DigestError
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox, recover_abandoned
-from digest.profiles import load_profile, load_profiles, profile_paths, set_feedback
+from digest.profiles import (
+    load_profile,
+    load_profiles,
+    new_profile_text,
+    parse_profile,
+    profile_paths,
+    profile_schema,
+    set_feedback,
+    set_field,
+)
 from digest.schedule import parse_schedule
 from digest.shards import SendReport, send_all
 from digest.store import Store
@@ -592,6 +604,81 @@ def profile_dislike(obj: Context, profile_path: Path, papers: tuple[str, ...]) -
         digest profile dislike profiles/ana.yaml "Some Paper Title"
     """
     _feedback(obj, profile_path, papers, liked=False)
+
+
+@profile.command("set")
+@click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
+@click.argument("key")
+@click.argument("value")
+@pass_context
+@handle_errors
+def profile_set(obj: Context, profile_path: Path, key: str, value: str) -> None:
+    """Set one field of a profile, keeping its comments and layout. VALUE is read as YAML:
+    `15`, `false`, `"weekdays 08:00"`, or a list like `[dense retrieval, rag]`;
+    `keywords.mute` names a nested field. An invalid value changes nothing.
+
+    \b
+    Example:
+        digest profile set profiles/ana.yaml max_papers 15
+    """
+    try:
+        parsed = YAML(typ="safe").load(value)
+    except YAMLError as exc:
+        fail(f"{value!r} is not a YAML value: {exc}")
+    if parsed is None:
+        parsed = value  # an empty string stays a string, not null
+    click.echo(f"{profile_path}: {set_field(profile_path, key, parsed)}")
+
+
+@profile.command("new")
+@click.argument("email")
+@click.option("--name", required=True, help="The subscriber's name, as the email greets them.")
+@click.option("--interest", "interests", multiple=True, help="An interest (repeatable).")
+@click.option("--timezone", default="UTC", show_default=True, help="An IANA time zone.")
+@click.option("--schedule", default="daily 07:00", show_default=True)
+@click.option("--id", "subscriber_id", help="File name and subscriber id (default: from the "
+              "address, e.g. ana for ana@example.org).")
+@pass_context
+@handle_errors
+def profile_new(obj: Context, email: str, name: str, interests: tuple[str, ...],
+                timezone: str, schedule: str, subscriber_id: str | None) -> None:
+    """Write a new, commented profile file into the profiles folder.
+
+    \b
+    Example:
+        digest profile new ana@example.org --name "Ana Lima" --interest "dense retrieval"
+    """
+    folder = obj.settings.profiles_dir
+    stem = subscriber_id or re.sub(r"[^A-Za-z0-9._-]+", "-", email.partition("@")[0]).strip(".-")
+    path = folder / f"{stem or 'subscriber'}.yaml"
+    text = new_profile_text(name, email, interests, timezone, schedule)
+    parse_profile(text, path)  # the file name must make a valid subscriber id
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("x", encoding="utf-8") as handle:  # never over someone's file
+            handle.write(text)
+    except FileExistsError:
+        fail(f"{path} exists already (choose another --id)")
+    click.echo(f"{path}: written")
+
+
+@profile.command("schema")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="File to write (default: standard output).")
+def profile_schema_command(out: Path | None) -> None:
+    """Print the JSON Schema of profile files, for editors that validate and complete YAML
+    (e.g. `# yaml-language-server: $schema=profile.schema.json` atop a profile).
+
+    \b
+    Example:
+        digest profile schema --out profile.schema.json
+    """
+    text = json.dumps(profile_schema(), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"{out}: written", err=True)
 
 
 def main() -> None:

@@ -67,6 +67,10 @@ class MailSettings(_Frozen):
     from_name: str = "digest"
     reply_to: str | None = None
     list_id: str = "papers.digest.localhost"
+    # DKIM signing (the `dkim` extra): the DNS selector and the PEM private key; the domain
+    # is from_address's. Off unless both are set.
+    dkim_selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dkim_key_file: Path | None = None
     max_attempts: int = Field(default=5, ge=1)  # tries per edition before it stays failed
     # An edition left "sending" this long ago (its sender died mid-way) may be sent again.
     sending_stale_s: float = Field(default=600, gt=0)
@@ -78,6 +82,12 @@ class MailSettings(_Frozen):
     @classmethod
     def _from_address(cls, value: str) -> str:
         return check_email(value)
+
+    @model_validator(mode="after")
+    def _dkim_both_or_neither(self) -> MailSettings:
+        if (self.dkim_selector is None) != (self.dkim_key_file is None):
+            raise ValueError("dkim_selector and dkim_key_file go together: set both or none")
+        return self
 
     @field_validator("reply_to")
     @classmethod
@@ -160,7 +170,7 @@ class Settings(_Frozen):
     outbox_dir: Path
     templates_dir: Path | None = None  # operator's overrides, searched before the defaults
     first_edition_lookback_days: int = Field(default=7, ge=0)
-    default_max_papers: int = Field(default=10, ge=1, le=200)
+    default_max_papers: int = Field(default=10, ge=1, le=30)  # profiles.MAX_PAPERS
     smtp: SmtpSettings = SmtpSettings()
     mail: MailSettings = MailSettings()
     daemon: DaemonSettings = DaemonSettings()
@@ -251,6 +261,10 @@ def load_settings(
     smtp = dict(raw.get("smtp") or {})
     if "ca_file" in smtp:
         smtp["ca_file"] = _resolve(base, smtp["ca_file"])
+    mail = dict(raw.get("mail") or {})
+    if "dkim_key_file" in mail:
+        mail["dkim_key_file"] = _resolve(base, mail["dkim_key_file"])
+        raw["mail"] = mail
     if "password" in smtp:
         raise ConfigError(
             "smtp.password: secrets are not read from the file; set DIGEST_SMTP_PASSWORD",

@@ -57,6 +57,7 @@ from digest.rank import (
 )
 from digest.render import mail_domain, make_environment, message_id, render_edition
 from digest.schedule import parse_schedule
+from digest.signing import DkimSigner, make_dkim
 from digest.store import Attempt, Store
 from digest.tokens import Links, Signer
 
@@ -245,6 +246,7 @@ class EditionRun:
     _sent: dict[str, set[int]] = field(default_factory=dict)
     _since: dict[str, datetime | None] = field(default_factory=dict)
     links: Links | None = field(init=False, default=None)  # from [web] and DIGEST_SECRET
+    dkim: DkimSigner | None = field(init=False, default=None)  # from [mail] dkim_*
     # Once set (the daemon is stopping), no new email is handed to the server; the ones in
     # flight finish and are recorded.
     stopping: asyncio.Event | None = None
@@ -264,6 +266,7 @@ class EditionRun:
         if self.env is None:
             self.env = make_environment(self.settings.templates_dir)
         self.links = make_links(self.settings, os.environ)
+        self.dkim = make_dkim(self.settings.mail)
 
     def get_embedder(self) -> Embedder | None:
         if self.embedder == "unloaded":
@@ -327,7 +330,8 @@ class EditionRun:
         started = time.perf_counter()
         try:
             return render_edition(self.env, profile, picks, slot=slot,
-                                  mail=self.settings.mail, now=now, links=self.links)
+                                  mail=self.settings.mail, now=now, links=self.links,
+                                  dkim=self.dkim)
         except TemplateError as exc:
             where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, TemplateSyntaxError) else ""
             raise ConfigError(f"template error: {where}{exc}") from exc

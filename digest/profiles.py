@@ -9,10 +9,11 @@ from __future__ import annotations
 import codecs
 import fcntl
 import io
+import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ class _Interest(BaseModel):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+MAX_PAPERS = 30
+
+
 class ProfileFile(BaseModel):
     """The schema of a profile file, as people write it."""
 
@@ -101,7 +105,8 @@ class ProfileFile(BaseModel):
     email: str
     timezone: str = "UTC"
     schedule: str = "daily 07:00"
-    max_papers: int | None = Field(default=None, ge=1, le=200)
+    # More would not fit in the 100 KB of HTML after which Gmail clips an email.
+    max_papers: int | None = Field(default=None, ge=1, le=MAX_PAPERS)
     interests: list[Text | _Interest] = []
     keywords: _Keywords = _Keywords()
     avoid: list[Text] = []
@@ -452,3 +457,66 @@ def set_feedback(path: Path, reference: str, *, liked: bool,
         return f"added to {add}" + (f", removed from {remove}" if removed else "")
 
     return edit_profile(path, change)
+
+
+def set_field(path: Path, key: str, value: Any) -> str:
+    """Set one field (`keywords.mute` for a nested one) to `value`, keeping the rest of the
+    file as it is. Raises ProfileError if the key is unknown or the value invalid (the file
+    is then left untouched). Returns a sentence saying what changed."""
+    parts = key.split(".")
+    known = ProfileFile.model_fields
+    if parts[0] not in known or (len(parts) == 2 and (
+            parts[0] != "keywords" or parts[1] not in _Keywords.model_fields)) or len(parts) > 2:
+        raise ProfileError(path, f"{key}: unknown field (one of: {', '.join(known)})")
+
+    def change(root: CommentedMap) -> str:
+        table = root
+        for part in parts[:-1]:
+            if not isinstance(table.get(part), CommentedMap):
+                table[part] = CommentedMap()
+            table = table[part]
+        before = table.get(parts[-1])
+        if before == value:
+            return "unchanged"
+        if isinstance(before, CommentedSeq) and isinstance(value, list):
+            del before[:]  # the same list, refilled: its style and comments stay
+            before.extend(value)
+        else:
+            table[parts[-1]] = CommentedSeq(value) if isinstance(value, list) else value
+        return f"{key} set"
+
+    return edit_profile(path, change)
+
+
+def new_profile_text(name: str, email: str, interests: Sequence[str],
+                     timezone: str = "UTC", schedule: str = "daily 07:00") -> str:
+    """A new profile file, with comments saying what each field does; checked before it is
+    returned (raises ProfileError)."""
+    def scalar(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML string
+
+    listed = ("\n" + "".join(f"  - {scalar(i)}\n" for i in interests)) if interests else " []\n"
+    text = (f"# digest profile: who gets the email, when, and what it should hold.\n"
+            f"name: {scalar(name)}\n"
+            f"email: {scalar(email)}\n"
+            f"timezone: {scalar(timezone)}     # an IANA zone, e.g. Europe/Lisbon\n"
+            f"schedule: {scalar(schedule)}  # daily HH:MM, weekdays HH:MM, weekly DAY HH:MM, "
+            "every 6h, or cron\n"
+            "max_papers: 10\n"
+            "# What you want: topics, methods, phrases you would search for. An entry can\n"
+            "# be weighted: - {text: graph neural networks, weight: 2}\n"
+            f"interests:{listed}"
+            "# Papers you liked or disliked (arXiv ids or titles); the email's links add\n"
+            "# to these lists.\n"
+            "liked: []\n"
+            "disliked: []\n")
+    parse_profile(text, Path("new.yaml"))
+    return text
+
+
+def profile_schema() -> dict[str, Any]:
+    """A JSON Schema of profile files, for editors that validate and complete YAML."""
+    schema = ProfileFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "digest subscriber profile"
+    return schema

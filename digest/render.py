@@ -34,6 +34,7 @@ from jinja2.filters import do_wordwrap
 
 from digest.config import MailSettings
 from digest.models import OutgoingEmail, Paper, Pick, Profile
+from digest.signing import DkimSigner
 from digest.tokens import Action, Links
 
 ABSTRACT_WORDS = 70
@@ -179,11 +180,13 @@ def render_edition(
     mail: MailSettings,
     now: datetime,
     links: Links | None = None,
+    dkim: DkimSigner | None = None,
 ) -> OutgoingEmail:
     """Build the email for one edition. `slot` and `now` are UTC; the day shown is local.
 
     With `links`, each paper gets signed "more / less like this" links, and the email an
     unsubscribe link (also as RFC 8058 one-click headers) and a link to edit the profile.
+    With `dkim`, the message is signed.
     """
     local_day = slot.astimezone(ZoneInfo(profile.timezone))
     subject = edition_subject(profile, picks, local_day)
@@ -236,7 +239,8 @@ def render_edition(
            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")] if unsubscribe else []),
         ("X-Digest-Edition", f"{profile.subscriber_id} {slot.isoformat()}"),
     ]
-    return OutgoingEmail(recipients=(recipient,), data=serialise(headers, text, html),
+    data = serialise(headers, text, html)
+    return OutgoingEmail(recipients=(recipient,), data=dkim.sign(data) if dkim else data,
                          message_id=edition_id,
                          label=f"{profile.subscriber_id} {slot.isoformat()}")
 
@@ -263,7 +267,10 @@ def _body(text: str) -> tuple[str, bytes]:
     crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
     if crlf.isascii() and max(map(len, crlf.split("\r\n")), default=0) <= 998:
         return "7bit", crlf.encode("ascii")
-    return "quoted-printable", binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
+    encoded = binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
+    # Soft line breaks follow the text's first line ending, "\n" if it has none; a bare
+    # CR is encoded (=0D), so every "\n" here can become CRLF.
+    return "quoted-printable", encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def serialise(headers: Sequence[tuple[str, str]], text: str, html: str) -> bytes:

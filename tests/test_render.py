@@ -150,3 +150,24 @@ def test_an_internationalised_domain_is_sent_in_its_ascii_form():
                            now=NOW)
     assert email.recipients == ("ana@xn--bcher-kva.example",)
     assert email.email["To"].addresses[0].addr_spec == "ana@xn--bcher-kva.example"
+
+
+def test_a_full_edition_with_links_stays_small_and_its_text_reads_at_72_columns():
+    from datetime import timedelta
+
+    from digest.profiles import MAX_PAPERS
+    from digest.tokens import Links, Signer
+
+    links = Links("https://digest.example", Signer(["k" * 40]), 90)
+    words = "Retrieval-augmented generation with long-context language models " * 8
+    picks = [Pick(Paper(key=str(i), title=f"Paper {i}: " + words[:180], abstract=words * 3,
+                        first_seen=NOW, url=f"https://arxiv.org/abs/2401.{i:05d}",
+                        authors=tuple(f"Author {a}" for a in range(12)), row_id=i),
+                  0.5, "matches: dense retrieval, long context; like: " + words[:90])
+             for i in range(MAX_PAPERS)]  # as many as a profile may ask for
+    email = render_edition(make_environment(), _profile(), picks, slot=NOW, mail=MAIL,
+                           now=NOW + timedelta(hours=1), links=links)
+    html = email.email.get_body(("html",)).get_content()
+    assert len(html.encode()) < 100_000  # Gmail clips bigger messages
+    text = email.email.get_body(("plain",)).get_content()
+    assert all(len(line) <= 72 for line in text.splitlines() if "https://" not in line)
