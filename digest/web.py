@@ -20,6 +20,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -98,9 +99,16 @@ class Pages:
         return self.page("message", 403, title="This link does not work",
                          message=str(exc))
 
-    def _profile_path(self, token: LinkToken) -> Path | None:
+    def _open(self, request: Request, *actions: Action) -> tuple[LinkToken, Path] | Response:
+        """The link's token and its subscriber's profile file, or the page saying why not."""
+        try:
+            token = self._token(request, *actions)
+        except TokenError as exc:
+            return self._refused(request, exc)
         path = self.store.profile_path(token.subscriber_id)
-        return path if path is not None and path.is_file() else None
+        if path is None or not path.is_file():
+            return self._gone()
+        return token, path
 
     def _gone(self) -> Response:
         return self.page("message", 410, title="No such subscription",
@@ -119,14 +127,13 @@ class Pages:
         return self.page("message", title=self.settings.mail.list_id,
                          message="This server answers the links in the list's emails.")
 
-    async def unsubscribe(self, request: Request) -> Response:
-        try:
-            token = self._token(request, "unsubscribe")
-        except TokenError as exc:
-            return self._refused(request, exc)
-        path = self._profile_path(token)
-        if path is None:
-            return self._gone()
+    # Plain functions run in Starlette's thread pool: file locks and fsync do not stall
+    # the event loop.
+    def unsubscribe(self, request: Request) -> Response:
+        opened = self._open(request, "unsubscribe")
+        if isinstance(opened, Response):
+            return opened
+        token, path = opened
         if request.method == "GET":
             return self.page("confirm", title="Unsubscribe?",
                              message=f"Stop sending {self.settings.mail.list_id} emails to "
@@ -140,14 +147,13 @@ class Pages:
                          message="No more emails will be sent to you. To come back, ask the "
                                  "list's operator, or reply to one of the emails.")
 
-    async def feedback(self, request: Request) -> Response:
-        try:
-            token = self._token(request, "more", "less")
-        except TokenError as exc:
-            return self._refused(request, exc)
-        path = self._profile_path(token)
+    def feedback(self, request: Request) -> Response:
+        opened = self._open(request, "more", "less")
+        if isinstance(opened, Response):
+            return opened
+        token, path = opened
         paper = self.store.paper(token.paper_id) if token.paper_id is not None else None
-        if path is None or paper is None:
+        if paper is None:
             return self._gone()
         more = token.action == "more"
         if request.method == "GET":
@@ -167,13 +173,10 @@ class Pages:
                                  "into account.")
 
     async def profile(self, request: Request) -> Response:
-        try:
-            token = self._token(request, "profile")
-        except TokenError as exc:
-            return self._refused(request, exc)
-        path = self._profile_path(token)
-        if path is None:
-            return self._gone()
+        opened = self._open(request, "profile")
+        if isinstance(opened, Response):
+            return opened
+        token, path = opened
         if request.method == "POST":
             form = await request.form()
             lines = [" ".join(str(line).split())
@@ -185,13 +188,13 @@ class Pages:
                                  message=f"At most {MAX_INTERESTS} interests of "
                                          f"{MAX_INTEREST_CHARS} characters each.")
             try:
-                edit_interests(path, interests)
+                await run_in_threadpool(edit_interests, path, interests)
             except ProfileError as exc:
                 return self._not_changed(exc)
             log.info("web.interests subscriber=%s count=%d", token.subscriber_id,
                      len(interests))
         try:
-            current = load_profile(path)
+            current = await run_in_threadpool(load_profile, path)
         except ProfileError as exc:
             return self._not_changed(exc)
         return self.page("profile", title="Your interests", name=current.name,

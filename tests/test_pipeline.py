@@ -52,7 +52,7 @@ def test_an_edition_goes_out_once(store, settings, smtp_sink, seeds, write_profi
 def test_next_slot_sends_only_papers_that_arrived_since(store, settings, smtp_sink, seeds,
                                                         write_profile):
     ingest_files(store, seeds[:2], now=NOW, reference=NOW)
-    path = write_profile("ana", interests=["retrieval", "language models"], max_papers=50)
+    path = write_profile("ana", interests=["retrieval", "language models"], max_papers=30)
     first = _send(store, settings, [path])
     tomorrow = NOW + timedelta(days=1)
     nothing_new = _send(store, settings, [path], now=tomorrow)
