@@ -34,7 +34,7 @@ from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.models import Profile
-from digest.pipeline import BATCH, EditionRun, Status, recover_abandoned
+from digest.pipeline import BATCH, EditionRun, Status, check_sending, recover_abandoned
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -74,6 +74,7 @@ class Daemon:
                  clock: Callable[[], datetime] = utc_now, rng: random.Random | None = None):
         self._load_settings = load_settings
         self.settings = load_settings()
+        check_sending(self.settings)  # links and DKIM: fail now, not at the first edition
         self.clock = clock
         self.rng = rng or random.Random()
         self.store = Store.open(self.settings.db_url)
@@ -187,8 +188,13 @@ class Daemon:
                     break
                 batch.append(more)
             # A corpus fitted on today's papers; the embedding model is loaded only once.
-            run = EditionRun(self.store, self.settings, embedder=self._embedder,
-                             stopping=self.stopping)
+            try:
+                run = EditionRun(self.store, self.settings, embedder=self._embedder,
+                                 stopping=self.stopping)
+            except ConfigError as exc:  # checked at start and reload; the key file may go
+                log.error("editions.not-sent count=%d reason=%r", len(batch), str(exc))
+                self._queued.difference_update(batch)
+                continue
             due = []
             for key in batch:
                 self._queued.discard(key)
@@ -291,6 +297,11 @@ class Daemon:
         """SIGHUP: read the configuration and every profile again."""
         try:
             settings = self._load_settings()
+        except ConfigError as exc:
+            log.error("config.invalid %s (keeping the running configuration)", exc)
+            return
+        try:
+            check_sending(settings)
         except ConfigError as exc:
             log.error("config.invalid %s (keeping the running configuration)", exc)
             return

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import idna
+
 # New-style ids (0704.0001 onwards) and old-style archive/YYMMNNN ids, each with an
 # optional version suffix that identity ignores.
 _NEW_ID = r"\d{2}(?:0[1-9]|1[0-2])\.\d{4,5}"  # YYMM.NNNNN
@@ -52,3 +54,22 @@ def parse_arxiv_id(text: str) -> str | None:
 def paper_key(arxiv_id: str | None, title: str) -> str:
     """Return the public id of a paper."""
     return arxiv_id if arxiv_id else normalise_title(title)
+
+
+def ascii_domain(domain: str) -> str:
+    """The domain as DNS and SMTP see it: IDNA 2008 with UTS #46 mapping (straße.de is
+    xn--strae-oqa.de, not strasse.de as Python's own "idna" codec, IDNA 2003, would say).
+    Raises ValueError for a name that is not a valid host name."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{domain!r} is not a valid host name ({exc})") from exc
+
+
+def ascii_address(address: str) -> str:
+    """The address with its domain in ASCII (`ascii_domain`), as SMTP without SMTPUTF8 and
+    every header need it (the local part is ASCII already: profiles are checked for it)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{ascii_domain(domain)}"

@@ -17,7 +17,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -160,6 +160,13 @@ def make_links(settings: Settings, env: Mapping[str, str]) -> Links | None:
         raise ConfigError("web.base_url is set, so emails carry signed links, but "
                           "DIGEST_SECRET is not set in the environment")
     return Links(settings.web.base_url, signer, settings.web.link_days)
+
+
+def check_sending(settings: Settings) -> None:
+    """Raise ConfigError now if emails could not be made as configured (links without
+    their secret, an unusable DKIM key)."""
+    make_links(settings, os.environ)
+    make_dkim(settings.mail)
 
 
 def sender_identity() -> str:
@@ -435,6 +442,8 @@ class EditionRun:
         looked up, ranked, claimed and recorded together; no retries within the run."""
         outcomes: list[EditionOutcome | None] = [None] * len(items)
         due: list[tuple[int, Profile, datetime]] = []
+        first: dict[tuple[str, datetime], int] = {}  # one edition, asked for twice: once
+        repeats: list[tuple[int, int]] = []
         for i, (profile, slot) in enumerate(items):
             if not profile.active:
                 outcomes[i] = EditionOutcome(profile, Status.INACTIVE)
@@ -442,7 +451,10 @@ class EditionRun:
             slot = slot or _last_slot(profile.schedule, profile.timezone, now)
             if slot is None:
                 outcomes[i] = EditionOutcome(profile, Status.NOT_DUE)
+            elif (profile.subscriber_id, slot) in first:
+                repeats.append((i, first[(profile.subscriber_id, slot)]))
             else:
+                first[(profile.subscriber_id, slot)] = i
                 due.append((i, profile, slot))
         if due:
             if dry_run:
@@ -469,6 +481,8 @@ class EditionRun:
             elif sendable:
                 for i, outcome in (await self._send(sendable, mailer, now)).items():
                     outcomes[i] = outcome
+        for i, original in repeats:
+            outcomes[i] = outcomes[original]
         self._found, self._sent, self._since = None, {}, {}
         assert all(o is not None for o in outcomes)
         return [o for o in outcomes if o is not None]
@@ -478,9 +492,12 @@ class EditionRun:
         """Claim the editions, then send them over up to `smtp.connections` connections at
         once, recording each server reply as it arrives (those that arrive together in one
         transaction). An edition that another sender holds is left alone."""
-        stale_before = now - timedelta(seconds=self.settings.mail.sending_stale_s)
+        # Claims carry the wall clock, not the run's `now`: a long run's claims must not look
+        # stale (and be taken by another sender) because the run began long ago.
+        claimed_at = max(now, datetime.now(UTC))
+        stale_before = claimed_at - timedelta(seconds=self.settings.mail.sending_stale_s)
         with self._ledger():
-            taken = self.store.begin_sending_many([e for *_, e in sendable], now=now,
+            taken = self.store.begin_sending_many([e for *_, e in sendable], now=claimed_at,
                                                   stale_before=stale_before,
                                                   claimer=self.claimer)
         outcomes: dict[int, EditionOutcome] = {}
@@ -499,7 +516,7 @@ class EditionRun:
 
         def record() -> None:
             with self._ledger():
-                self.store.record_attempts(replies, now=now)
+                self.store.record_attempts(replies, now=now, claimer=self.claimer)
             replies.clear()
 
         queue = iter(work)
@@ -517,18 +534,30 @@ class EditionRun:
                         break
                 if not running:
                     break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                if not replies:
+                # Replies are recorded together, a few milliseconds' worth at a time: one
+                # transaction each would cost more than the rest of sending. The wait ends
+                # in time to record the oldest waiting reply within RECORD_WITHIN_S.
+                wait = (max(RECORD_WITHIN_S - (time.monotonic() - oldest), 0.0)
+                        if replies else None)
+                done, _ = await asyncio.wait(running, timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done and not replies:
                     oldest = time.monotonic()
+                failure: BaseException | None = None
                 for task in done:
                     i, profile, slot, edition, email = running.pop(task)
-                    outcomes[i], attempt = self._outcome(task, profile, slot, edition, email)
+                    try:
+                        outcomes[i], attempt = self._outcome(task, profile, slot, edition,
+                                                             email)
+                    except Exception as exc:  # not an SMTP reply: a bug, or configuration
+                        failure = failure or exc
+                        continue
                     replies.append(attempt)
-                # Replies are recorded together, a few milliseconds' worth at a time: one
-                # transaction each would cost more than the rest of sending.
-                if (not running or len(replies) >= RECORD_EVERY
+                if (failure is not None or not running or len(replies) >= RECORD_EVERY
                         or time.monotonic() - oldest >= RECORD_WITHIN_S):
                     record()
+                if failure is not None:  # the others' replies are recorded first
+                    raise failure
         except BaseException:
             for task in running:
                 task.cancel()

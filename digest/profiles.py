@@ -33,7 +33,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from digest.errors import ProfileError
-from digest.identity import normalise_title, parse_arxiv_id
+from digest.identity import ascii_domain, normalise_title, parse_arxiv_id
 from digest.models import Interest, Profile
 from digest.schedule import load_timezone, parse_schedule
 
@@ -60,10 +60,10 @@ def check_email(address: str) -> str:
     if any(ch in local for ch in '<>(),;:"[]\\') or local.startswith(".") or ".." in local:
         raise ValueError(f"{address!r} has characters not allowed before the @")
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
+        host = ascii_domain(domain)
+    except ValueError as exc:
         raise ValueError(f"domain {domain!r} is not a valid host name") from exc
-    if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}", ascii_domain):
+    if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}", host):
         raise ValueError(f"domain {domain!r} is not a valid host name")
     return address
 

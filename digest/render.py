@@ -33,6 +33,7 @@ from jinja2 import (
 from jinja2.filters import do_wordwrap
 
 from digest.config import MailSettings
+from digest.identity import ascii_address, ascii_domain
 from digest.models import OutgoingEmail, Paper, Pick, Profile
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
@@ -131,16 +132,9 @@ def message_id(subscriber_id: str, slot: datetime, domain: str) -> str:
     return f"<edition.{digest}@{domain}>"
 
 
-def ascii_address(address: str) -> str:
-    """The address with an internationalised domain in its ASCII (IDNA) form, as SMTP
-    without SMTPUTF8 and every header need it (the local part is ASCII already: profiles
-    are checked for that)."""
-    local, _, domain = address.rpartition("@")
-    return address if domain.isascii() else f"{local}@{domain.encode('idna').decode('ascii')}"
-
-
 def mail_domain(mail: MailSettings) -> str:
-    return mail.from_address.rpartition("@")[2] or "localhost"
+    """The sender's domain in ASCII: what Message-IDs end with."""
+    return ascii_domain(mail.from_address.rpartition("@")[2] or "localhost")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
-from digest.pipeline import EditionOutcome, EditionRun, Status
+from digest.pipeline import EditionOutcome, EditionRun, Status, check_sending
 from digest.profiles import load_profiles
 from digest.store import Store
 
@@ -110,6 +110,7 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
             return run_shard(EditionRun(store, settings), paths, now=now, show_all=show_all)
         finally:
             store.close()
+    check_sending(settings)  # a configuration error is said here, not in every worker
     shards = [list(paths[i:i + SHARD]) for i in range(0, len(paths), SHARD)]
     # fork shares the loaded modules; a parent that loaded PyTorch must not fork (its
     # thread pools do not survive it), so its workers start afresh.
@@ -140,11 +141,21 @@ def _start_worker(settings: Settings) -> None:
     global _worker_run
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
+        parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     _worker_run = EditionRun(Store.open(settings.db_url), settings)
 
 
 def _worker_shard(paths: list[Path], now: datetime, show_all: bool) -> SendReport:
+    """One shard in a worker; an error comes back as a line of the report (the other
+    shards' reports still count), with its traceback in this worker's log."""
     assert _worker_run is not None
-    return run_shard(_worker_run, paths, now=now, show_all=show_all)
+    try:
+        return run_shard(_worker_run, paths, now=now, show_all=show_all)
+    except Exception as exc:
+        log.exception("shard.failed first=%s profiles=%d", paths[0], len(paths))
+        return SendReport(errors=[f"{paths[0]} and the next {len(paths) - 1} profiles: "
+                                  f"not all sent: {exc}"])

@@ -8,6 +8,7 @@ from typing import Any
 
 from digest.config import MailSettings
 from digest.errors import ConfigError
+from digest.identity import ascii_domain
 
 SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"reply-to",
                   b"list-id", b"list-unsubscribe", b"list-unsubscribe-post",
@@ -31,7 +32,7 @@ class DkimSigner:
             raise ConfigError(f"mail.dkim_key_file {mail.dkim_key_file}: cannot be read "
                               f"({exc.strerror or exc})") from exc
         self.selector = mail.dkim_selector.encode("ascii")
-        self.domain = mail.from_address.rpartition("@")[2].encode("idna")
+        self.domain = ascii_domain(mail.from_address.rpartition("@")[2]).encode("ascii")
         try:  # a broken key is a configuration error now, not a failure per email later
             self.sign(b"From: x@example.org\r\nSubject: test\r\n\r\ntest\r\n")
         except Exception as exc:  # dkimpy raises several kinds for a bad key

@@ -66,7 +66,7 @@ class Signer:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Signer | None:
         """The signer for `DIGEST_SECRET` (+ `DIGEST_OLD_SECRETS`); None if it is not set."""
-        current = env.get("DIGEST_SECRET", "")
+        current = env.get("DIGEST_SECRET", "").strip()
         if not current:
             return None
         older = [s.strip() for s in env.get("DIGEST_OLD_SECRETS", "").split(",") if s.strip()]
@@ -80,6 +80,8 @@ class Signer:
 
     def verify(self, text: str, *, now: datetime) -> LinkToken:
         """The token's content if it is genuine and not expired; raises TokenError."""
+        if not text.isascii():
+            raise TokenError("this link is not one digest made (forged or altered)")
         payload, _, signature = text.rpartition("~")
         if not any(hmac.compare_digest(_signature(key, payload), signature)
                    for key in self._keys):

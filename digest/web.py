@@ -108,6 +108,12 @@ class Pages:
         path = self.store.profile_path(token.subscriber_id)
         if path is None or not path.is_file():
             return self._gone()
+        try:  # the file may since have been given to someone else (another `id:`)
+            owner = load_profile(path, strict_id=False).subscriber_id
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        if owner != token.subscriber_id:
+            return self._gone()
         return token, path
 
     def _gone(self) -> Response:
@@ -134,7 +140,7 @@ class Pages:
         if isinstance(opened, Response):
             return opened
         token, path = opened
-        if request.method == "GET":
+        if request.method != "POST":  # GET or HEAD: never act
             return self.page("confirm", title="Unsubscribe?",
                              message=f"Stop sending {self.settings.mail.list_id} emails to "
                                      "this subscription?", button="Unsubscribe")
@@ -156,7 +162,7 @@ class Pages:
         if paper is None:
             return self._gone()
         more = token.action == "more"
-        if request.method == "GET":
+        if request.method != "POST":  # GET or HEAD: never act
             return self.page("confirm", title="More like this?" if more else "Less like this?",
                              message=f"{'More' if more else 'Fewer'} papers like "
                                      f"“{paper.title}” in your next emails?",
@@ -173,14 +179,17 @@ class Pages:
                                  "into account.")
 
     async def profile(self, request: Request) -> Response:
-        opened = self._open(request, "profile")
+        opened = await run_in_threadpool(self._open, request, "profile")
         if isinstance(opened, Response):
             return opened
         token, path = opened
         if request.method == "POST":
             form = await request.form()
-            lines = [" ".join(str(line).split())
-                     for line in str(form.get("interests", "")).splitlines()]
+            field = form.get("interests", "")
+            if not isinstance(field, str):  # a file upload, not text
+                return self.page("message", 400, title="Not text",
+                                 message="Interests are sent as text.")
+            lines = [" ".join(line.split()) for line in field.splitlines()]
             interests = [line for line in lines if line]
             if len(interests) > MAX_INTERESTS or any(len(i) > MAX_INTEREST_CHARS
                                                       for i in interests):

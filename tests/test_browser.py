@@ -100,6 +100,23 @@ def served(tmp_path: Path, config_file: Path, seeds: list[Path], smtp_sink, run_
         server.wait(10)
 
 
+def _wait_for(driver, by: str, value: str):
+    """The element, once the page that holds it has loaded (a form post navigates)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    return WebDriverWait(driver, 10).until(
+        expected_conditions.presence_of_element_located((by, value)))
+
+
+def _heading_becomes(driver, text: str) -> None:
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, 10).until(
+        expected_conditions.text_to_be_present_in_element(("tag name", "h1"), text))
+
+
 def _screenshot(driver, name: str, width: int) -> Path:
     driver.set_window_size(width, 1200)
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -127,10 +144,10 @@ def test_unsubscribe_link_confirms_then_unsubscribes(browser, served):
     url, profile = served
     browser.get(url)
     browser.find_element("link text", "Unsubscribe").click()
-    assert "Unsubscribe?" in browser.find_element("tag name", "h1").text
+    _heading_becomes(browser, "Unsubscribe?")
     assert load_profile(profile).active  # looking at the page changed nothing
     browser.find_element("id", "confirm").click()
-    assert browser.find_element("tag name", "h1").text == "You are unsubscribed"
+    _heading_becomes(browser, "You are unsubscribed")
     assert not load_profile(profile).active
     assert profile.read_text(encoding="utf-8").startswith("# mine\n")
     _screenshot(browser, "unsubscribed", 390)
@@ -141,18 +158,18 @@ def test_more_like_this_and_editing_interests(browser, served):
     browser.get(url)
     title = browser.find_elements("css selector", "p.title")[1].text
     browser.find_elements("link text", "More like this")[1].click()
-    browser.find_element("id", "confirm").click()
-    assert browser.find_element("tag name", "h1").text == "Thank you"
+    _wait_for(browser, "id", "confirm").click()
+    _heading_becomes(browser, "Thank you")
     liked = load_profile(profile).liked
     assert len(liked) == 1 and (liked[0] == title or liked[0] in browser.page_source)
 
     browser.get(url)
     browser.find_element("link text", "Edit your interests").click()
-    box = browser.find_element("id", "interests")
+    box = _wait_for(browser, "id", "interests")
     box.clear()
     box.send_keys("graph neural networks\nlong context")
     browser.find_element("id", "save").click()
-    assert browser.find_element("id", "saved").is_displayed()
+    assert _wait_for(browser, "id", "saved").is_displayed()
     assert [i.text for i in load_profile(profile).interests] == ["graph neural networks",
                                                                  "long context"]
     _screenshot(browser, "interests", 390)

@@ -148,3 +148,10 @@ def test_paper_key_prefers_the_arxiv_id() -> None:
     assert paper_key(parse_arxiv_id("https://arxiv.org/abs/2401.01234v3"), "A") == paper_key(
         parse_arxiv_id("arXiv:2401.01234"), "B"
     )
+
+
+def test_internationalised_domains_use_idna_2008():
+    from digest.identity import ascii_address
+
+    assert ascii_address("a@straße.de") == "a@xn--strae-oqa.de"  # not strasse.de
+    assert ascii_address("ana@example.org") == "ana@example.org"

@@ -180,6 +180,16 @@ def test_begin_sending_by_state(store):
     store.record_attempt(edition, state=EditionState.FAILED, reply="550 no",
                          retryable=False, now=NOW)
     assert not store.begin_sending(edition, now=far_future, stale_before=far_future)
+    # Only an edition being sent takes a result: a late reply cannot overwrite this one.
+    store.record_attempt(edition, state=EditionState.SENT, reply="250 ok",
+                         retryable=False, now=NOW)
+    assert store.get_edition("ana", edition.slot).state is EditionState.FAILED
+
+
+def test_a_sent_edition_is_never_taken_again(store):
+    edition = _pending_edition(store)
+    far_future = NOW + timedelta(days=365)
+    assert store.begin_sending(edition, now=NOW, stale_before=NOW - timedelta(minutes=10))
     store.record_attempt(edition, state=EditionState.SENT, reply="250 ok",
                          retryable=False, now=NOW)
     assert not store.begin_sending(edition, now=far_future, stale_before=far_future)

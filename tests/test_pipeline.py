@@ -185,3 +185,19 @@ def test_nothing_relevant_skips_or_sends_a_note_as_the_profile_says(store, setti
     assert received.message["Subject"] == "Papers for Wed 25 Nov: nothing new today"
     text = received.message.get_body(("plain",)).get_content()
     assert "matched your" in text and "interests closely enough" in " ".join(text.split())
+
+
+def test_one_edition_asked_for_twice_in_a_batch_is_sent_once(store, settings, smtp_sink,
+                                                              seeds, write_profile):
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    profile = load_profile(write_profile("ana", interests=["retrieval"]))
+    slot = NOW.replace(hour=7, minute=0)
+
+    async def go():
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await EditionRun(store, settings).run_batch(
+                [(profile, None), (profile, slot)], mailer, now=NOW)
+
+    outcomes = asyncio.run(go())
+    assert [o.status for o in outcomes] == [Status.SENT, Status.SENT]
+    assert len(smtp_sink.received) == 1

@@ -80,3 +80,8 @@ def test_secrets_come_from_the_environment_and_must_be_long():
     assert signer.verify(Signer([OLD]).sign(_token()), now=NOW).subscriber_id == "ana"
     with pytest.raises(ConfigError, match="at least 32"):
         Signer(["short"])
+
+
+def test_non_ascii_tokens_are_refused_not_crashed_on():
+    with pytest.raises(TokenError):
+        Signer([SECRET]).verify("v1~ana~unsubscribe~~9999999999~é", now=NOW)

@@ -183,3 +183,19 @@ def test_serve_needs_the_secret(web_settings):
 
     with pytest.raises(ConfigError, match="DIGEST_SECRET"):
         make_app(web_settings, env={})
+
+
+def test_head_requests_change_nothing(client, email, tmp_path):
+    before = _profile_text(tmp_path)
+    for link in (_links(email)["Unsubscribe"][0], _links(email)["More like this"][0]):
+        assert client.head(link).status_code == 200
+    assert _profile_text(tmp_path) == before
+
+
+def test_a_profile_file_now_someone_elses_is_not_edited(client, email, tmp_path):
+    path = tmp_path / "profiles" / "ana.yaml"
+    path.write_text("id: bea\n" + PROFILE.replace("Ana Lima", "Bea"), encoding="utf-8")
+    before = path.read_text(encoding="utf-8")
+    answer = client.post(_links(email)["Unsubscribe"][0])
+    assert answer.status_code == 410
+    assert path.read_text(encoding="utf-8") == before

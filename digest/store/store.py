@@ -235,7 +235,7 @@ class Store:
         """`save_subscriber` for many profiles in one transaction per 500."""
         for chunk in _chunks(profiles):
             rows = [dict(id=p.subscriber_id, email=p.email, name=p.name,
-                         profile_path=str(p.path), active=p.active, updated_at=now)
+                         profile_path=str(p.path.resolve()), active=p.active, updated_at=now)
                     for p in chunk]
             statement = self._upsert(subscribers_table)
             set_ = {c: statement.excluded[c]
@@ -382,15 +382,22 @@ class Store:
                 taken.update(int(row_id) for (row_id,) in rows)
         return taken
 
-    def record_attempts(self, attempts: Sequence[Attempt], *, now: datetime) -> None:
-        """Record the outcomes of several delivery attempts in one transaction."""
+    def record_attempts(self, attempts: Sequence[Attempt], *, now: datetime,
+                        claimer: str | None = None) -> None:
+        """Record the outcomes of several delivery attempts in one transaction. Only an
+        edition still `sending` (under `claimer`, if given) is changed: a sender whose claim
+        was taken over never overwrites the new sender's result."""
         if not attempts:
             return
-        statement = (update(editions).where(editions.c.id == bindparam("edition_row"))
+        statement = (update(editions)
+                     .where(editions.c.id == bindparam("edition_row"),
+                            editions.c.state == EditionState.SENDING.value)
                      .values(state=bindparam("new_state"), smtp_reply=bindparam("reply"),
                              retryable=bindparam("may_retry"),
                              attempts=editions.c.attempts + 1, updated_at=now,
                              sent_at=bindparam("sent")))
+        if claimer:
+            statement = statement.where(editions.c.claimed_by == claimer)
         with self._begin() as conn:
             conn.execute(statement, [
                 dict(edition_row=a.edition.row_id, new_state=a.state.value, reply=a.reply,
