@@ -488,6 +488,26 @@ def set_field(path: Path, key: str, value: Any) -> str:
     return edit_profile(path, change)
 
 
+def set_interests(path: Path, interests: Sequence[str]) -> None:
+    """Replace the profile's interests with these texts. An interest that stays keeps its
+    weight and its comments; new ones have weight 1."""
+
+    def change(root: CommentedMap) -> str:
+        old = root.get("interests")
+        if not isinstance(old, CommentedSeq):
+            root["interests"] = CommentedSeq(interests)
+            return "interests set"
+        kept: dict[str, Any] = {}
+        for item in old:
+            text = item.get("text") if isinstance(item, CommentedMap) else item
+            kept.setdefault(str(text), item)
+        del old[:]  # the same list, refilled: its style and comments stay
+        old.extend(kept.get(text, text) for text in interests)
+        return "interests set"
+
+    edit_profile(path, change)
+
+
 def new_profile_text(name: str, email: str, interests: Sequence[str],
                      timezone: str = "UTC", schedule: str = "daily 07:00") -> str:
     """A new profile file, with comments saying what each field does; checked before it is

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,7 +26,7 @@ from starlette.routing import Route
 
 from digest.config import Settings
 from digest.errors import ConfigError, ProfileError
-from digest.profiles import edit_profile, load_profile, set_feedback
+from digest.profiles import load_profile, set_feedback, set_field, set_interests
 from digest.render import make_environment
 from digest.store import Store
 from digest.tokens import Action, LinkToken, Signer, TokenError
@@ -145,7 +144,7 @@ class Pages:
                              message=f"Stop sending {self.settings.mail.list_id} emails to "
                                      "this subscription?", button="Unsubscribe")
         try:
-            edit_active(path, False)
+            set_field(path, "active", False)
         except ProfileError as exc:
             return self._not_changed(exc)
         log.info("web.unsubscribed subscriber=%s", token.subscriber_id)
@@ -197,7 +196,7 @@ class Pages:
                                  message=f"At most {MAX_INTERESTS} interests of "
                                          f"{MAX_INTEREST_CHARS} characters each.")
             try:
-                await run_in_threadpool(edit_interests, path, interests)
+                await run_in_threadpool(set_interests, path, interests)
             except ProfileError as exc:
                 return self._not_changed(exc)
             log.info("web.interests subscriber=%s count=%d", token.subscriber_id,
@@ -209,34 +208,3 @@ class Pages:
         return self.page("profile", title="Your interests", name=current.name,
                          interests="\n".join(i.text for i in current.interests),
                          saved=request.method == "POST")
-
-
-def edit_active(path: Path, active: bool) -> None:
-    """Set `active:` in the profile, keeping the rest of the file as it is."""
-
-    def change(root: CommentedMap) -> str:
-        root["active"] = active
-        return "done"
-
-    edit_profile(path, change)
-
-
-def edit_interests(path: Path, interests: list[str]) -> None:
-    """Replace the profile's interests with these texts. An interest that stays keeps its
-    weight and its comments; new ones have weight 1."""
-
-    def change(root: CommentedMap) -> str:
-        old = root.get("interests")
-        kept: dict[str, Any] = {}
-        if isinstance(old, CommentedSeq):
-            for item in old:
-                text = item.get("text") if isinstance(item, CommentedMap) else item
-                kept.setdefault(str(text), item)
-        if isinstance(old, CommentedSeq):  # edited in place: comments and style stay
-            del old[:]
-            old.extend(kept.get(text, text) for text in interests)
-        else:
-            root["interests"] = CommentedSeq(interests)
-        return "done"
-
-    edit_profile(path, change)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 
-from digest.profiles import load_profile, set_feedback, set_field
-from digest.web import edit_active, edit_interests
+from digest.profiles import load_profile, set_feedback, set_field, set_interests
 
 ORIGINAL = """\
 # Ana's profile -- hand-written, please keep my notes!
@@ -45,7 +44,7 @@ def test_five_edits_change_only_the_edited_lines(write_profile):
          ["- max_papers: 8   # a short list", "+ max_papers: 12  # a short list"]),
         (lambda: set_field(path, "keywords.mute", ["crypto", "blockchain"]),
          ["-   mute: [crypto]", "+   mute: [crypto, blockchain]"]),
-        (lambda: edit_active(path, False), ["+ active: false"]),
+        (lambda: set_field(path, "active", False), ["+ active: false"]),
     ]
     for edit, expected in steps:
         before = path.read_text(encoding="utf-8")
@@ -59,7 +58,7 @@ def test_five_edits_change_only_the_edited_lines(write_profile):
 
 def test_interests_edit_keeps_kept_entries_with_their_comments(write_profile):
     path = write_profile("ana", text=ORIGINAL)
-    edit_interests(path, ["long context", "sparse retrieval"])
+    set_interests(path, ["long context", "sparse retrieval"])
     changed = _changed(ORIGINAL, path.read_text(encoding="utf-8"))
     assert changed == ["-   - dense retrieval     # main topic", "+   - sparse retrieval"]
 
