@@ -3,7 +3,9 @@
 Pure computation over records. Evidence, each scored against the stored corpus:
 - interests: the profile's phrases (with weights) as tf-idf queries;
 - liked papers: a Rocchio query, their centroid minus the corpus's common direction, so
-  what the liked papers share with everything else counts for little;
+  what the liked papers share with everything else counts for little (words no other
+  stored paper has are left out: they can match nothing); then pseudo-relevance feedback,
+  the first pass's best few candidates join the liked papers at half weight;
 - with the `embeddings` extra, the same two in sentence-embedding space (centred);
 - with enough liked and disliked papers, a per-subscriber linear classifier;
 - penalties for resemblance to disliked papers and avoided topics.
@@ -35,6 +37,10 @@ FOLLOWED_FIRST = 1e6  # ordering only: a followed author's paper comes before an
 PENALTY_WEIGHT = 0.5
 DIVERSITY = 1.0  # MMR: a pick loses this many standard deviations per unit of cosine
 # similarity to a paper already chosen
+# Pseudo-relevance feedback: the first pass's best candidates join the liked papers, each
+# weighing this much of a liked paper (top few, half weight: the classic Rocchio setting).
+FEEDBACK_PAPERS = 5
+FEEDBACK_WEIGHT = 0.5
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
 REFERENCE_ROWS = 2000
 MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
@@ -105,6 +111,8 @@ class Corpus:
     rows: dict[int, int] = field(default_factory=dict)  # paper row_id -> matrix row
     terms: np.ndarray = field(default_factory=lambda: np.array([]))
     common: np.ndarray = field(default_factory=lambda: np.array([]))  # unit mean tf-idf row
+    # How many stored papers hold each term: a term only one paper has links it to no other.
+    doc_freq: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
     reference: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
     embeddings: np.ndarray | None = None  # centred, unit rows aligned with `matrix`
     embedding_mean: np.ndarray | None = None
@@ -126,6 +134,26 @@ class Corpus:
         if all(r is not None for r in known):
             return SparseRows.of(self.matrix, np.array(known, dtype=np.int64))
         return SparseRows.of(self.vectorizer.transform([p.text for p in papers]))
+
+    def linking_vectors(self, papers: Sequence[Paper]) -> SparseRows:
+        """Tf-idf vectors of papers for a query made of several: a stored paper's row loses
+        the terms no other stored paper has and is put back at unit length.
+
+        Such a term can match no candidate, yet it takes a share of its paper's unit
+        length, so a paper with many of them would say less in the query than the others.
+        (A paper not stored is transformed whole: each of its terms is some stored paper's.)
+        """
+        rows = self.vectors(papers)
+        if len(self.doc_freq) == 0 or any(p.row_id not in self.rows for p in papers):
+            return rows
+        keep = self.doc_freq[rows.terms] > 1
+        if keep.all():
+            return rows
+        kept_rows, terms, values = rows.rows[keep], rows.terms[keep], rows.values[keep]
+        norms = np.sqrt(np.bincount(kept_rows, weights=values.astype(np.float64) ** 2,
+                                    minlength=rows.count))
+        scale = (1 / np.maximum(norms, 1e-9)).astype(values.dtype)
+        return SparseRows(rows.count, kept_rows, terms, values * scale[kept_rows])
 
     def paper_embeddings(self, papers: Sequence[Paper], extra_texts: Sequence[str] = ()
                          ) -> np.ndarray | None:
@@ -184,6 +212,7 @@ def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = Non
     corpus = Corpus(vectorizer=vectorizer, matrix=matrix, papers=list(papers),
                     rows={p.row_id: i for i, p in enumerate(papers)},
                     terms=vectorizer.get_feature_names_out(), common=common.astype(np.float32),
+                    doc_freq=np.bincount(matrix.indices, minlength=matrix.shape[1]),
                     reference=reference)
     if embeddings is not None and len(papers) == len(embeddings) and len(papers) > 1:
         mean = embeddings.mean(axis=0)
@@ -460,23 +489,26 @@ class _Scorer:
         """Best weighted cosine between each paper and any of the query rows."""
         return self._evidence(name, self.products(queries).astype(np.float32), weights)
 
-    def rocchio(self, name: str, rows: SparseRows, products: np.ndarray, common: np.ndarray
-                ) -> _Evidence:
-        """Cosine with `_rocchio(rows, common)`, given the rows' `products`.
+    def rocchio(self, name: str, rows: SparseRows, products: np.ndarray, common: np.ndarray,
+                weights: np.ndarray | None = None) -> _Evidence:
+        """Cosine with `_rocchio(rows, common, weights)`, given the rows' `products`.
 
-        The query is the rows' unit centroid minus a share of the common direction,
-        normalised: a linear mix, so its scores mix the rows' scores and the common
-        direction's (prepared once), and the dense query is never built.
+        The query is the rows' (weighted) unit centroid minus a share of the common
+        direction, normalised: a linear mix, so its scores mix the rows' scores and the
+        common direction's (prepared once), and the dense query is never built.
         """
+        share = (np.full(rows.count, 1 / rows.count) if weights is None
+                 else weights.astype(np.float64) / float(weights.sum()))
         terms, where = np.unique(rows.terms, return_inverse=True)
-        centroid = np.bincount(where, weights=rows.values, minlength=len(terms)) / rows.count
+        centroid = np.bincount(where, weights=rows.values * share[rows.rows],
+                               minlength=len(terms))
         length = float(np.linalg.norm(centroid))
         scale = max(length, 1e-9)
         along = float(centroid @ common[terms]) / scale  # unit centroid . common
         squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
                    + (ROCCHIO_BETA * self.candidates.common_norm) ** 2)
         norm = max(float(np.sqrt(max(squared, 0.0))), 1e-9)
-        scores = (products.mean(axis=1) / scale
+        scores = (products @ share / scale
                   - ROCCHIO_BETA * self.candidates.common_scores) / norm
         return self._evidence(name, scores[:, None].astype(np.float32), None)
 
@@ -487,13 +519,55 @@ class _Scorer:
         return self._evidence(name, self.candidates.scoring_embeddings @ queries.T, weights)
 
 
-def _rocchio(vectors: np.ndarray, common: np.ndarray | None) -> np.ndarray:
-    """The rows' unit centroid, less ROCCHIO_BETA times `common` if given, at unit length."""
-    centroid = np.asarray(vectors.mean(axis=0)).ravel()
+def _rocchio(vectors: np.ndarray, common: np.ndarray | None,
+             weights: np.ndarray | None = None) -> np.ndarray:
+    """The rows' (weighted) unit centroid, less ROCCHIO_BETA times `common` if given, at unit
+    length."""
+    centroid = np.asarray(np.average(vectors, axis=0, weights=weights)).ravel()
     centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
     if common is not None:
         centroid = centroid - ROCCHIO_BETA * common
     return (centroid / max(float(np.linalg.norm(centroid)), 1e-9)).astype(np.float32)
+
+
+@dataclass
+class _LikedQuery:
+    """The liked papers (and titles) as the rows of a query, lexical and embedded, each with
+    a weight: 1 for what the subscriber liked, FEEDBACK_WEIGHT for a candidate added by
+    pseudo-relevance feedback."""
+
+    vectors: SparseRows
+    products: np.ndarray  # scoring @ vectors
+    embedded: np.ndarray | None
+    weights: np.ndarray | None = None  # of the vectors; None: each weighs 1
+    embedded_weights: np.ndarray | None = None
+
+    def family(self, scorer: _Scorer, common: np.ndarray) -> np.ndarray | None:
+        """The liked family: the lexical Rocchio query and the embedding centroid."""
+        semantic = None
+        if self.embedded is not None:
+            semantic = scorer.semantic(
+                "liked~", _rocchio(self.embedded, None, self.embedded_weights)[None, :])
+        return _family([scorer.rocchio("liked", self.vectors, self.products, common,
+                                       self.weights), semantic])
+
+    def with_feedback(self, corpus: Corpus, candidates: Candidates, scorer: _Scorer,
+                      positions: np.ndarray) -> _LikedQuery:
+        """The query with the candidates at `positions` added, each at FEEDBACK_WEIGHT."""
+        added = corpus.linking_vectors([candidates.papers[i] for i in positions])
+        feedback = np.full(len(positions), FEEDBACK_WEIGHT)
+        embedded, embedded_weights = self.embedded, self.embedded_weights
+        if embedded is not None and candidates.embeddings is not None:
+            embedded_weights = np.r_[_or_ones(embedded_weights, len(embedded)), feedback]
+            embedded = np.vstack([embedded, candidates.embeddings[positions]])
+        return _LikedQuery(
+            SparseRows.stack([self.vectors, added]),
+            np.hstack([self.products, scorer.products(added)]), embedded,
+            np.r_[_or_ones(self.weights, self.vectors.count), feedback], embedded_weights)
+
+
+def _or_ones(weights: np.ndarray | None, count: int) -> np.ndarray:
+    return np.ones(count) if weights is None else weights
 
 
 def _family(parts: Sequence[_Evidence | None]) -> np.ndarray | None:
@@ -577,35 +651,50 @@ def rank_papers(
     disliked = corpus.vectors(prefs.disliked) if prefs.disliked else None
     liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
     like_sims = None
+    liked_query: _LikedQuery | None = None
+    feedback = np.zeros(0, dtype=np.int64)  # candidates added to the liked papers' query
+    feedback_sims = np.zeros((n, 0), dtype=np.float32)
     if liked_names:
-        parts = [liked] if liked is not None else []
+        parts = [corpus.linking_vectors(prefs.liked)] if prefs.liked else []
         if prefs.liked_titles:
             parts.append(transform(list(prefs.liked_titles)))
-        liked_vectors = SparseRows.stack(parts)
-        products = scorer.products(liked_vectors)
-        semantic = None
-        liked_embedded = corpus.paper_embeddings(prefs.liked, prefs.liked_titles)
-        if liked_embedded is not None:
-            semantic = scorer.semantic("liked~", _rocchio(liked_embedded, None)[None, :])
-        family = _family([scorer.rocchio("liked", liked_vectors, products, corpus.common),
-                          semantic])
+        vectors = SparseRows.stack(parts)
+        liked_query = _LikedQuery(vectors, scorer.products(vectors), corpus.paper_embeddings(
+            prefs.liked, prefs.liked_titles))
+        family = liked_query.family(scorer, corpus.common)
         if family is not None:
             families.append(("liked", family))
-        like_sims = products[:n].astype(np.float32)
-        if liked_embedded is not None and candidates.embeddings is not None:
-            like_sims = like_sims + candidates.embeddings @ liked_embedded.T
+        like_sims = liked_query.products[:n].astype(np.float32)
+        if liked_query.embedded is not None and candidates.embeddings is not None:
+            like_sims = like_sims + candidates.embeddings @ liked_query.embedded.T
 
     classifier = _classifier(candidates, liked, disliked)
     if classifier is not None:
         families.append(("classifier", classifier.standardised()))
 
-    score = np.mean([f for _, f in families], axis=0) if families else np.zeros(n)
+    penalty = np.zeros(n)
     if disliked is not None:
-        score -= PENALTY_WEIGHT * np.maximum(
+        penalty += PENALTY_WEIGHT * np.maximum(
             scorer.lexical("disliked", disliked).standardised(), 0)
     if profile.avoid:
-        score -= PENALTY_WEIGHT * np.maximum(scorer.lexical(
+        penalty += PENALTY_WEIGHT * np.maximum(scorer.lexical(
             "avoid", transform(list(profile.avoid))).standardised(), 0)
+    score = (np.mean([f for _, f in families], axis=0) if families else np.zeros(n)) - penalty
+    if liked_query is not None and FEEDBACK_PAPERS > 0 and "liked" in dict(families):
+        # Pseudo-relevance feedback: the best candidates of this first pass join the liked
+        # papers at a lower weight, and the liked papers' evidence is scored again.
+        pool = np.flatnonzero(allowed)
+        feedback = pool[np.argsort(-score[pool], kind="stable")[:FEEDBACK_PAPERS]]
+        expanded = liked_query.with_feedback(corpus, candidates, scorer, feedback)
+        family = expanded.family(scorer, corpus.common)
+        feedback_sims = expanded.products[:n, liked_query.vectors.count:].astype(np.float32)
+        if candidates.embeddings is not None:
+            feedback_sims = feedback_sims + candidates.embeddings @ candidates.embeddings[
+                feedback].T
+        feedback_sims[feedback, np.arange(len(feedback))] = -np.inf  # not like itself
+        if family is not None:
+            families = [(name, family if name == "liked" else f) for name, f in families]
+            score = np.mean([f for _, f in families], axis=0) - penalty
     followed = frozenset(normalise_title(a) for a in profile.authors)
     by_followed = np.zeros(n, dtype=bool)
     for name in followed:
@@ -639,7 +728,12 @@ def rank_papers(
             if terms:
                 told.append((float(by_family["interests"][i]), "matches: " + ", ".join(terms)))
         if "liked" in by_family and like_sims is not None:
-            nearest = liked_names[int(like_sims[i].argmax())]
+            closest = int(like_sims[i].argmax())
+            nearest = liked_names[closest]
+            if like_sims[i, closest] <= 0 < feedback_sims[i].max(initial=0.0):
+                # Nothing in common with a liked paper: it came in through feedback, by
+                # resembling a pick that is like them; name that pick.
+                nearest = candidates.papers[int(feedback[feedback_sims[i].argmax()])].title
             told.append((float(by_family["liked"][i]), f"like: {_short(nearest)}"))
         if "classifier" in by_family:
             told.append((float(by_family["classifier"][i]),

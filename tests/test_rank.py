@@ -207,3 +207,80 @@ def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
     assert list(candidates.mentions) == [("retrieval",)]
     assert rank_papers(corpus, prefs, candidates, top=10) == first
     assert not any("retrieval" in p.paper.text.lower() for p in first)
+
+
+def test_weighted_liked_query_scores_equal_its_definition(store, papers):
+    """Liked papers and feedback candidates weigh differently in the Rocchio query; the
+    fast scores are still the product with the query its definition builds."""
+    import numpy as np
+
+    from digest.rank import _rocchio, _Scorer
+
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers[:40])
+    scorer = _Scorer(candidates)
+    scoring = candidates.scoring.toarray().astype(np.float64)
+    rows = corpus.linking_vectors(papers[40:46])
+    weights = np.array([1, 1, 1, 0.5, 0.5, 0.5])
+    rocchio = scorer.rocchio("liked", rows, scorer.products(rows), corpus.common, weights)
+    query = _rocchio(rows.to_csr(len(corpus.terms)).toarray(), corpus.common, weights)
+    np.testing.assert_allclose(np.r_[rocchio.candidates, rocchio.reference], scoring @ query,
+                               atol=1e-5)
+
+
+def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):
+    import numpy as np
+
+    corpus = build_corpus(papers)
+    liked = papers[:4]
+    plain = corpus.vectors(liked).to_csr(len(corpus.terms)).toarray()
+    linking = corpus.linking_vectors(liked).to_csr(len(corpus.terms)).toarray()
+    own = corpus.doc_freq == 1
+    assert (plain[:, own] > 0).any()  # the seed papers have words of their own
+    assert not (linking[:, own] > 0).any()
+    np.testing.assert_allclose(np.linalg.norm(linking, axis=1), 1, rtol=1e-5)
+    shared = plain[:, ~own] > 0
+    assert ((linking[:, ~own] > 0) == shared).all()  # every other term stays, rescaled
+
+    unstored = replace(papers[0], row_id=10**9)  # not in the corpus: nothing is its own
+    assert (corpus.linking_vectors([unstored]).values == corpus.vectors([unstored]).values
+            ).all()
+
+
+def _synthetic(titles: list[str]) -> list:
+    from digest.models import Paper
+
+    return [Paper(key=f"p{i}", title=t, abstract=t, first_seen=NOW, row_id=i + 1)
+            for i, t in enumerate(titles)]
+
+
+def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
+    """Pseudo-relevance feedback: a paper sharing no word with the liked one, but much with
+    the candidates that match it best, comes before unrelated papers."""
+    import digest.rank
+
+    liked = "graph neural networks for molecule property prediction"
+    close = [f"graph neural networks for molecule docking with binding affinity, part {w}"
+             for w in ["one", "two", "three", "four", "five"]]
+    related = "binding affinity docking benchmark"
+    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
+                                            "river delta", "forest fire", "glacier melt"]
+                 for b in ["efficiency", "monitoring", "forecasting"]]
+    papers = _synthetic([liked, *close, related, *unrelated])
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers[1:])
+    prefs = digest.rank.Preferences(profile=_profile(), liked=(papers[0],))
+
+    def position_of_related() -> int:
+        picks = rank_papers(corpus, prefs, candidates, top=len(papers))
+        return [p.paper.title for p in picks].index(related)
+
+    with_feedback = position_of_related()
+    monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
+    assert with_feedback == len(close)  # right after the papers like the liked one
+    assert position_of_related() > with_feedback
+    # Its reason names no liked paper it shares nothing with, but the pick it resembles.
+    monkeypatch.undo()
+    picks = rank_papers(corpus, prefs, candidates, top=len(papers))
+    reason = next(p.reason for p in picks if p.paper.title == related)
+    assert reason.startswith("like: graph neural networks for molecule docking")
