@@ -681,6 +681,71 @@ def profile_schema_command(out: Path | None) -> None:
         click.echo(f"{out}: written", err=True)
 
 
+# db ------------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """The database: which schema revision it is at, and upgrading it.
+
+    digest upgrades the schema itself whenever it opens the database; these commands
+    show it and do it at a moment you choose (before restarting after an update).
+
+    \b
+    Example:
+        digest db current
+    """
+
+
+@db.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
+@pass_context
+@handle_errors
+def db_current(obj: Context, as_json: bool) -> None:
+    """Show the database (without its password) and the schema revision it is at.
+
+    \b
+    Example:
+        digest -c /etc/digest/digest.toml db current --json
+    """
+    store = Store.open(obj.settings.db_url, upgrade=False)
+    try:
+        current, newest = store.revision()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"database": store.name, "engine": store.engine.dialect.name,
+                               "revision": current, "newest": newest}))
+        return
+    state = ("the newest" if current == newest else
+             f"the newest is {newest}: run `digest db upgrade`")
+    click.echo(f"database  {store.name}")
+    click.echo(f"revision  {current or 'none'} ({state})")
+
+
+@db.command("upgrade")
+@pass_context
+@handle_errors
+def db_upgrade(obj: Context) -> None:
+    """Bring the database schema to the newest revision, creating the tables if needed.
+
+    Safe while other digest processes run; a database made before migrations is adopted
+    with its data.
+
+    \b
+    Example:
+        digest -c /etc/digest/digest.toml db upgrade
+    """
+    store = Store.open(obj.settings.db_url, upgrade=False)
+    try:
+        before, after = store.upgrade()
+    finally:
+        store.close()
+    if before == after:
+        click.echo(f"{store.name}: already at revision {after}, the newest.")
+    else:
+        click.echo(f"{store.name}: upgraded from revision {before or 'none'} to {after}.")
+
+
 def main() -> None:
     """Entry point of the `digest` console script."""
     cli(prog_name="digest")

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -165,6 +166,8 @@ class Settings(_Frozen):
 
     data_dir: Path
     database_url: str | None = None  # default: SQLite file digest.sqlite3 in data_dir
+    # From DIGEST_DATABASE_PASSWORD, or the password in DIGEST_DATABASE_URL; never the file.
+    database_password: SecretStr | None = Field(default=None, exclude=True)
     profiles_dir: Path
     inbox_dir: Path
     outbox_dir: Path
@@ -182,7 +185,22 @@ class Settings(_Frozen):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'digest.sqlite3'}"
+        """The URL to connect with, password included: show `store.engine_name(db_url)`."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'digest.sqlite3'}"
+        if self.database_password is None:
+            return url
+        from sqlalchemy.engine import make_url
+
+        password = self.database_password.get_secret_value()
+        return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _url_password(url: object) -> str | None:
+    """The password in a database URL, if it holds one."""
+    try:
+        return urlsplit(url).password if isinstance(url, str) else None
+    except ValueError:  # not a URL at all: the store says so when it opens it
+        return None
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -250,8 +268,20 @@ def load_settings(
         raw["data_dir"] = data_dir
     if env.get("DIGEST_EMBEDDINGS"):
         raw["rank"] = {**(raw.get("rank") or {}), "embeddings": env["DIGEST_EMBEDDINGS"]}
+    if _url_password(raw.get("database_url")):
+        raise ConfigError("database_url: holds a password; secrets are not read from the file: "
+                          "set DIGEST_DATABASE_PASSWORD in the environment", path=path)
     if env.get("DIGEST_DATABASE_URL"):
         raw["database_url"] = env["DIGEST_DATABASE_URL"]
+        if _url_password(raw["database_url"]):  # kept apart, as a secret
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(raw["database_url"])
+            without = parsed._replace(password=None)  # set(password=None) changes nothing
+            raw["database_url"] = without.render_as_string(hide_password=False)
+            raw["database_password"] = SecretStr(str(parsed.password))
+    if env.get("DIGEST_DATABASE_PASSWORD"):
+        raw["database_password"] = SecretStr(env["DIGEST_DATABASE_PASSWORD"])
     home = Path(raw.get("data_dir") or default_data_dir(env))
     raw["data_dir"] = home
     raw.setdefault("profiles_dir", base / "profiles" if path is not None else home / "profiles")

@@ -15,7 +15,9 @@ import pytest
 
 from digest.cli import cli
 from digest.models import EditionState
-from digest.store import Store
+from digest.store import Store, migrate
+
+from .services import postgres_schema
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -319,3 +321,43 @@ def test_a_garbage_file_in_the_inbox_is_one_line_on_stderr(config_file, tmp_path
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.endswith("junk.txt: not a text file (binary data)")
+
+
+def test_db_upgrade_then_current(run_cli, tmp_path):
+    first = run_cli("--data-dir", tmp_path / "d", "db", "upgrade")
+    again = run_cli("--data-dir", tmp_path / "d", "db", "upgrade")
+    current = run_cli("--data-dir", tmp_path / "d", "db", "current", "--json")
+    url = f"sqlite:///{tmp_path / 'd' / 'digest.sqlite3'}"
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert first.stdout == f"{url}: upgraded from revision none to {migrate.HEAD}.\n"
+    assert again.stdout == f"{url}: already at revision {migrate.HEAD}, the newest.\n"
+    assert json.loads(current.stdout) == {"database": url, "engine": "sqlite",
+                                          "revision": migrate.HEAD, "newest": migrate.HEAD}
+
+
+def test_db_current_on_postgresql_hides_the_password(run_cli, monkeypatch):
+    with postgres_schema() as url:
+        monkeypatch.setenv("DIGEST_DATABASE_URL", url.replace("postgres@", "postgres:pw@"))
+        before = run_cli("db", "current")
+        upgraded = run_cli("db", "upgrade")
+        after = run_cli("db", "current")
+    assert before.exit_code == 0, before.output
+    assert "pw" not in before.stdout + upgraded.stdout + after.stdout
+    assert before.stdout.splitlines() == [
+        f"database  {url.replace('postgres@', 'postgres:***@')}",
+        f"revision  none (the newest is {migrate.HEAD}: run `digest db upgrade`)"]
+    assert upgraded.stdout.endswith(f"upgraded from revision none to {migrate.HEAD}.\n")
+    assert after.stdout.splitlines()[1] == f"revision  {migrate.HEAD} (the newest)"
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(run_cli, monkeypatch):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DIGEST_DATABASE_URL", f"postgresql+psycopg://u:hunter2@127.0.0.1:{port}/d")
+    result = run_cli("db", "upgrade")
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("digest: error: cannot upgrade the database "
+                           f"postgresql+psycopg://u:***@127.0.0.1:{port}/d: connection failed")
+    assert "hunter2" not in result.output

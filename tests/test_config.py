@@ -108,3 +108,24 @@ def test_feeds_may_be_urls_or_tables(tmp_path):
 def test_a_feed_that_is_not_http_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"feeds\.0\.url"):
         _load(tmp_path, 'feeds = ["ftp://x"]\n')
+
+
+def test_the_database_password_comes_from_the_environment_and_is_never_shown(tmp_path):
+    path = tmp_path / "digest.toml"
+    path.write_text('database_url = "postgresql+psycopg://digest@db.example/digest"\n')
+    settings = load_settings(path, env={"DIGEST_DATABASE_PASSWORD": "p@ss/w:rd"})
+    assert settings.db_url == "postgresql+psycopg://digest:p%40ss%2Fw%3Ard@db.example/digest"
+    assert "p@ss" not in repr(settings) and "p@ss" not in str(settings.model_dump())
+    # A whole URL in the environment may carry it; it is kept apart all the same.
+    whole = load_settings(path, env={"DIGEST_DATABASE_URL": "postgresql+psycopg://u:s3cret@h/d"})
+    assert whole.database_url == "postgresql+psycopg://u@h/d"
+    assert whole.db_url == "postgresql+psycopg://u:s3cret@h/d"
+    assert "s3cret" not in repr(whole)
+
+
+def test_a_database_password_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "digest.toml"
+    path.write_text('database_url = "postgresql+psycopg://digest:hunter2@db/digest"\n')
+    with pytest.raises(ConfigError, match="set DIGEST_DATABASE_PASSWORD") as caught:
+        load_settings(path, env={})
+    assert "hunter2" not in str(caught.value)

@@ -27,7 +27,7 @@ TOPICS = ["dense retrieval", "language models", "attention", "image classificati
           "reinforcement learning", "recommendation", "instruction tuning", "long context"]
 
 
-def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys):
+def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys, database_url):
     rng = random.Random(7)
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -39,7 +39,7 @@ def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys):
     config.write_text(f'data_dir = "data"\nprofiles_dir = "profiles"\n[smtp]\n'
                       f'host = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
                       'timeout_s = 10\n[mail]\nfrom_address = "digest@test.example"\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGEST_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "digest", "-c", str(config)]
     subprocess.run([*command, "ingest", *map(str, seeds)], env=env, check=True,
                    capture_output=True)
@@ -60,7 +60,7 @@ def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys):
     final = subprocess.run([*command, "send"], env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
 
-    store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    store = Store.open(database_url)
     try:
         editions = [store.last_edition(f"s{i:05d}") for i in range(SUBSCRIBERS)]
     finally:

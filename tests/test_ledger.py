@@ -1,7 +1,7 @@
 """The edition ledger: one edition per (subscriber, slot), sent once, and nothing lost.
 
-Real SQLite and a real SMTP server throughout; concurrency is real too (two event-loop
-tasks with their own store and connection, or two `digest send` processes).
+Real SQLite and PostgreSQL and a real SMTP server throughout; concurrency is real too (two
+event-loop tasks with their own store and connection, or two `digest send` processes).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def _run_and_close(run: EditionRun, profile: Profile) -> EditionOutcome:
         return await run.run_edition(profile, mailer, now=NOW)
 
 
-def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile):
+def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile, database_url):
     """Two `digest send` processes at once: the database decides which one sends."""
     write_profile("ana", interests=["dense retrieval"])
     release = threading.Event()
@@ -102,12 +102,13 @@ def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile
                           f'outbox_dir = "outbox"\n[smtp]\nhost = "{sink.host}"\n'
                           f'port = {sink.port}\nsecurity = "none"\ntimeout_s = 20\n'
                           '[mail]\nfrom_address = "digest@test.example"\n', encoding="utf-8")
-        store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+        store = Store.open(database_url)
         try:
             ingest_files(store, seeds, now=NOW, reference=NOW)
         finally:
             store.close()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200",
+               "DIGEST_DATABASE_URL": database_url}
         command = [sys.executable, "-m", "digest", "-c", str(config), "send"]
         procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=env, cwd=tmp_path) for _ in range(2)]
@@ -129,7 +130,7 @@ def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile
     assert (outputs.count("│ being sent by another process")
             + outputs.count("│ already sent")) == 1, outputs
     assert len(received) == 1
-    store = Store.open(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    store = Store.open(database_url)
     try:
         edition = store.last_edition("ana")
     finally:

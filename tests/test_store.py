@@ -1,10 +1,16 @@
-"""Paper identity in the store: one record per paper, whatever the sources."""
+"""The store on each engine (SQLite, PostgreSQL): one record per paper whatever the sources,
+and the same results from both."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from digest.models import PaperEntry
+from sqlalchemy import event, insert
+
+from digest.identity import normalise_title
+from digest.models import Edition, EditionState, PaperEntry
+from digest.store import Store
+from digest.store.schema import papers
 
 from .conftest import NOW
 
@@ -57,3 +63,59 @@ def test_datetimes_come_back_aware_utc(store):
     assert store.papers()[0].first_seen.utcoffset() == timedelta(0)
     assert store.papers(since=NOW) == []
     assert len(store.papers(since=NOW - timedelta(seconds=1))) == 1
+
+
+def test_a_title_longer_than_the_key_column_is_stored_whole_and_found(store):
+    title = "Attention Is All You Need, Again " * 25  # 825 characters; the key holds 512
+    store.add_entries([PaperEntry(title=title, abstract="a", source="f")], NOW)
+    [paper] = store.papers()
+    assert paper.title == title and len(paper.key) <= 512
+    assert store.find_papers([title])[title].row_id == paper.row_id
+    assert store.add_entries([PaperEntry(title=title, abstract="a", source="g")],
+                             NOW).new_papers == 0
+
+
+def test_nul_characters_are_dropped_on_every_engine(store):
+    """PostgreSQL cannot store NUL in text, SQLite can: both store the text without it."""
+    store.add_entries([PaperEntry(title="Nul\x00 Title", abstract="a\x00b",
+                                  source="f\x00.txt", authors=("A\x00B",))], NOW)
+    [paper] = store.papers()
+    assert (paper.title, paper.abstract) == ("Nul Title", "ab")
+
+
+def test_a_paper_another_process_adds_meanwhile_is_stored_once(store, database_url):
+    """The other process's insert commits between this one's look-up and its insert."""
+    entry = PaperEntry(title=TITLE, abstract="the longer abstract", source="a.txt",
+                       arxiv_id="2209.11755")
+    other = Store.open(database_url)
+    try:
+        with other.engine.connect() as theirs:
+            theirs.execute(insert(papers).values(
+                key="2209.11755", arxiv_id="2209.11755", title_key=normalise_title(TITLE),
+                title=TITLE, abstract="short", authors=[], first_seen=NOW))
+
+            def commit_theirs_first(_conn, _cursor, statement, *_args) -> None:
+                if statement.startswith("INSERT INTO papers") and theirs.in_transaction():
+                    theirs.commit()
+
+            event.listen(store.engine, "before_cursor_execute", commit_theirs_first)
+            try:
+                result = store.add_entries([entry], NOW)
+            finally:
+                event.remove(store.engine, "before_cursor_execute", commit_theirs_first)
+    finally:
+        other.close()
+    assert (result.new_papers, result.new_sources) == (0, 1)
+    [paper] = store.papers()
+    assert paper.abstract == "the longer abstract"  # merged into theirs
+
+
+def test_retryable_editions_come_oldest_first_whatever_the_engine(store):
+    for n in (3, 1, 2):
+        draft = Edition(subscriber_id=f"s{n}", slot=NOW, state=EditionState.PENDING,
+                        message_id=f"<e{n}@test.example>")
+        edition = store.create_edition(draft, candidates_until=NOW, now=NOW)
+        assert edition is not None and store.begin_sending(edition, now=NOW, stale_before=NOW)
+        store.record_attempt(edition, state=EditionState.FAILED, reply="451 later",
+                             retryable=True, now=NOW + timedelta(minutes=n))
+    assert [e.subscriber_id for e in store.retryable_editions()] == ["s1", "s2", "s3"]

@@ -49,19 +49,32 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+class CleanText(TypeDecorator[str]):
+    """Text without NUL characters, which PostgreSQL cannot store (SQLite can): they are
+    dropped on the way in, so both engines hold the same text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "") if value is not None else None
+
+
+TITLE_KEY_LENGTH = 512  # papers.key and title_key; the store cuts longer title keys
+
 metadata = MetaData()
 
 papers = Table(
     "papers",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key", String(512), nullable=False, unique=True),
+    Column("key", String(TITLE_KEY_LENGTH), nullable=False, unique=True),
     Column("arxiv_id", String(64), unique=True),
-    Column("title_key", String(512), nullable=False, index=True),
-    Column("title", Text, nullable=False),
-    Column("abstract", Text, nullable=False, default=""),
+    Column("title_key", String(TITLE_KEY_LENGTH), nullable=False, index=True),
+    Column("title", CleanText, nullable=False),
+    Column("abstract", CleanText, nullable=False, default=""),
     Column("authors", JSON, nullable=False, default=list),
-    Column("url", Text),
+    Column("url", CleanText),
     Column("published", Date),
     Column("first_seen", UTCDateTime, nullable=False, index=True),
 )
@@ -71,7 +84,7 @@ paper_sources = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("paper_id", Integer, ForeignKey("papers.id", ondelete="CASCADE"), nullable=False),
-    Column("source", Text, nullable=False),
+    Column("source", CleanText, nullable=False),
     Column("source_line", Integer),
     Column("seen_at", UTCDateTime, nullable=False),
     UniqueConstraint("paper_id", "source", name="uq_paper_source"),
@@ -82,8 +95,8 @@ subscribers = Table(
     metadata,
     Column("id", String(200), primary_key=True),
     Column("email", String(320), nullable=False),
-    Column("name", Text, nullable=False),
-    Column("profile_path", Text, nullable=False),
+    Column("name", CleanText, nullable=False),
+    Column("profile_path", CleanText, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -97,7 +110,7 @@ editions = Table(
     Column("state", String(16), nullable=False),
     Column("message_id", String(255), nullable=False, unique=True),
     Column("attempts", Integer, nullable=False, default=0),
-    Column("smtp_reply", Text),
+    Column("smtp_reply", CleanText),
     Column("retryable", Boolean, nullable=False, default=True),
     # Papers first seen up to this instant were candidates; the next edition starts here.
     Column("candidates_until", UTCDateTime, nullable=False),
@@ -119,18 +132,18 @@ edition_papers = Table(
     Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
     Column("position", Integer, nullable=False),
     Column("score", Float, nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", CleanText, nullable=False),
 )
 
 feeds = Table(
     "feeds",
     metadata,
     Column("url", String(2048), primary_key=True),
-    Column("etag", Text),
-    Column("last_modified", Text),
+    Column("etag", CleanText),
+    Column("last_modified", CleanText),
     Column("last_poll_at", UTCDateTime),
     Column("last_status", String(64)),  # "200", "304", "error", "timeout", ...
-    Column("last_error", Text),
+    Column("last_error", CleanText),
     Column("last_new_papers", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),  # in a row, for back-off
     Column("next_poll_at", UTCDateTime),

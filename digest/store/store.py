@@ -19,24 +19,23 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Row
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from digest.errors import StoreError
-from digest.identity import normalise_title, paper_key, parse_arxiv_id
+from digest.identity import normalise_title, parse_arxiv_id
 from digest.models import Edition, EditionState, FeedState, Paper, PaperEntry, Pick, Profile
+from digest.store import migrate
 from digest.store.schema import (
+    TITLE_KEY_LENGTH,
     edition_papers,
     editions,
     feeds,
-    metadata,
     paper_embeddings,
     paper_sources,
     papers,
@@ -63,12 +62,12 @@ class AddResult:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: the next one may wait for a lock
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the sender
     # In WAL mode this syncs at checkpoints, not at every commit: a killed process loses
     # nothing committed; a power cut may lose the last commits (see docs/delivery.md).
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
@@ -94,19 +93,50 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open (creating if needed) the database at `url`. Raises StoreError."""
+    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        """Open the database at `url`, creating it if needed and bringing its schema to the
+        newest revision (unless `upgrade` is False). Raises StoreError."""
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
             engine = create_engine(url)
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            metadata.create_all(engine)
-            _add_missing_columns(engine)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open the database {engine_name(url)}: "
+                             f"{_describe(exc)}") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if upgrade:
+            try:
+                store._migrate(migrate.ensure_current, doing="open")
+            except BaseException:
+                engine.dispose()
+                raise
+        return store
+
+    @property
+    def name(self) -> str:
+        """The database URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Bring the schema to the newest revision; returns the revisions (before, after).
+        Safe to run from many processes at once. Raises StoreError."""
+        return self._migrate(migrate.upgrade, doing="upgrade")
+
+    def _migrate(self, how: Callable[[Engine], tuple[str | None, str | None]], *,
+                 doing: str) -> tuple[str | None, str | None]:
+        try:
+            return how(self.engine)
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot open the database {engine_name(url)}: {exc}") from exc
-        return cls(engine)
+            raise StoreError(f"cannot {doing} the database {self.name}: {_describe(exc)}"
+                             ) from exc
+
+    def revision(self) -> tuple[str | None, str]:
+        """(the revision the database is at, the newest this digest knows); None when the
+        database has none yet. Raises StoreError."""
+        with self._begin() as conn:
+            return migrate.current_revision(conn), migrate.HEAD
 
     def close(self) -> None:
         self.engine.dispose()
@@ -117,12 +147,13 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise StoreError(f"database error: {exc.orig}") from exc
+            raise StoreError(f"database error on {self.name}: {_describe(exc)}") from exc
 
     # Papers ---------------------------------------------------------------------------
 
     def add_entries(self, entries: Sequence[PaperEntry], now: datetime) -> AddResult:
-        """Merge entries into the papers they are; idempotent for the same (paper, source)."""
+        """Merge entries into the papers they are; idempotent for the same (paper, source),
+        also when another process adds the same entries at the same time."""
         new_papers = new_sources = 0
         with self._begin() as conn:
             for entry in entries:
@@ -135,30 +166,31 @@ class Store:
                     )
                 ).first()
                 if found is None:
-                    conn.execute(insert(paper_sources).values(
-                        paper_id=paper_id, source=entry.source,
-                        source_line=entry.source_line, seen_at=now))
-                    new_sources += 1
+                    new_sources += conn.execute(
+                        self._upsert(paper_sources).on_conflict_do_nothing().values(
+                            paper_id=paper_id, source=entry.source,
+                            source_line=entry.source_line, seen_at=now)
+                        .returning(paper_sources.c.id)).first() is not None
         return AddResult(len(entries), new_papers, new_sources)
 
     def _merge_entry(self, conn: Connection, entry: PaperEntry, now: datetime) -> tuple[int, bool]:
-        title_key = normalise_title(entry.title)
-        row = None
-        if entry.arxiv_id:
-            row = conn.execute(select(papers).where(papers.c.arxiv_id == entry.arxiv_id)).first()
+        title_key = _title_key(entry.title)
+        row = self._find_entry(conn, entry, title_key)
         if row is None:
-            query = select(papers).where(papers.c.title_key == title_key)
-            if entry.arxiv_id:  # a paper with another arXiv id and the same title is another
-                query = query.where(papers.c.arxiv_id.is_(None))
-            row = conn.execute(query.order_by(papers.c.id)).first()
-        if row is None:
-            result = conn.execute(insert(papers).values(
-                key=paper_key(entry.arxiv_id, entry.title), arxiv_id=entry.arxiv_id,
-                title_key=title_key, title=entry.title, abstract=entry.abstract,
-                authors=list(entry.authors), url=entry.url, published=entry.published,
-                first_seen=now))
-            assert result.inserted_primary_key is not None
-            return int(result.inserted_primary_key[0]), True
+            inserted = conn.execute(
+                self._upsert(papers).on_conflict_do_nothing().values(
+                    key=entry.arxiv_id or title_key, arxiv_id=entry.arxiv_id,
+                    title_key=title_key, title=entry.title, abstract=entry.abstract,
+                    authors=list(entry.authors), url=entry.url, published=entry.published,
+                    first_seen=now).returning(papers.c.id)).scalar()
+            if inserted is not None:
+                return int(inserted), True
+            # Another process stored this paper since the look-up (its transaction has now
+            # committed: the insert waited for it), so it is found this time.
+            row = self._find_entry(conn, entry, title_key)
+            if row is None:
+                raise StoreError(f"{entry.source}: the paper {entry.title!r} clashes with a "
+                                 "stored one that cannot be found")
         m = row._mapping
         changes: dict[str, Any] = {}
         if entry.arxiv_id and not m["arxiv_id"]:
@@ -174,6 +206,18 @@ class Store:
         if changes:
             conn.execute(update(papers).where(papers.c.id == m["id"]).values(**changes))
         return int(m["id"]), False
+
+    @staticmethod
+    def _find_entry(conn: Connection, entry: PaperEntry, title_key: str) -> Row[Any] | None:
+        """The stored paper an entry is: by arXiv id, else by title (oldest first)."""
+        if entry.arxiv_id:
+            row = conn.execute(select(papers).where(papers.c.arxiv_id == entry.arxiv_id)).first()
+            if row is not None:
+                return row
+        query = select(papers).where(papers.c.title_key == title_key)
+        if entry.arxiv_id:  # a paper with another arXiv id and the same title is another
+            query = query.where(papers.c.arxiv_id.is_(None))
+        return conn.execute(query.order_by(papers.c.id)).first()
 
     def count_papers(self) -> int:
         with self._begin() as conn:
@@ -196,7 +240,7 @@ class Store:
         """Map each reference (an arXiv id, URL or a title) to the stored paper it names."""
         refs = [r for r in refs if r.strip()]
         by_arxiv = {ref: parse_arxiv_id(ref) for ref in refs}
-        by_title = {ref: normalise_title(ref) for ref in refs}
+        by_title = {ref: _title_key(ref) for ref in refs}
         found: dict[str, Paper] = {}
         arxiv_rows: dict[str, Paper] = {}
         title_rows: dict[str, Paper] = {}
@@ -488,7 +532,7 @@ class Store:
         with self._begin() as conn:
             rows = conn.execute(select(editions).where(
                 editions.c.state == EditionState.FAILED.value, editions.c.retryable)
-                .order_by(editions.c.updated_at)).all()
+                .order_by(editions.c.updated_at, editions.c.id)).all()
             return [self._edition(conn, row) for row in rows]
 
     def edition_counts(self) -> dict[str, int]:
@@ -514,11 +558,7 @@ class Store:
     def save_embeddings(self, model: str, vectors: dict[int, np.ndarray]) -> None:
         if not vectors:
             return
-        dialect = self.engine.dialect.name
-        statement = (sqlite_insert(paper_embeddings).on_conflict_do_nothing()
-                     if dialect == "sqlite" else
-                     postgresql_insert(paper_embeddings).on_conflict_do_nothing()
-                     if dialect == "postgresql" else insert(paper_embeddings))
+        statement = self._upsert(paper_embeddings).on_conflict_do_nothing()
         with self._begin() as conn:  # another process may have stored some meanwhile
             conn.execute(statement, [
                 dict(paper_id=paper_id, model=model,
@@ -539,11 +579,9 @@ class Store:
 
     def save_feed_state(self, state: FeedState) -> None:
         values = {k: v for k, v in state.__dict__.items() if k != "url"}
+        statement = self._upsert(feeds).values(url=state.url, **values)
         with self._begin() as conn:
-            done = conn.execute(update(feeds).where(feeds.c.url == state.url)
-                                .values(**values)).rowcount
-            if not done:
-                conn.execute(insert(feeds).values(url=state.url, **values))
+            conn.execute(statement.on_conflict_do_update(index_elements=["url"], set_=values))
 
 
 def _sendable(stale_before: datetime) -> ColumnElement[bool]:
@@ -564,12 +602,21 @@ def _edition_from(row: Row[Any], picks: tuple[Pick, ...]) -> Edition:
         created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"])
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added since a database was created (until migrations arrive with Alembic)."""
-    present = {c["name"] for c in inspect(engine).get_columns("editions")}
-    if "claimed_by" not in present:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE editions ADD COLUMN claimed_by VARCHAR(200)"))
+def _describe(exc: BaseException) -> str:
+    """One line saying what went wrong: the driver's words, without SQLAlchemy's
+    statement and link, or what to install for a missing driver."""
+    if isinstance(exc, ImportError):
+        missing = exc.name or str(exc)
+        extra = " (pip install 'digest[postgres]')" if "psycopg" in missing else ""
+        return f"its driver {missing} is not installed{extra}"
+    cause = getattr(exc, "orig", None) or exc
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def _title_key(title: str) -> str:
+    """The normalised title as stored: at most 512 characters (the column's size, which
+    PostgreSQL enforces), so a title key is found however long the title."""
+    return normalise_title(title)[:TITLE_KEY_LENGTH].rstrip()
 
 
 def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
@@ -578,8 +625,11 @@ def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
 
 
 def engine_name(url: str) -> str:
-    """The URL without any password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    """The URL without its password (shown as ***), for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide all credentials
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return url
