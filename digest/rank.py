@@ -52,6 +52,9 @@ REASON_TERMS = 3
 SIMILARITY_MAX_PAPERS = 2000
 SIMILARITY_PAIRS_PER_PROFILE = 4000
 MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keyword lists met so far
+# Per Candidates: the query rows and scores of candidates used as feedback so far (the same
+# few candidates are the first pass's best for many profiles).
+FEEDBACK_CACHE_BYTES = 16_000_000
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]
 
@@ -345,6 +348,10 @@ class Candidates:
     # The candidates that mention each keyword list met so far (see `_mentions`).
     mentions: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False,
                                                         compare=False)
+    # Candidates used as feedback so far: position -> (query row, its scores; see
+    # `_feedback_rows`).
+    feedback: dict[int, tuple[SparseRows, np.ndarray]] = field(default_factory=dict,
+                                                               repr=False, compare=False)
 
 
 class _Similarity:
@@ -554,7 +561,7 @@ class _LikedQuery:
     def with_feedback(self, corpus: Corpus, candidates: Candidates, scorer: _Scorer,
                       positions: np.ndarray) -> _LikedQuery:
         """The query with the candidates at `positions` added, each at FEEDBACK_WEIGHT."""
-        added = corpus.linking_vectors([candidates.papers[i] for i in positions])
+        added, added_products = _feedback_rows(corpus, candidates, scorer, positions)
         feedback = np.full(len(positions), FEEDBACK_WEIGHT)
         embedded, embedded_weights = self.embedded, self.embedded_weights
         if embedded is not None and candidates.embeddings is not None:
@@ -562,8 +569,32 @@ class _LikedQuery:
             embedded = np.vstack([embedded, candidates.embeddings[positions]])
         return _LikedQuery(
             SparseRows.stack([self.vectors, added]),
-            np.hstack([self.products, scorer.products(added)]), embedded,
+            np.hstack([self.products, added_products]), embedded,
             np.r_[_or_ones(self.weights, self.vectors.count), feedback], embedded_weights)
+
+
+def _feedback_rows(corpus: Corpus, candidates: Candidates, scorer: _Scorer,
+                   positions: np.ndarray) -> tuple[SparseRows, np.ndarray]:
+    """The candidates at `positions` as rows of a liked-papers query, and the rows' scores
+    (`scoring @ rows.T`); kept per candidate while they fit in FEEDBACK_CACHE_BYTES."""
+    cache = candidates.feedback
+    missing = list(dict.fromkeys(int(i) for i in positions if int(i) not in cache))
+    if missing:
+        rows = corpus.linking_vectors([candidates.papers[i] for i in missing])
+        products = scorer.products(rows)
+        if (len(cache) + len(missing)) * products[:, 0].nbytes > FEEDBACK_CACHE_BYTES:
+            if len(missing) < len(positions):  # no room: all of them afresh, this once
+                rows = corpus.linking_vectors([candidates.papers[i] for i in positions])
+                products = scorer.products(rows)
+            return rows, products
+        for k, position in enumerate(missing):
+            entries = rows.rows == k
+            row = SparseRows(1, np.zeros(int(entries.sum()), dtype=rows.rows.dtype),
+                             rows.terms[entries], rows.values[entries])
+            cache[position] = (row, products[:, k].copy())
+    kept = [cache[int(i)] for i in positions]
+    return (SparseRows.stack([row for row, _ in kept]),
+            np.stack([column for _, column in kept], axis=1))
 
 
 def _or_ones(weights: np.ndarray | None, count: int) -> np.ndarray:

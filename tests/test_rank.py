@@ -284,3 +284,31 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     picks = rank_papers(corpus, prefs, candidates, top=len(papers))
     reason = next(p.reason for p in picks if p.paper.title == related)
     assert reason.startswith("like: graph neural networks for molecule docking")
+
+
+def test_picks_are_the_same_with_feedback_kept_or_not(store, papers, monkeypatch):
+    """Candidates used as feedback are kept for the next profiles while there is room;
+    kept or worked out afresh, the picks are the same."""
+    import digest.rank
+
+    profiles = [_profile(liked=(papers[i].title, papers[i + 1].title)) for i in range(0, 12, 2)]
+    profiles.insert(1, _profile(liked=(papers[0].title,)))  # much the same feedback as the 1st
+    profiles.append(_profile(interests=(Interest("retrieval"),), liked=(papers[3].title,)))
+
+    def titles() -> list[list[str]]:
+        corpus = build_corpus(papers)
+        candidates = prepare_candidates(corpus, papers)
+        ranked = []
+        for profile in [*profiles, *profiles]:  # the second time from what was kept
+            prefs, _ = resolve_preferences(store, profile)
+            ranked.append([p.paper.title for p in rank_papers(corpus, prefs, candidates,
+                                                               top=10)])
+        assert ranked[:len(profiles)] == ranked[len(profiles):]
+        return ranked
+
+    kept = titles()
+    column = 8 * 2 * len(papers)  # a candidate's scores: on every candidate and reference row
+    for room in [0, 6 * column]:  # nothing kept; a few kept, then the others afresh
+        monkeypatch.setattr(digest.rank, "FEEDBACK_CACHE_BYTES", room)
+        assert titles() == kept
+    assert all(kept)
