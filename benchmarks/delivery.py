@@ -360,7 +360,8 @@ def start_sink(choice: str, scratch: Path) -> Sink:
 
 # The scratch data dir ------------------------------------------------------------------
 
-def ingest(root: Path, papers: Sequence[dict[str, str]], rng: random.Random) -> int:
+def ingest(root: Path, papers: Sequence[dict[str, str]], rng: random.Random,
+           database: str | None = None) -> int:
     """Store the papers, with authors, links and dates so the emails have real weight."""
     surnames = ["Chen", "Garcia", "Okafor", "Novak", "Tanaka", "Silva", "Müller", "Haddad",
                 "Kowalski", "Nguyen", "Rossi", "Andersen", "Dubois", "Ivanova", "Kim", "Singh"]
@@ -372,7 +373,7 @@ def ingest(root: Path, papers: Sequence[dict[str, str]], rng: random.Random) -> 
                           url=f"https://papers.bench.example/{i}",
                           published=today - timedelta(days=rng.randint(0, 3)))
                for i, p in enumerate(papers)]
-    store = Store.open(f"sqlite:///{root / 'data' / 'digest.sqlite3'}")
+    store = Store.open(database or f"sqlite:///{root / 'data' / 'digest.sqlite3'}")
     try:
         store.add_entries(entries, datetime.now(UTC))
         return store.count_papers()
@@ -404,7 +405,9 @@ def write_profiles(folder: Path, count: int, papers: Sequence[dict[str, str]],
         (folder / f"reader{i:06d}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_config(root: Path, port: int, processes: int, connections: int) -> Path:
+def write_config(root: Path, port: int, processes: int, connections: int,
+                 more: Mapping[str, dict[str, object]] | None = None,
+                 database: str | None = None) -> Path:
     """digest.toml for the run: the sink, the pool and processes, and signed links in every
     email (as a real list has them; DIGEST_SECRET is set in the run's environment)."""
     path = root / "digest.toml"
@@ -413,8 +416,15 @@ def write_config(root: Path, port: int, processes: int, connections: int) -> Pat
                  "connections": connections},
         "mail": {"from_address": "digest@bench.example"},
         "send": {"processes": processes},
-        "web": {"base_url": "https://digest.bench.example"}}
+        "web": {"base_url": "https://digest.bench.example"},
+        # The default install ranks lexically; the embeddings extra, where installed, is
+        # measured by benchmarks/rank_speed.py.
+        "rank": {"embeddings": "off"}}
+    for table, values in (more or {}).items():
+        tables[table] = {**tables.get(table, {}), **values}
     text = 'data_dir = "data"\nprofiles_dir = "profiles"\n'
+    if database:
+        text += f"database_url = {json.dumps(database)}\n"
     for table, values in tables.items():
         text += f"\n[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     path.write_text(text, encoding="utf-8")
@@ -666,6 +676,161 @@ def aiosmtplib_baseline(sink: Sink, sessions: Sequence[int], count: int, size: i
     return result
 
 
+# Celery workers ------------------------------------------------------------------------
+
+@dataclass
+class WorkersRun:
+    workers: int
+    run: SendRun
+    cpu_s: dict[str, float]  # CPU seconds used, by process kind
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids(name: str) -> list[int]:
+    """Processes whose command line holds `name` (the database and broker servers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if name.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str) -> Any:
+    """A fresh schema in the PostgreSQL database at `url`, dropped afterwards."""
+    import psycopg
+
+    name = f"bench_{secrets.token_hex(6)}"
+    plain = url.replace("+psycopg", "")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def run_workers(root: Path, subscribers: int, papers: Sequence[dict[str, str]], sink: Sink,
+                args: argparse.Namespace, env: dict[str, str], rng: random.Random,
+                workers: int) -> WorkersRun:
+    """`digest send` with `workers` Celery workers (`digest worker` processes) on a fresh
+    PostgreSQL schema and queue; timed from the send command's start to its end."""
+    with postgres_schema(args.database) as database:
+        root.mkdir()
+        started = time.perf_counter()
+        ingest(root, papers, rng, database)
+        write_profiles(root / "profiles", subscribers, papers, rng)
+        queue = f"bench-{secrets.token_hex(4)}"
+        config = write_config(root, sink.port, 1, args.connections, database=database, more={
+            "send": {"workers": "celery", "shard_size": args.shard_size},
+            "celery": {"queue": queue, "shard_timeout_s": 7200}})
+        setup_s = time.perf_counter() - started
+        run_env = {**env, "DIGEST_BROKER_URL": args.broker}
+        base = [sys.executable, "-m", "digest", "-c", str(config)]
+        procs = []
+        for i in range(workers):
+            log = (root / f"worker{i}.log").open("wb")
+            procs.append(subprocess.Popen([*base, "worker"], stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT, env=run_env,
+                                          cwd=root))
+        services = {"postgres": ["postgres"], "broker": ["redis-server", "beam.smp"]}
+
+        def service_cpu() -> dict[str, dict[int, float]]:
+            # By process: PostgreSQL starts a server process per connection.
+            return {kind: {pid: cpu_seconds(pid) for name in names
+                           for pid in service_pids(name)}
+                    for kind, names in services.items()}
+
+        before = service_cpu()
+        time.sleep(3)  # the workers connect to the broker
+        print(f"[{subscribers} subscribers, {workers} Celery worker(s): set up in "
+              f"{setup_s:.1f} s; running digest send]", file=sys.stderr, flush=True)
+        out, err = root / "send.stdout", root / "send.stderr"
+        idle = [cpu_seconds(p.pid) for p in procs]  # starting up is not the edition's
+        worker_cpu = list(idle)
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            started = time.perf_counter()
+            process = subprocess.Popen([*base, "-v", "send"], stdin=subprocess.DEVNULL,
+                                       stdout=stdout, stderr=stderr, env=run_env, cwd=root)
+            sampler = TreeSampler(process.pid)
+            sampler.start()
+            send_cpu = 0.0
+            try:
+                while process.poll() is None:
+                    worker_cpu = [max(c, cpu_seconds(p.pid))
+                                  for c, p in zip(worker_cpu, procs, strict=True)]
+                    send_cpu = max(send_cpu, cpu_seconds(process.pid))
+                    time.sleep(0.2)
+                returncode = process.returncode
+            finally:
+                wall_s = time.perf_counter() - started
+                sampler.stop()
+        after = service_cpu()  # before the workers stop and their connections close
+        for p in procs:
+            p.send_signal(15)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        received = sink.take()
+        rows = read_ledger(config, run_env)
+    sent = {mid.strip() for state, mid in rows if state == "sent"}
+    run = SendRun(
+        subscribers=subscribers, setup_s=setup_s, returncode=returncode, wall_s=wall_s,
+        stages=read_stages(err), peak_total_kb=sampler.peak_total_kb,
+        peak_single_kb=sampler.peak_single_kb, peak_pss_kb=sampler.peak_pss_kb,
+        peak_processes=sampler.peak_processes, received=received,
+        ledger=Counter(state for state, _ in rows),
+        lost=sum(1 for mid in sent if mid not in received.ids),
+        unexpected=sum(1 for mid in received.ids if mid not in sent),
+        stdout_tail=tail(out), stderr_tail=tail(err))
+    cpu = {"workers": sum(worker_cpu) - sum(idle), "send (enqueue, wait)": send_cpu,
+           **{kind: sum(seconds - before[kind].get(pid, 0.0)
+                        for pid, seconds in after[kind].items()) for kind in services}}
+    return WorkersRun(workers, run, cpu)
+
+
+def report_workers(results: Sequence[WorkersRun], sink_rate: float, args: argparse.Namespace
+                   ) -> None:
+    print(f"Celery workers: digest send through {args.broker.split('://')[0]} to "
+          f"`digest worker` processes, PostgreSQL ledger, shards of {args.shard_size}")
+    for result in results:
+        run = result.run
+        row(f"{result.workers} worker(s), {run.subscribers} subscribers",
+            f"{run.wall_s:8.1f} s {run.rate:10.0f} emails/s ({run.received.messages} "
+            f"received; lost {run.lost}, duplicates {run.received.duplicates})")
+        busy = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in result.cpu_s.items())
+        row("  CPU used", f"{busy} (of {run.wall_s * (os.cpu_count() or 1):.0f} core-s)")
+        if run.returncode != 0:
+            row("  digest send exit status", f"{run.returncode}   FAILED")
+    if len(results) >= 2 and results[0].run.rate:
+        one, more = results[0], results[-1]
+        speedup = more.run.rate / one.run.rate
+        print()
+        row(f"{more.workers} workers / {one.workers}", f"{speedup:.2f}x; goal >= 1.8x for 2: "
+            + ("met" if speedup >= 1.8 else "MISSED"))
+    if sink_rate:
+        top = max(r.run.rate for r in results)
+        limit = ("the sink" if top >= 0.8 * sink_rate else
+                 "the CPU (the sink had room: it took "
+                 f"{sink_rate:.0f} emails/s from smtp-source in this run)")
+        row("what limited", limit)
+
+
 # Report --------------------------------------------------------------------------------
 
 def mem(kb: float) -> str:
@@ -729,6 +894,15 @@ def main() -> None:
                         "grows")
     parser.add_argument("--sink", choices=("auto", "smtp-sink", "aiosmtpd"), default="auto",
                         help="auto: Postfix smtp-sink if installed, else aiosmtpd")
+    parser.add_argument("--workers", type=int, nargs="+", metavar="N",
+                        help="instead: digest send through Celery to N `digest worker` "
+                        "processes, for each N given (e.g. --workers 1 2), on PostgreSQL")
+    parser.add_argument("--database", default="postgresql+psycopg://postgres@127.0.0.1/test",
+                        help="--workers: the PostgreSQL database (a scratch schema is used)")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/0",
+                        help="--workers: the Celery broker")
+    parser.add_argument("--shard-size", type=int, default=500,
+                        help="--workers: profiles per Celery task")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -743,6 +917,9 @@ def main() -> None:
     try:
         sink = start_sink(args.sink, scratch)
         papers = corpus(args.papers, rng)
+        if args.workers:
+            main_workers(args, scratch, sink, papers, env, rng)
+            return
         sizes = [args.subscribers]
         if args.growth and args.subscribers >= 1000:
             sizes.insert(0, args.subscribers // 10)
@@ -819,6 +996,29 @@ def main() -> None:
               f"end of its stderr:\n{run.stderr_tail}\nend of its stdout:\n{run.stdout_tail}",
               file=sys.stderr)
     sys.exit(1 if failed else 0)
+
+
+def main_workers(args: argparse.Namespace, scratch: Path, sink: Sink,
+                 papers: Sequence[dict[str, str]], env: dict[str, str],
+                 rng: random.Random) -> None:
+    """--workers: the same edition through Celery with each number of workers, then the
+    sink's own capacity (smtp-source), to say what the limit was."""
+    results = [run_workers(scratch / f"w{n}", args.subscribers, papers, sink, args, env,
+                           random.Random(args.seed), n) for n in args.workers]
+    size = round(results[-1].run.received.mean_size) or 12_000
+    source = find_tool("smtp-source")
+    sink_rate = 0.0
+    if source is not None:
+        count = min(max(args.subscribers, 5000), 20_000)
+        sink_rate = smtp_source_baseline(source, sink, [8, 20], count, size).best
+    print(f"machine: {os.cpu_count()} cores; sink: {sink.name}")
+    report_workers(results, sink_rate, args)
+    if any(not r.run.ok for r in results):
+        for r in results:
+            if not r.run.ok:
+                print(f"\n{r.workers} workers: end of digest send's stderr:\n"
+                      f"{r.run.stderr_tail}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -436,6 +436,32 @@ def run(obj: Context) -> None:
     sys.exit(asyncio.run(daemon.run()))
 
 
+# worker --------------------------------------------------------------------------------
+
+@cli.command()
+@pass_context
+@handle_errors
+def worker(obj: Context) -> None:
+    """Run a Celery worker: take shards of editions from the broker and rank, render and
+    send them against the shared database ([send] workers = "celery", [celery]).
+
+    One process takes one shard at a time: run one per core, on as many hosts as needed,
+    each with the same configuration, database and profiles folder. SIGTERM finishes the
+    shard in hand; a worker killed mid-shard loses nothing (another takes the shard over).
+
+    \b
+    Example:
+        digest -c /etc/digest/digest.toml worker   # DIGEST_BROKER_URL in the environment
+    """
+    from digest.workers import run_worker
+
+    settings = obj.settings
+    if obj.verbose == 0:
+        logging.getLogger().setLevel(settings.daemon.log_level)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    sys.exit(run_worker(settings, loglevel=level if isinstance(level, str) else "INFO"))
+
+
 # serve ---------------------------------------------------------------------------------
 
 @cli.command()

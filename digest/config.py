@@ -127,6 +127,9 @@ class DaemonSettings(_Frozen):
     retry_base_s: float = Field(default=300, gt=0)  # first retry of a failed edition; doubles
     retry_max_s: float = Field(default=2 * 3600, gt=0)
     shutdown_timeout_s: float = Field(default=60, gt=0)
+    # One `digest run` per database leads (schedules and sends); others wait as standbys
+    # and check this often whether the leader is gone.
+    standby_poll_s: float = Field(default=5, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -159,6 +162,39 @@ class SendSettings(_Frozen):
     """How a run of many editions uses the machine."""
 
     processes: int = Field(default=0, ge=0, le=256)  # worker processes; 0: one per CPU core
+    # "processes": this machine's cores; "celery": shards go through a broker to
+    # `digest worker`s on any number of hosts ([celery]).
+    workers: Literal["processes", "celery"] = "processes"
+    shard_size: int = Field(default=500, ge=1, le=100_000)  # profiles per Celery task
+
+
+class CelerySettings(_Frozen):
+    """The broker that carries shards of an edition run to `digest worker`s.
+
+    A broker password is read only from the environment: DIGEST_BROKER_URL replaces
+    `broker_url` whole."""
+
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0",
+                            pattern=r"^(redis|rediss|amqp|amqps|pyamqp)://\S*$")
+    # Where `digest send` collects the shards' reports; default: the broker's own
+    # (Redis itself, or RabbitMQ's rpc:// replies).
+    result_backend: str | None = None
+    queue: str = Field(default="digest", pattern=r"^[A-Za-z0-9._:-]+$")
+    # Redis only: a task unacknowledged this long (its worker died) is given to another
+    # worker. The ledger makes an early hand-over harmless, so it need not be long.
+    visibility_timeout_s: float = Field(default=300, ge=10)
+    shard_timeout_s: float = Field(default=3600, gt=0)  # `digest send` waits this long
+
+    @property
+    def backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        return self.broker_url if self.broker_url.startswith("redis") else "rpc://"
+
+
+def _has_password(url: str) -> bool:
+    userinfo = url.partition("://")[2].partition("@")
+    return bool(userinfo[1]) and ":" in userinfo[0].split("/")[0]
 
 
 class Settings(_Frozen):
@@ -180,6 +216,7 @@ class Settings(_Frozen):
     rank: RankSettings = RankSettings()
     send: SendSettings = SendSettings()
     web: WebSettings = WebSettings()
+    celery: CelerySettings = CelerySettings()
     feeds: tuple[FeedSettings, ...] = ()
     config_path: Path | None = None
 
@@ -249,7 +286,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(config_path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
-    for table in ("smtp", "mail", "daemon", "rank", "send", "web"):
+    for table in ("smtp", "mail", "daemon", "rank", "send", "web", "celery"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{table}: expected a table ([{table}])", path=path)
     for key in ("data_dir", "profiles_dir", "inbox_dir", "outbox_dir", "templates_dir",
@@ -303,6 +340,14 @@ def load_settings(
     if env.get("DIGEST_SMTP_PASSWORD"):
         smtp["password"] = SecretStr(env["DIGEST_SMTP_PASSWORD"])
     raw["smtp"] = smtp
+    broker = (raw.get("celery") or {}).get("broker_url")
+    if isinstance(broker, str) and _has_password(broker):
+        raise ConfigError("celery.broker_url: holds a password; secrets are not read from the "
+                          "file: set DIGEST_BROKER_URL in the environment", path=path)
+    if env.get("DIGEST_BROKER_URL"):
+        raw["celery"] = {**(raw.get("celery") or {}), "broker_url": env["DIGEST_BROKER_URL"]}
+    if env.get("DIGEST_WORKERS"):  # containers: the same image, told how to send
+        raw["send"] = {**(raw.get("send") or {}), "workers": env["DIGEST_WORKERS"]}
     # `feeds` may list bare URLs or tables with url, name and poll_s.
     raw["feeds"] = [f if isinstance(f, dict) else {"url": f} for f in raw.get("feeds") or []]
     try:

@@ -6,6 +6,11 @@ Editions go through one queue to one sender, which calls `EditionRun.run_edition
 the ledger, not the job store, says what was sent: after downtime a missed edition is
 sent once (within `catchup_grace_s`), and restarts send nothing twice.
 
+One `digest run` per database leads; another started against the same database waits as
+a standby and takes over when the leader stops or dies (digest/leader.py). With
+`send.workers = "celery"`, due editions go to `digest worker`s in shards instead of
+being sent here.
+
 Signals: the first SIGTERM or SIGINT lets the edition in flight finish and starts no
 new one; a second exits at once. SIGHUP reloads the configuration and the profiles.
 """
@@ -33,6 +38,7 @@ from digest.embed import Embedder
 from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
+from digest.leader import leadership_for
 from digest.models import Profile
 from digest.pipeline import BATCH, EditionRun, Status, check_sending, recover_abandoned
 from digest.profiles import load_profile, profile_paths
@@ -87,6 +93,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.sent = 0
         self._embedder: Embedder | None | Literal["unloaded"] = "unloaded"
+        self.leadership = leadership_for(self.store.engine)
+        self.exit_status = 0
 
     # Profiles --------------------------------------------------------------------------
 
@@ -201,6 +209,9 @@ class Daemon:
                 ready = self._due(*key)
                 if ready is not None:
                     due.append(ready)
+            if self.settings.send.workers == "celery":
+                await self._hand_to_workers(due)
+                continue
             smtp = self.settings.smtp
             async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
                 for start in range(0, len(due), BATCH):
@@ -208,6 +219,27 @@ class Daemon:
                         break
                     await self._send_batch(run, mailer, due[start:start + BATCH])
             self._embedder = run.embedder
+
+    async def _hand_to_workers(self, due: list[tuple[Profile, datetime]]) -> None:
+        """`send.workers = "celery"`: the editions go to `digest worker`s in shards; the
+        ledger, which they share, records what they send."""
+        from digest.workers import enqueue
+
+        if not due:
+            return
+        items = [(profile.path, slot) for profile, slot in due]
+        try:
+            await asyncio.to_thread(enqueue, self.settings, items, now=self.clock())
+        except Exception as exc:  # the broker is down: asked for again a little later
+            wait = min(self.settings.daemon.retry_base_s, 60.0)
+            log.error("editions.not-enqueued count=%d reason=%r (trying again in %.0f s)",
+                      len(due), str(exc), wait)
+
+            def again() -> None:
+                for profile, slot in due:
+                    self.enqueue(profile.subscriber_id, slot)
+
+            asyncio.get_running_loop().call_later(wait, again)
 
     def _due(self, subscriber_id: str, slot: datetime | None
              ) -> tuple[Profile, datetime] | None:
@@ -328,6 +360,32 @@ class Daemon:
             loop.remove_signal_handler(sig)
             signal.signal(sig, _exit_at_once)
 
+    async def _lead(self) -> bool:
+        """Wait until this process leads (no other `digest run` on this database does);
+        False if told to stop first."""
+        if self.leadership.try_acquire():
+            log.info("daemon.leader pid=%d", os.getpid())
+            return True
+        poll = self.settings.daemon.standby_poll_s
+        log.info("daemon.standby pid=%d (another `digest run` leads on this database; "
+                 "checking every %.0f s, taking over when it stops)", os.getpid(), poll)
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), poll)
+            except TimeoutError:
+                pass
+            if not self.stopping.is_set() and self.leadership.try_acquire():
+                log.info("daemon.leader pid=%d (took over)", os.getpid())
+                return True
+        return False
+
+    async def _check_leadership(self) -> None:
+        if not self.leadership.holding():
+            log.error("daemon.leader-lost (the database session holding the leader lock "
+                      "ended); stopping so that this process restarts as a standby")
+            self.exit_status = 1
+            self.stopping.set()
+
     async def run(self) -> int:
         """Run until a stop signal; returns the exit status."""
         loop = asyncio.get_running_loop()
@@ -335,6 +393,13 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if not await self._lead():
+            self.store.close()
+            log.info("daemon.stopped (was a standby)")
+            return 0
+        self.scheduler.add_job(self._check_leadership,
+                               IntervalTrigger(seconds=self.settings.daemon.standby_poll_s),
+                               id="leader", coalesce=True, max_instances=1)
         self.settings.inbox_dir.mkdir(parents=True, exist_ok=True)
         recover_abandoned(self.store, now=self.clock())
         self.reload_profiles()
@@ -353,9 +418,10 @@ class Daemon:
         except TimeoutError:
             log.error("daemon.stop sending did not finish within %ss",
                       self.settings.daemon.shutdown_timeout_s)
+        self.leadership.release()
         self.store.close()
         log.info("daemon.stopped editions_sent=%d", self.sent)
-        return 0
+        return self.exit_status
 
 
 def _exit_at_once(signum: int, _frame: FrameType | None) -> None:

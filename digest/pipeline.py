@@ -11,7 +11,9 @@ import enum
 import logging
 import os
 import random
+import secrets
 import socket
+import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -169,9 +171,52 @@ def check_sending(settings: Settings) -> None:
     make_dkim(settings.mail)
 
 
+HEARTBEAT_S = 10.0  # a sender says it is alive this often
+SILENT_AFTER_S = 3 * HEARTBEAT_S  # a sender silent this long is taken for dead
+
+_identity: tuple[int, str] | None = None
+
+
 def sender_identity() -> str:
-    """"host:pid" of this process, recorded on the editions it is sending."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """"host:pid:nonce" of this process, recorded on the editions it is sending. The nonce
+    tells apart two processes with one pid (a container restarted: pid 1 again)."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # a forked child gets its own
+        _identity = (pid, f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}")
+    return _identity[1]
+
+
+_heartbeats: dict[tuple[int, str, str], threading.Thread] = {}
+_heartbeats_lock = threading.Lock()
+
+
+def keep_alive(store: Store, claimer: str) -> None:
+    """Write this sender's heartbeat now and then every HEARTBEAT_S from a thread, for as
+    long as the process lives and the store is open; once per process, claimer and
+    database. Called before editions are claimed, so a claimer always has a heartbeat."""
+    key = (os.getpid(), claimer, str(store.engine.url))
+    with _heartbeats_lock:
+        if key in _heartbeats and _heartbeats[key].is_alive():
+            return
+        host, pid = socket.gethostname(), os.getpid()
+        started = datetime.now(UTC)
+        store.heartbeat(claimer, host=host, pid=pid, started_at=started, now=started)
+
+        def beat() -> None:
+            while True:
+                time.sleep(HEARTBEAT_S)
+                if store.closed:
+                    break
+                try:
+                    store.heartbeat(claimer, host=host, pid=pid, started_at=started,
+                                    now=datetime.now(UTC))
+                except Exception as exc:  # the database is away: say so, keep trying
+                    log.warning("sender.heartbeat-failed error=%r", str(exc))
+
+        thread = threading.Thread(target=beat, name="digest-heartbeat", daemon=True)
+        thread.start()
+        _heartbeats[key] = thread
 
 
 def _process_alive(pid: int) -> bool:
@@ -185,9 +230,13 @@ def _process_alive(pid: int) -> bool:
 
 
 def recover_abandoned(store: Store, *, now: datetime) -> int:
-    """Editions that a sender on this host left half-sent when it died go back to pending,
-    so that this run sends them (rather than after `sending_stale_s`)."""
-    recovered = store.recover_abandoned(socket.gethostname(), _process_alive, now=now)
+    """Editions that a dead sender left half-sent go back to pending, so that this run
+    sends them (rather than after `sending_stale_s`): a sender on this host whose process
+    is gone, or one on any host whose heartbeat stopped SILENT_AFTER_S ago."""
+    recovered = store.recover_abandoned(
+        socket.gethostname(), _process_alive, now=now,
+        silent_since=datetime.now(UTC) - timedelta(seconds=SILENT_AFTER_S))
+    store.forget_senders(silent_since=datetime.now(UTC) - timedelta(days=1))
     if recovered:
         log.warning("editions.recovered count=%d (their sender died before the server's "
                     "reply was recorded; they are sent again)", recovered)
@@ -403,8 +452,11 @@ class EditionRun:
 
     async def run_editions(self, profiles: Iterable[Profile], mailer: Mailer, *,
                            now: datetime, dry_run: bool = False,
-                           rng: random.Random | None = None) -> list[EditionOutcome]:
-        """Run every profile's edition; one subscriber's failure never stops the rest.
+                           rng: random.Random | None = None,
+                           slots: Sequence[datetime | None] | None = None
+                           ) -> list[EditionOutcome]:
+        """Run every profile's edition (its latest due one, or the one of `slots[i]`); one
+        subscriber's failure never stops the rest.
 
         Profiles go in batches: each batch's editions are looked up, ranked and recorded
         together, then sent over the mailer's pool of connections, each server reply
@@ -414,9 +466,13 @@ class EditionRun:
         used up.
         """
         profiles = list(profiles)
+        wanted = list(slots) if slots is not None else [None] * len(profiles)
+        if len(wanted) != len(profiles):
+            raise ValueError("one slot per profile")
         outcomes: list[EditionOutcome] = []
         for start in range(0, len(profiles), BATCH):
-            batch = [(p, None) for p in profiles[start:start + BATCH]]
+            batch = list(zip(profiles[start:start + BATCH], wanted[start:start + BATCH],
+                             strict=True))
             outcomes += await self.run_batch(batch, mailer, now=now, dry_run=dry_run)
         rng = rng or random.Random()
         mail = self.settings.mail
@@ -497,6 +553,7 @@ class EditionRun:
         claimed_at = max(now, datetime.now(UTC))
         stale_before = claimed_at - timedelta(seconds=self.settings.mail.sending_stale_s)
         with self._ledger():
+            keep_alive(self.store, self.claimer)
             taken = self.store.begin_sending_many([e for *_, e in sendable], now=claimed_at,
                                                   stale_before=stale_before,
                                                   claimer=self.claimer)

@@ -19,14 +19,16 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
+from digest.models import Profile
 from digest.pipeline import EditionOutcome, EditionRun, Status, check_sending
 from digest.profiles import load_profiles
 from digest.store import Store
@@ -72,9 +74,49 @@ class SendReport:
         return sum(self.counts.values())
 
 
+    def to_json(self) -> dict[str, Any]:
+        """This report as JSON-ready data (a Celery task's result)."""
+        return {
+            "counts": {str(status): n for status, n in self.counts.items()},
+            "shown": [_outcome_json(o) for o in self.shown],
+            "errors": self.errors,
+            "subscribers": self.subscribers,
+            "timings": dict(self.timings),
+            "picks": self.picks,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SendReport:
+        report = cls(errors=list(data["errors"]), subscribers=dict(data["subscribers"]),
+                     picks=int(data["picks"]))
+        report.counts.update({Status(k): int(n) for k, n in data["counts"].items()})
+        report.shown = [_outcome_from_json(o) for o in data["shown"]]
+        report.timings.update(data["timings"])
+        return report
+
+
+def _outcome_json(outcome: EditionOutcome) -> dict[str, Any]:
+    p = outcome.profile
+    return {"subscriber_id": p.subscriber_id, "path": str(p.path), "name": p.name,
+            "email": p.email, "status": str(outcome.status),
+            "slot": outcome.slot.isoformat() if outcome.slot else None,
+            "detail": outcome.detail, "retry": outcome.retry, "picked": outcome.count}
+
+
+def _outcome_from_json(data: dict[str, Any]) -> EditionOutcome:
+    """An outcome as a report shows it: its profile holds who it was for, nothing more."""
+    profile = Profile(subscriber_id=data["subscriber_id"], path=Path(data["path"]),
+                      name=data["name"], email=data["email"])
+    slot = datetime.fromisoformat(data["slot"]) if data["slot"] else None
+    return EditionOutcome(profile, Status(data["status"]), slot, detail=data["detail"],
+                          retry=bool(data["retry"]), picked=int(data["picked"]))
+
+
 def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
-              show_all: bool = False) -> SendReport:
-    """Load, rank, render and send the editions of these profiles, in this process."""
+              show_all: bool = False, slots: Mapping[Path, datetime] | None = None
+              ) -> SendReport:
+    """Load, rank, render and send the editions of these profiles, in this process: each
+    profile's latest due edition, or the one of its slot in `slots` (by path)."""
     report = SendReport()
     started = time.perf_counter()
     loaded = load_profiles(paths, default_max_papers=run.settings.default_max_papers)
@@ -82,11 +124,12 @@ def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
     report.errors = [str(e) for e in loaded.errors]
     report.subscribers = {p.subscriber_id: str(p.path) for p in loaded.profiles}
     before = dict(run.timings)
+    wanted = [slots.get(p.path) for p in loaded.profiles] if slots else None
 
     async def go() -> list[EditionOutcome]:
         settings = run.settings
         async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
-            return await run.run_editions(loaded.profiles, mailer, now=now)
+            return await run.run_editions(loaded.profiles, mailer, now=now, slots=wanted)
 
     for outcome in asyncio.run(go()):
         report.counts[outcome.status] += 1
@@ -102,8 +145,13 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
              processes: int = 0) -> SendReport:
     """Every profile's due edition, over `processes` worker processes (0: one per core;
     a run of one shard stays in this process)."""
-    workers = min(processes or available_cores(), -(-len(paths) // SHARD))
     show_all = len(paths) <= SHOW_ALL
+    if settings.send.workers == "celery":
+        from digest.workers import send_through_celery
+
+        return send_through_celery(settings, [(path, None) for path in paths], now=now,
+                                   show_all=show_all)
+    workers = min(processes or available_cores(), -(-len(paths) // SHARD))
     if workers <= 1:
         store = Store.open(settings.db_url)
         try:

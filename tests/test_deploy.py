@@ -201,6 +201,35 @@ def test_compose_builds_the_dockerfile_and_keeps_data_in_a_named_volume():
     assert (DEPLOY / "docker" / "digest.env.example").is_file()
 
 
+def test_compose_scale_has_database_broker_leader_standby_and_workers():
+    scale = YAML(typ="safe").load((DEPLOY / "docker" / "compose.scale.yaml")
+                                  .read_text(encoding="utf-8"))
+    services = scale["services"]
+    assert {"db", "redis", "scheduler", "worker", "web"} <= set(services)
+    assert services["db"]["image"].startswith("postgres:") and services["db"]["healthcheck"]
+    assert services["redis"]["image"].startswith("redis:") and services["redis"]["healthcheck"]
+    assert services["scheduler"]["command"] == ["run"]
+    assert services["scheduler"]["deploy"]["replicas"] >= 2  # a leader and a standby
+    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    for name in ("scheduler", "worker", "web"):
+        service = services[name]
+        assert (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
+        assert service["env_file"] and service["volumes"][0].endswith(":/data")
+        assert set(service["depends_on"]) == {"db", "redis"}
+        environment = service["environment"]
+        assert environment["DIGEST_WORKERS"] == "celery"
+        for key, value in environment.items():  # passwords only through env_file
+            assert not re.search(r"PASSWORD|SECRET", key), key
+            assert not re.search(r"://[^/@]*:[^/@]*@", str(value)), (key, value)
+        settings = load_settings(None, env={**environment, "DIGEST_DATA_DIR": "/data"})
+        assert settings.db_url.startswith("postgresql+psycopg://")
+        assert settings.send.workers == "celery"
+        assert settings.celery.broker_url.startswith("redis://redis:")
+    grace = seconds(services["scheduler"]["stop_grace_period"])
+    assert grace >= shutdown_timeout() + 15
+
+
 # (b) systemd-analyze verify ---------------------------------------------------------------
 
 def test_systemd_analyze_verify(tmp_path):

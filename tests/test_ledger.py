@@ -245,3 +245,49 @@ def test_a_permanent_failures_papers_are_offered_in_the_next_slot(store, setting
     assert len(smtp_sink.received) == 1
     old = store.get_edition("ana", day1.slot)
     assert old.state is EditionState.FAILED and not old.retryable and "550" in old.smtp_reply
+
+
+# (c) dead senders, on any host ----------------------------------------------------------
+
+def test_editions_of_a_dead_sender_are_taken_back_by_pid_or_silence(store):
+    """A claim is taken back when its sender's process is gone (same host) or its
+    heartbeat stopped (any host, and a reused pid); a live sender's claim is left alone,
+    and a claim with no heartbeat at all waits to go stale."""
+    silent_since = NOW - timedelta(seconds=30)
+    claims = {
+        "other:11:aaaa": NOW - timedelta(seconds=90),  # another host, silent: dead
+        "other:12:bbbb": NOW - timedelta(seconds=5),  # another host, beating: alive
+        "here:1:cccc": NOW - timedelta(seconds=90),  # pid 1 is alive here, but it is a
+                                                     # new process: this one went silent
+        "here:13:dddd": NOW - timedelta(seconds=5),  # beating, but its process is gone
+        "legacy:14": None,  # an older digest's claim, no heartbeat: left to go stale
+    }
+    editions = {}
+    for i, (claimer, beat) in enumerate(claims.items()):
+        edition = store.create_edition(
+            Edition(subscriber_id=f"s{i}", slot=NOW, state=EditionState.PENDING,
+                    message_id=f"<m{i}@x>"),
+            candidates_until=NOW, now=NOW)
+        assert store.begin_sending(edition, now=NOW, stale_before=NOW - timedelta(hours=1),
+                                   claimer=claimer)
+        if beat is not None:
+            host, pid = claimer.split(":")[:2]
+            store.heartbeat(claimer, host=host, pid=int(pid), started_at=beat - timedelta(
+                hours=1), now=beat - timedelta(seconds=1))
+            store.heartbeat(claimer, host=host, pid=int(pid), started_at=beat - timedelta(
+                hours=1), now=beat)  # a second beat updates the first
+        editions[claimer] = edition
+    alive_here = {1}
+    recovered = store.recover_abandoned("here", lambda pid: pid in alive_here, now=NOW,
+                                        silent_since=silent_since)
+    assert recovered == 3
+    states = {claimer: store.get_edition(e.subscriber_id, NOW).state
+              for claimer, e in editions.items()}
+    assert states == {"other:11:aaaa": EditionState.PENDING,
+                      "other:12:bbbb": EditionState.SENDING,
+                      "here:1:cccc": EditionState.PENDING,
+                      "here:13:dddd": EditionState.PENDING,
+                      "legacy:14": EditionState.SENDING}
+    # Taken back once: asking again finds nothing more.
+    assert store.recover_abandoned("here", lambda pid: pid in alive_here, now=NOW,
+                                   silent_since=silent_since) == 0

@@ -156,3 +156,16 @@ paper_embeddings = Table(
     Column("model", String(100), primary_key=True),
     Column("vector", LargeBinary, nullable=False),  # float32, little-endian
 )
+
+# Every process that sends (`digest send` and its workers, `digest run`, `digest worker`)
+# writes a heartbeat here while it lives. An edition left in `sending` by a sender whose
+# heartbeat stopped is taken back by whoever looks next, on any host (`recover_abandoned`).
+senders = Table(
+    "senders",
+    metadata,
+    Column("id", String(200), primary_key=True),  # the claimer: "host:pid:nonce"
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False, index=True),
+)

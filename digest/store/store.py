@@ -16,6 +16,7 @@ from sqlalchemy import (
     Engine,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -39,6 +40,7 @@ from digest.store.schema import (
     paper_embeddings,
     paper_sources,
     papers,
+    senders,
 )
 from digest.store.schema import subscribers as subscribers_table
 
@@ -91,6 +93,7 @@ class Store:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.closed = False
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Store:
@@ -139,6 +142,7 @@ class Store:
             return migrate.current_revision(conn), migrate.HEAD
 
     def close(self) -> None:
+        self.closed = True  # a sender's heartbeat thread stops on seeing it
         self.engine.dispose()
 
     @contextmanager
@@ -468,27 +472,56 @@ class Store:
                                                         claimer=claimer)
 
     def recover_abandoned(self, host: str, alive: Callable[[int], bool], *,
-                          now: datetime) -> int:
-        """Put back to `pending` the editions that a dead sender on `host` left in `sending`.
+                          now: datetime, silent_since: datetime | None = None) -> int:
+        """Put back to `pending` the editions that a dead sender left in `sending`: one on
+        `host` whose process is gone (`alive(pid)` is False), or one on any host whose
+        heartbeat (`heartbeat`) stopped before `silent_since`.
 
         Their server acknowledgement was never recorded, so they are sent again: the one
         window where a message can arrive twice (with the same Message-ID).
         """
-        recovered = 0
         with self._begin() as conn:
-            rows = conn.execute(select(editions.c.id, editions.c.claimed_by).where(
+            claimers = conn.execute(select(editions.c.claimed_by).distinct().where(
                 editions.c.state == EditionState.SENDING.value,
-                editions.c.claimed_by.like(f"{host}:%"))).all()
-            for row_id, claimed_by in rows:
-                pid = claimed_by.rpartition(":")[2]
-                if pid.isdigit() and not alive(int(pid)):
-                    recovered += conn.execute(
-                        update(editions).where(editions.c.id == row_id,
-                                               editions.c.claimed_by == claimed_by,
-                                               editions.c.state == EditionState.SENDING.value)
-                        .values(state=EditionState.PENDING.value, claimed_by=None,
-                                updated_at=now)).rowcount
+                editions.c.claimed_by.is_not(None))).scalars().all()
+            if not claimers:
+                return 0
+            silent: set[str] = set()
+            if silent_since is not None:
+                silent = set(conn.execute(select(senders.c.id).where(
+                    senders.c.id.in_(claimers), senders.c.heartbeat_at < silent_since)
+                ).scalars())
+            dead = []
+            for claimer in claimers:
+                claimed_on, _, rest = claimer.partition(":")
+                pid = rest.split(":")[0]
+                if claimer in silent or (claimed_on == host and pid.isdigit()
+                                         and not alive(int(pid))):
+                    dead.append(claimer)
+            recovered = 0
+            for chunk in _chunks(dead):
+                recovered += conn.execute(
+                    update(editions).where(editions.c.state == EditionState.SENDING.value,
+                                           editions.c.claimed_by.in_(chunk))
+                    .values(state=EditionState.PENDING.value, claimed_by=None,
+                            updated_at=now)).rowcount
+            if dead:
+                conn.execute(delete(senders).where(senders.c.id.in_(dead)))
         return recovered
+
+    def heartbeat(self, claimer: str, *, host: str, pid: int, started_at: datetime,
+                  now: datetime) -> None:
+        """Say that the sender `claimer` is alive (see `recover_abandoned`)."""
+        statement = self._upsert(senders).values(id=claimer, host=host, pid=pid,
+                                                 started_at=started_at, heartbeat_at=now)
+        with self._begin() as conn:
+            conn.execute(statement.on_conflict_do_update(index_elements=[senders.c.id],
+                                                         set_={"heartbeat_at": now}))
+
+    def forget_senders(self, *, silent_since: datetime) -> None:
+        """Remove the heartbeats of senders silent since `silent_since` (long gone)."""
+        with self._begin() as conn:
+            conn.execute(delete(senders).where(senders.c.heartbeat_at < silent_since))
 
     def supersede_failed_many(self, editions_: Sequence[tuple[str, datetime]], *,
                               now: datetime) -> int:

@@ -1,0 +1,221 @@
+"""Celery workers (`[send] workers = "celery"`): a run of editions split into shards of
+profiles, carried by a broker (Redis or RabbitMQ) to `digest worker` processes on any
+number of hosts, each ranking, rendering and sending its shard against the shared ledger.
+
+A task is acknowledged only when its shard is done (late acks), so a worker that dies
+mid-shard has the shard given to another worker. That redelivery is harmless because the
+ledger, not the task, says what was sent: editions already sent are skipped, the ones the
+dead worker had claimed are taken back (at once when it ran on this host; otherwise once
+its claim is `mail.sending_stale_s` old, the task waiting for that), and only those whose
+server reply was in flight when it died can arrive twice, as with `digest send`
+(docs/delivery.md).
+
+Workers need the same configuration, database and profiles folder (same path) as the
+process that enqueues; their tasks carry profile paths and slots, never secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from digest.config import CelerySettings, Settings
+from digest.errors import ConfigError
+from digest.pipeline import EditionRun, Status, check_sending, recover_abandoned
+from digest.shards import SendReport, run_shard
+from digest.store import Store
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+log = logging.getLogger(__name__)
+
+TASK = "digest.send_shard"
+# A shard whose editions another live sender holds is tried again this often, until the
+# holder finishes or its claim goes stale (mail.sending_stale_s).
+IN_FLIGHT_RETRY_S = 30.0
+
+
+def _celery() -> Any:
+    try:
+        import celery
+    except ImportError as exc:
+        raise ConfigError("send.workers is \"celery\" but Celery is not installed: "
+                          "pip install 'digest[celery]'") from exc
+    return celery
+
+
+def broker_name(url: str) -> str:
+    """The broker URL without any password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/")[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def make_app(settings: CelerySettings) -> Celery:
+    """The Celery application both sides use: the enqueuing process and the workers."""
+    app = _celery().Celery("digest", broker=settings.broker_url, backend=settings.backend,
+                           set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        # Acknowledge a shard when it is done: a worker killed mid-shard loses nothing,
+        # its shard goes to another worker (the ledger makes that safe).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # a worker holds one shard at a time
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        result_expires=24 * 3600,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_track_started=False,
+    )
+    app.task(name=TASK, bind=True, max_retries=None)(_send_shard)
+    return app
+
+
+def shard_message(items: Sequence[tuple[Path, datetime | None]], *, now: datetime,
+                  run_id: str, show_all: bool) -> dict[str, Any]:
+    return {"run": run_id, "now": now.isoformat(), "show_all": show_all,
+            "items": [[str(path), slot.isoformat() if slot else None] for path, slot in items],
+            "carried": None}
+
+
+def enqueue(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *,
+            now: datetime, show_all: bool = False, want_results: bool = False,
+            app: Celery | None = None) -> list[Any]:
+    """Split the editions into shards of `send.shard_size` and hand them to the broker;
+    returns the tasks' results (AsyncResult) if `want_results`."""
+    app = app or make_app(settings.celery)
+    run_id = uuid.uuid4().hex
+    size = settings.send.shard_size
+    results = []
+    for start in range(0, len(items), size):
+        message = shard_message(items[start:start + size], now=now, run_id=run_id,
+                                show_all=show_all)
+        results.append(app.send_task(TASK, args=[message], queue=settings.celery.queue,
+                                     ignore_result=not want_results))
+    log.info("shards.enqueued editions=%d shards=%d broker=%s", len(items), len(results),
+             broker_name(settings.celery.broker_url))
+    return results
+
+
+def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *,
+                        now: datetime, show_all: bool = False) -> SendReport:
+    """`digest send` with Celery workers: enqueue every shard, wait for their reports."""
+    check_sending(settings)  # a configuration error is said here, not in every worker
+    app = make_app(settings.celery)
+    report = SendReport()
+    try:
+        results = enqueue(settings, items, now=now, show_all=show_all, want_results=True,
+                          app=app)
+        deadline = time.monotonic() + settings.celery.shard_timeout_s
+        for result in results:
+            try:
+                data = result.get(timeout=max(1.0, deadline - time.monotonic()),
+                                  propagate=True, disable_sync_subtasks=False)
+                report.add(SendReport.from_json(data))
+            except Exception as exc:  # a shard's failure is one line; the others count
+                report.errors.append(f"shard {result.id}: not all sent: {_why(exc)}")
+    except _celery().exceptions.CeleryError as exc:
+        raise ConfigError(f"the broker {broker_name(settings.celery.broker_url)}: {exc}") \
+            from exc
+    except OSError as exc:  # kombu's connection errors
+        raise ConfigError(f"cannot reach the broker {broker_name(settings.celery.broker_url)}:"
+                          f" {exc}") from exc
+    finally:
+        app.close()
+    return report
+
+
+def _why(exc: BaseException) -> str:
+    if type(exc).__name__ == "TimeoutError":
+        return "no report from a worker in time (is `digest worker` running?)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# The worker side -----------------------------------------------------------------------
+
+_settings: Settings | None = None
+_run: EditionRun | None = None
+_run_id: str | None = None
+
+
+def _edition_run(run_id: str) -> EditionRun:
+    """One EditionRun per run of editions (its corpus fitted on that run's papers), so the
+    shards of one run share it; a new run starts afresh, keeping the store and model."""
+    global _run, _run_id
+    assert _settings is not None, "the task runs only in `digest worker`"
+    if _run is None or _run_id != run_id:
+        store = _run.store if _run is not None else Store.open(_settings.db_url)
+        embedder = _run.embedder if _run is not None else "unloaded"
+        _run = EditionRun(store, _settings, embedder=embedder)
+        _run_id = run_id
+    return _run
+
+
+def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
+    """The task: send one shard's editions, return its report (JSON)."""
+    run = _edition_run(message["run"])
+    # Editions a dead sender on this host left half-sent are sent now, not when stale:
+    # this is how a shard redelivered after its worker was killed goes on at once.
+    recover_abandoned(run.store, now=datetime.now(UTC))
+    items = [(Path(path), datetime.fromisoformat(slot) if slot else None)
+             for path, slot in message["items"]]
+    slots = {path: slot for path, slot in items if slot is not None}
+    now = datetime.fromisoformat(message["now"])
+    report = run_shard(run, [path for path, _ in items], now=now,
+                       show_all=message["show_all"], slots=slots or None)
+    for error in report.errors:
+        log.warning("profile.invalid %s", error)
+    held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
+    if message.get("carried"):
+        earlier = SendReport.from_json(message["carried"])
+        earlier.add(report)
+        report = earlier
+    if held and task.request.retries * IN_FLIGHT_RETRY_S <= 2 * run.settings.mail.sending_stale_s:
+        # Another sender holds these; once it is done they are settled, and if it died
+        # on another host its claim goes stale and they are sent then. Only they are
+        # tried again; the rest of the report travels with them.
+        report.counts[Status.IN_FLIGHT] -= len(held)
+        report.shown = [o for o in report.shown if o.status is not Status.IN_FLIGHT]
+        for o in held:  # counted when they are tried again
+            report.subscribers.pop(o.profile.subscriber_id, None)
+        held_paths = {str(o.profile.path) for o in held}
+        retry = dict(message, carried=report.to_json(),
+                     items=[item for item in message["items"] if item[0] in held_paths])
+        log.info("shard.waiting editions=%d (held by another sender; again in %.0f s)",
+                 len(held), IN_FLIGHT_RETRY_S)
+        raise task.retry(args=[retry], countdown=IN_FLIGHT_RETRY_S)
+    log.info("shard.done editions=%d sent=%d failed=%d", report.editions,
+             report.counts[Status.SENT], report.counts[Status.FAILED])
+    return report.to_json()
+
+
+def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
+    """`digest worker`: one process taking one shard at a time; run one per core."""
+    global _settings
+    check_sending(settings)
+    _settings = settings
+    app = make_app(settings.celery)
+    worker = app.Worker(
+        pool="solo", concurrency=1, loglevel=loglevel,
+        hostname=f"digest-{os.getpid()}@{socket.gethostname()}",
+        queues=[settings.celery.queue], without_mingle=True, without_gossip=True,
+        quiet=True)
+    # Celery logs every task's whole result at INFO; ours says what matters (shard.done).
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    log.info("worker.started pid=%d broker=%s queue=%s", os.getpid(),
+             broker_name(settings.celery.broker_url), settings.celery.queue)
+    worker.start()
+    return int(worker.exitcode or 0)
