@@ -38,7 +38,7 @@ PENALTY_WEIGHT = 0.5
 DIVERSITY = 1.0  # MMR: a pick loses this many standard deviations per unit of cosine
 # similarity to a paper already chosen
 # Pseudo-relevance feedback: the first pass's best candidates join the liked papers, each
-# weighing this much of a liked paper (top few, half weight: the classic Rocchio setting).
+# weighing this much of a liked paper (top few at half weight: a common Rocchio setting).
 FEEDBACK_PAPERS = 5
 FEEDBACK_WEIGHT = 0.5
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
@@ -144,7 +144,8 @@ class Corpus:
 
         Such a term can match no candidate, yet it takes a share of its paper's unit
         length, so a paper with many of them would say less in the query than the others.
-        (A paper not stored is transformed whole: each of its terms is some stored paper's.)
+        When a paper is not stored, all are transformed whole (as `vectors` does): each of
+        its terms is some stored paper's, so none is to be left out.
         """
         rows = self.vectors(papers)
         if len(self.doc_freq) == 0 or any(p.row_id not in self.rows for p in papers):
