@@ -7,11 +7,11 @@ environment and are held in `SecretStr`, whose repr is `**********`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -181,8 +181,9 @@ class CelerySettings(_Frozen):
     result_backend: str | None = None
     queue: str = Field(default="digest", pattern=r"^[A-Za-z0-9._:-]+$")
     # Redis only: a task unacknowledged this long (its worker died) is given to another
-    # worker. The ledger makes an early hand-over harmless, so it need not be long.
-    visibility_timeout_s: float = Field(default=300, ge=10)
+    # worker. The ledger makes an early hand-over harmless, but it must be longer than a
+    # task waits to be tried again (up to 60 s), or the waiting copy is handed out twice.
+    visibility_timeout_s: float = Field(default=300, ge=120)
     shard_timeout_s: float = Field(default=3600, gt=0)  # `digest send` waits this long
 
     @property
@@ -192,9 +193,25 @@ class CelerySettings(_Frozen):
         return self.broker_url if self.broker_url.startswith("redis") else "rpc://"
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def _has_password(url: str) -> bool:
-    userinfo = url.partition("://")[2].partition("@")
-    return bool(userinfo[1]) and ":" in userinfo[0].split("/")[0]
+    """Whether a broker or backend URL holds a password (even a badly encoded one)."""
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    return bool(at and ":" in userinfo) or bool(_QUERY_PASSWORD.search(url))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or a `password` parameter) as ***."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, place = rest.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:***@{place}"
+        url = f"{scheme}://{rest}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 class Settings(_Frozen):
@@ -233,11 +250,20 @@ class Settings(_Frozen):
 
 
 def _url_password(url: object) -> str | None:
-    """The password in a database URL, if it holds one."""
-    try:
-        return urlsplit(url).password if isinstance(url, str) else None
-    except ValueError:  # not a URL at all: the store says so when it opens it
+    """The password in a database URL (user part or `password` parameter), if any."""
+    if not isinstance(url, str):
         return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: look for the signs
+        return "?" if _has_password(url) else None
+    if parsed.password:
+        return str(parsed.password)
+    value = parsed.query.get("password")
+    return (value if isinstance(value, str) else value[0]) if value else None
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -313,10 +339,11 @@ def load_settings(
         if _url_password(raw["database_url"]):  # kept apart, as a secret
             from sqlalchemy.engine import make_url
 
-            parsed = make_url(raw["database_url"])
+            password = _url_password(raw["database_url"])
+            parsed = make_url(raw["database_url"]).difference_update_query(["password"])
             without = parsed._replace(password=None)  # set(password=None) changes nothing
             raw["database_url"] = without.render_as_string(hide_password=False)
-            raw["database_password"] = SecretStr(str(parsed.password))
+            raw["database_password"] = SecretStr(str(password))
     if env.get("DIGEST_DATABASE_PASSWORD"):
         raw["database_password"] = SecretStr(env["DIGEST_DATABASE_PASSWORD"])
     home = Path(raw.get("data_dir") or default_data_dir(env))
@@ -340,12 +367,14 @@ def load_settings(
     if env.get("DIGEST_SMTP_PASSWORD"):
         smtp["password"] = SecretStr(env["DIGEST_SMTP_PASSWORD"])
     raw["smtp"] = smtp
-    broker = (raw.get("celery") or {}).get("broker_url")
-    if isinstance(broker, str) and _has_password(broker):
-        raise ConfigError("celery.broker_url: holds a password; secrets are not read from the "
-                          "file: set DIGEST_BROKER_URL in the environment", path=path)
-    if env.get("DIGEST_BROKER_URL"):
-        raw["celery"] = {**(raw.get("celery") or {}), "broker_url": env["DIGEST_BROKER_URL"]}
+    for key, variable in (("broker_url", "DIGEST_BROKER_URL"),
+                          ("result_backend", "DIGEST_RESULT_BACKEND")):
+        value = (raw.get("celery") or {}).get(key)
+        if isinstance(value, str) and _has_password(value):
+            raise ConfigError(f"celery.{key}: holds a password; secrets are not read from "
+                              f"the file: set {variable} in the environment", path=path)
+        if env.get(variable):
+            raw["celery"] = {**(raw.get("celery") or {}), key: env[variable]}
     if env.get("DIGEST_WORKERS"):  # containers: the same image, told how to send
         raw["send"] = {**(raw.get("send") or {}), "workers": env["DIGEST_WORKERS"]}
     # `feeds` may list bare URLs or tables with url, name and poll_s.

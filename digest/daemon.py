@@ -40,7 +40,14 @@ from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.leader import leadership_for
 from digest.models import Profile
-from digest.pipeline import BATCH, EditionRun, Status, check_sending, recover_abandoned
+from digest.pipeline import (
+    BATCH,
+    SILENT_AFTER_S,
+    EditionRun,
+    Status,
+    check_sending,
+    recover_abandoned,
+)
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -92,8 +99,10 @@ class Daemon:
         self._queued: set[tuple[str, datetime | None]] = set()
         self.stopping = asyncio.Event()
         self.sent = 0
+        self.enqueued = 0  # handed to Celery workers (send.workers = "celery")
         self._embedder: Embedder | None | Literal["unloaded"] = "unloaded"
         self.leadership = leadership_for(self.store.engine)
+        self._asked_again: dict[tuple[str, datetime], datetime] = {}
         self.exit_status = 0
 
     # Profiles --------------------------------------------------------------------------
@@ -170,10 +179,22 @@ class Daemon:
                 self.enqueue(subscriber_id)
 
     def retry_failed(self) -> None:
-        """Queue failed editions whose back-off has passed and which are still timely."""
+        """Queue failed editions whose back-off has passed and which are still timely, and
+        editions nobody is sending: left `pending`, or taken back from a sender that died
+        (on any host: `recover_abandoned`)."""
         now = self.clock()
         daemon = self.settings.daemon
         grace = timedelta(seconds=daemon.catchup_grace_s)
+        recover_abandoned(self.store, now=now)
+        self._asked_again = {k: t for k, t in self._asked_again.items() if now - k[1] <= grace}
+        idle = datetime.now(UTC) - timedelta(seconds=2 * SILENT_AFTER_S)
+        for edition in self.store.unsettled_editions(untouched_since=idle):
+            key = (edition.subscriber_id, edition.slot)
+            asked = self._asked_again.get(key)
+            if (edition.subscriber_id in self.profiles and now - edition.slot <= grace
+                    and (asked is None or now - asked >= timedelta(seconds=daemon.retry_base_s))):
+                self._asked_again[key] = now  # once per retry_base_s: workers may be busy
+                self.enqueue(*key)
         for edition in self.store.retryable_editions():
             if edition.subscriber_id not in self.profiles or now - edition.slot > grace:
                 continue
@@ -230,6 +251,7 @@ class Daemon:
         items = [(profile.path, slot) for profile, slot in due]
         try:
             await asyncio.to_thread(enqueue, self.settings, items, now=self.clock())
+            self.enqueued += len(items)
         except Exception as exc:  # the broker is down: asked for again a little later
             wait = min(self.settings.daemon.retry_base_s, 60.0)
             log.error("editions.not-enqueued count=%d reason=%r (trying again in %.0f s)",
@@ -363,7 +385,7 @@ class Daemon:
     async def _lead(self) -> bool:
         """Wait until this process leads (no other `digest run` on this database does);
         False if told to stop first."""
-        if self.leadership.try_acquire():
+        if await self._ask_leadership(self.leadership.try_acquire):
             log.info("daemon.leader pid=%d", os.getpid())
             return True
         poll = self.settings.daemon.standby_poll_s
@@ -374,13 +396,24 @@ class Daemon:
                 await asyncio.wait_for(self.stopping.wait(), poll)
             except TimeoutError:
                 pass
-            if not self.stopping.is_set() and self.leadership.try_acquire():
+            if not self.stopping.is_set() and await self._ask_leadership(
+                    self.leadership.try_acquire):
                 log.info("daemon.leader pid=%d (took over)", os.getpid())
                 return True
         return False
 
+    async def _ask_leadership(self, question: Callable[[], bool]) -> bool:
+        """Ask the lock (a database round trip) off the event loop, within a time limit:
+        a database that does not answer means no lead."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(question),
+                                          max(10.0, 2 * self.settings.daemon.standby_poll_s))
+        except TimeoutError:
+            log.error("leader.unavailable reason='the database did not answer in time'")
+            return False
+
     async def _check_leadership(self) -> None:
-        if not self.leadership.holding():
+        if not await self._ask_leadership(self.leadership.holding):
             log.error("daemon.leader-lost (the database session holding the leader lock "
                       "ended); stopping so that this process restarts as a standby")
             self.exit_status = 1
@@ -420,7 +453,8 @@ class Daemon:
                       self.settings.daemon.shutdown_timeout_s)
         self.leadership.release()
         self.store.close()
-        log.info("daemon.stopped editions_sent=%d", self.sent)
+        log.info("daemon.stopped editions_sent=%d editions_to_workers=%d", self.sent,
+                 self.enqueued)
         return self.exit_status
 
 

@@ -187,21 +187,33 @@ def sender_identity() -> str:
     return _identity[1]
 
 
-_heartbeats: dict[tuple[int, str, str], threading.Thread] = {}
+FENCE_AFTER_S = SILENT_AFTER_S / 2  # a sender whose last beat is older stops handing over
+
+_heartbeats: dict[tuple[int, str, int], threading.Thread] = {}
+_last_beat: dict[tuple[int, str, int], float] = {}  # time.monotonic() of the last good one
 _heartbeats_lock = threading.Lock()
+
+
+def heartbeat_fresh(store: Store, claimer: str) -> bool:
+    """False once this sender's heartbeat has failed for FENCE_AFTER_S (the database is
+    away, or the process was paused): others may soon take its claims for a dead sender's,
+    so it must hand no more email to the server (self-fencing)."""
+    last = _last_beat.get((os.getpid(), claimer, id(store)))
+    return last is None or time.monotonic() - last < FENCE_AFTER_S
 
 
 def keep_alive(store: Store, claimer: str) -> None:
     """Write this sender's heartbeat now and then every HEARTBEAT_S from a thread, for as
     long as the process lives and the store is open; once per process, claimer and
-    database. Called before editions are claimed, so a claimer always has a heartbeat."""
-    key = (os.getpid(), claimer, str(store.engine.url))
+    store. Called before editions are claimed, so a claimer always has a heartbeat."""
+    key = (os.getpid(), claimer, id(store))  # a store closed and opened again: a new one
     with _heartbeats_lock:
         if key in _heartbeats and _heartbeats[key].is_alive():
             return
         host, pid = socket.gethostname(), os.getpid()
         started = datetime.now(UTC)
         store.heartbeat(claimer, host=host, pid=pid, started_at=started, now=started)
+        _last_beat[key] = time.monotonic()
 
         def beat() -> None:
             while True:
@@ -211,6 +223,7 @@ def keep_alive(store: Store, claimer: str) -> None:
                 try:
                     store.heartbeat(claimer, host=host, pid=pid, started_at=started,
                                     now=datetime.now(UTC))
+                    _last_beat[key] = time.monotonic()
                 except Exception as exc:  # the database is away: say so, keep trying
                     log.warning("sender.heartbeat-failed error=%r", str(exc))
 
@@ -580,7 +593,8 @@ class EditionRun:
         try:
             while True:
                 for i, profile, slot, edition in queue:
-                    if self.stopping is not None and self.stopping.is_set():
+                    if ((self.stopping is not None and self.stopping.is_set())
+                            or not heartbeat_fresh(self.store, self.claimer)):
                         outcomes[i] = EditionOutcome(profile, Status.STOPPED, slot,
                                                      edition.picks)
                         continue

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,7 +77,7 @@ class SendReport:
     def to_json(self) -> dict[str, Any]:
         """This report as JSON-ready data (a Celery task's result)."""
         return {
-            "counts": {str(status): n for status, n in self.counts.items()},
+            "counts": {str(status): n for status, n in self.counts.items() if n},
             "shown": [_outcome_json(o) for o in self.shown],
             "errors": self.errors,
             "subscribers": self.subscribers,
@@ -113,23 +113,30 @@ def _outcome_from_json(data: dict[str, Any]) -> EditionOutcome:
 
 
 def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
-              show_all: bool = False, slots: Mapping[Path, datetime] | None = None
+              show_all: bool = False, slots: Sequence[datetime | None] | None = None
               ) -> SendReport:
     """Load, rank, render and send the editions of these profiles, in this process: each
-    profile's latest due edition, or the one of its slot in `slots` (by path)."""
+    profile's latest due edition, or the one of `slots[i]` for `paths[i]`. A path may come
+    more than once (two slots of one subscriber); it is read once."""
     report = SendReport()
     started = time.perf_counter()
-    loaded = load_profiles(paths, default_max_papers=run.settings.default_max_papers)
+    unique = list(dict.fromkeys(paths))
+    loaded = load_profiles(unique, default_max_papers=run.settings.default_max_papers)
     report.timings["load"] += time.perf_counter() - started
     report.errors = [str(e) for e in loaded.errors]
     report.subscribers = {p.subscriber_id: str(p.path) for p in loaded.profiles}
     before = dict(run.timings)
-    wanted = [slots.get(p.path) for p in loaded.profiles] if slots else None
+    by_path = {p.path: p for p in loaded.profiles}
+    wanted = list(slots) if slots is not None else [None] * len(paths)
+    items = [(by_path[path], slot) for path, slot in zip(paths, wanted, strict=True)
+             if path in by_path]
+    profiles = [profile for profile, _ in items]
 
     async def go() -> list[EditionOutcome]:
         settings = run.settings
         async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
-            return await run.run_editions(loaded.profiles, mailer, now=now, slots=wanted)
+            return await run.run_editions(profiles, mailer, now=now,
+                                          slots=[slot for _, slot in items])
 
     for outcome in asyncio.run(go()):
         report.counts[outcome.status] += 1

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from digest.config import CelerySettings, Settings
-from digest.errors import ConfigError
+from digest.config import CelerySettings, Settings, redact_url
+from digest.errors import ConfigError, StoreError
 from digest.pipeline import EditionRun, Status, check_sending, recover_abandoned
 from digest.shards import SendReport, run_shard
 from digest.store import Store
@@ -41,6 +41,7 @@ TASK = "digest.send_shard"
 # A shard whose editions another live sender holds is tried again this often, until the
 # holder finishes or its claim goes stale (mail.sending_stale_s).
 IN_FLIGHT_RETRY_S = 30.0
+STORE_RETRIES = 64  # a shard that meets database errors is tried this often (~1 h)
 
 
 def _celery() -> Any:
@@ -54,11 +55,7 @@ def _celery() -> Any:
 
 def broker_name(url: str) -> str:
     """The broker URL without any password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/")[0]:
-        user = rest.split("@", 1)[0].split(":", 1)[0]
-        return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
-    return url
+    return redact_url(url)
 
 
 def make_app(settings: CelerySettings) -> Celery:
@@ -166,16 +163,24 @@ def _edition_run(run_id: str) -> EditionRun:
 
 def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
     """The task: send one shard's editions, return its report (JSON)."""
-    run = _edition_run(message["run"])
-    # Editions a dead sender on this host left half-sent are sent now, not when stale:
-    # this is how a shard redelivered after its worker was killed goes on at once.
-    recover_abandoned(run.store, now=datetime.now(UTC))
+    try:
+        run = _edition_run(message["run"])
+        # One shard at a time: whatever this worker still holds is from a shard that
+        # failed part-way, with nothing in flight now.
+        run.store.release_own_claims(run.claimer, now=datetime.now(UTC))
+        # Editions a dead sender left half-sent are sent now, not when stale: this is how
+        # a shard redelivered after its worker was killed goes on at once.
+        recover_abandoned(run.store, now=datetime.now(UTC))
+    except StoreError as exc:  # the database is away (restarting?): the shard waits
+        return _again_later(task, message, exc)
     items = [(Path(path), datetime.fromisoformat(slot) if slot else None)
              for path, slot in message["items"]]
-    slots = {path: slot for path, slot in items if slot is not None}
     now = datetime.fromisoformat(message["now"])
-    report = run_shard(run, [path for path, _ in items], now=now,
-                       show_all=message["show_all"], slots=slots or None)
+    try:
+        report = run_shard(run, [path for path, _ in items], now=now,
+                           show_all=message["show_all"], slots=[slot for _, slot in items])
+    except StoreError as exc:
+        return _again_later(task, message, exc)
     for error in report.errors:
         log.warning("profile.invalid %s", error)
     held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
@@ -200,6 +205,17 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
     log.info("shard.done editions=%d sent=%d failed=%d", report.editions,
              report.counts[Status.SENT], report.counts[Status.FAILED])
     return report.to_json()
+
+
+def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[str, Any]:
+    """A shard that met a database error is tried again (the ledger makes that safe),
+    after 5, 10, 20, 40 s, then every minute, for about an hour."""
+    tries = task.request.retries
+    if tries >= STORE_RETRIES:
+        raise exc
+    delay = min(5.0 * 2 ** tries, 60.0)  # below [celery] visibility_timeout_s (>= 120)
+    log.warning("shard.retrying reason=%r (again in %.0f s)", str(exc), delay)
+    raise task.retry(args=[message], countdown=delay)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:

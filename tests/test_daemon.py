@@ -122,6 +122,47 @@ def test_failed_edition_is_retried_after_its_back_off(daemon_settings, store, se
     assert len(smtp_sink.received) == 1
 
 
+def test_editions_nobody_is_sending_are_asked_for_again(daemon_settings, store, seeds,
+                                                       write_profile, smtp_sink):
+    """An edition recorded but never taken, and one whose sender (on another host) went
+    silent mid-send: the leader's retry tick sends both, once."""
+    from digest.models import Edition
+
+    write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
+    write_profile("ben", interests=["language models"], schedule="daily 07:00")
+    ingest_files(store, seeds, now=NOW - timedelta(hours=8), reference=NOW)
+    slot = NOW.replace(hour=7)
+    long_ago = datetime.now(NOW.tzinfo) - timedelta(minutes=5)
+    for name in ("ana", "ben"):
+        created = store.create_edition(
+            Edition(subscriber_id=name, slot=slot, state=EditionState.PENDING,
+                    message_id=f"<{name}@test.example>"),
+            candidates_until=NOW - timedelta(hours=1), now=long_ago)
+        assert created is not None
+        if name == "ben":
+            assert store.begin_sending(created, now=long_ago, stale_before=long_ago
+                                       - timedelta(hours=1), claimer="gone:3:ffff")
+            store.heartbeat("gone:3:ffff", host="gone", pid=3, started_at=long_ago,
+                            now=long_ago)
+    daemon = Daemon(lambda: daemon_settings, clock=Clock(NOW))
+
+    async def tick() -> int:
+        daemon.reload_profiles()
+        daemon.retry_failed()
+        queued = daemon.queue.qsize()
+        daemon.queue.put_nowait(None)
+        await daemon.send_editions()
+        return queued
+
+    assert asyncio.run(tick()) == 2
+    assert asyncio.run(tick()) == 0  # settled: nothing asked for again
+    daemon.store.close()
+    assert {e.subscriber_id: e.state for e in map(store.last_edition, ("ana", "ben"))
+            if e is not None} == {"ana": EditionState.SENT, "ben": EditionState.SENT}
+    assert sorted(r.recipients[0] for r in smtp_sink.received) == [
+        "ana@example.org", "ben@example.org"]
+
+
 def test_profiles_reload_without_restart_and_a_broken_edit_keeps_the_last_good_one(
         daemon_settings, write_profile, caplog):
     caplog.set_level(logging.INFO, logger="digest")

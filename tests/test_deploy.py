@@ -207,6 +207,10 @@ def test_compose_scale_has_database_broker_leader_standby_and_workers():
     services = scale["services"]
     assert {"db", "redis", "scheduler", "worker", "web"} <= set(services)
     assert services["db"]["image"].startswith("postgres:") and services["db"]["healthcheck"]
+    assert services["db"]["env_file"] == "db.env"  # the database never sees digest's secrets
+    assert (DEPLOY / "docker" / "db.env.example").is_file()
+    ignored = (DEPLOY / "docker" / ".gitignore").read_text().split()
+    assert {"digest.env", "db.env"} <= set(ignored)
     assert services["redis"]["image"].startswith("redis:") and services["redis"]["healthcheck"]
     assert services["scheduler"]["command"] == ["run"]
     assert services["scheduler"]["deploy"]["replicas"] >= 2  # a leader and a standby

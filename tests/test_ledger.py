@@ -291,3 +291,35 @@ def test_editions_of_a_dead_sender_are_taken_back_by_pid_or_silence(store):
     # Taken back once: asking again finds nothing more.
     assert store.recover_abandoned("here", lambda pid: pid in alive_here, now=NOW,
                                    silent_since=silent_since) == 0
+
+
+def test_a_sender_whose_heartbeat_fails_hands_over_no_more_email(store, settings, seeds,
+                                                                   write_profile, smtp_sink):
+    """Self-fencing: once its heartbeat has failed for a while, others may take its claims
+    for a dead sender's, so it sends nothing more and puts its claims back."""
+    import time as clock
+
+    from digest import pipeline
+
+    ingest_files(store, seeds, now=NOW)
+    path = write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
+    run = EditionRun(store, settings)
+    pipeline.keep_alive(store, run.claimer)
+    key = (os.getpid(), run.claimer, id(store))
+    pipeline._last_beat[key] = clock.monotonic() - 2 * pipeline.FENCE_AFTER_S  # silent
+    try:
+        outcome = _send_one_with(run, load_profile(path))
+    finally:
+        pipeline._last_beat[key] = clock.monotonic()
+    assert outcome.status is Status.STOPPED
+    assert smtp_sink.received == []
+    edition = store.last_edition("ana")
+    assert edition is not None and edition.state is EditionState.PENDING
+
+
+def _send_one_with(run: EditionRun, profile: Profile) -> EditionOutcome:
+    async def go() -> EditionOutcome:
+        async with SmtpMailer(run.settings.smtp, sender="digest@test.example") as mailer:
+            return await run.run_edition(profile, mailer, now=NOW)
+
+    return asyncio.run(go())

@@ -517,6 +517,10 @@ class Store:
         with self._begin() as conn:
             conn.execute(statement.on_conflict_do_update(index_elements=[senders.c.id],
                                                          set_={"heartbeat_at": now}))
+            # A live sender's claims never look stale (`sending_stale_s`) to another.
+            conn.execute(update(editions).where(
+                editions.c.state == EditionState.SENDING.value,
+                editions.c.claimed_by == claimer).values(updated_at=now))
 
     def forget_senders(self, *, silent_since: datetime) -> None:
         """Remove the heartbeats of senders silent since `silent_since` (long gone)."""
@@ -567,6 +571,26 @@ class Store:
                 editions.c.state == EditionState.FAILED.value, editions.c.retryable)
                 .order_by(editions.c.updated_at, editions.c.id)).all()
             return [self._edition(conn, row) for row in rows]
+
+    def unsettled_editions(self, *, untouched_since: datetime) -> list[Edition]:
+        """Editions left `pending` (recorded, never taken, or taken back from a dead
+        sender) and not touched since `untouched_since`: nobody is about to send them."""
+        with self._begin() as conn:
+            rows = conn.execute(select(editions).where(
+                editions.c.state == EditionState.PENDING.value,
+                editions.c.updated_at < untouched_since)
+                .order_by(editions.c.updated_at, editions.c.id)).all()
+            return [self._edition(conn, row) for row in rows]
+
+    def release_own_claims(self, claimer: str, *, now: datetime) -> int:
+        """Put back to `pending` every edition `claimer` holds: for a sender that knows it
+        has nothing in flight (a worker between two shards)."""
+        with self._begin() as conn:
+            return int(conn.execute(update(editions).where(
+                editions.c.state == EditionState.SENDING.value,
+                editions.c.claimed_by == claimer)
+                .values(state=EditionState.PENDING.value, claimed_by=None, updated_at=now)
+            ).rowcount)
 
     def edition_counts(self) -> dict[str, int]:
         with self._begin() as conn:
@@ -660,7 +684,10 @@ def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
 def engine_name(url: str) -> str:
     """The URL without its password (shown as ***), for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide all credentials
         if "@" in url and "://" in url:
             scheme, rest = url.split("://", 1)
