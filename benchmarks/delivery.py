@@ -827,6 +827,12 @@ def report_workers(results: Sequence[WorkersRun], sink_rate: float, args: argpar
         print()
         row(f"{more.workers} workers / {one.workers}", f"{speedup:.2f}x; goal >= 1.8x for 2: "
             + ("met" if speedup >= 1.8 else "MISSED"))
+        # However well the workers overlapped, the run could not take less than the CPU
+        # everything used (workers, database, broker, sink) spread over every core.
+        floor_s = sum(more.cpu_s.values()) / (os.cpu_count() or 1)
+        row("ceiling on this machine", f"{one.run.wall_s / floor_s:.2f}x (all the CPU the "
+            f"{more.workers}-worker run used, {sum(more.cpu_s.values()):.0f} s, over "
+            f"{os.cpu_count()} cores: at least {floor_s:.1f} s)")
     if sink_rate:
         top = max(r.run.rate for r in results)
         if top >= 0.8 * sink_rate:
