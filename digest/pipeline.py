@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import os
 import random
@@ -177,13 +178,29 @@ SILENT_AFTER_S = 3 * HEARTBEAT_S  # a sender silent this long is taken for dead
 _identity: tuple[int, str] | None = None
 
 
+@lru_cache(maxsize=1)
+def pid_space() -> str:
+    """"hostname/space": where a pid means one process. Containers can share a hostname
+    (host networking) but not their pids; the space (boot and pid namespace) tells them
+    apart, so a sender only judges the pids of its own space alive or dead."""
+    parts = [socket.gethostname()]
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        parts.append(hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8])
+    except OSError:  # not Linux: the hostname alone
+        pass
+    return "/".join(parts)
+
+
 def sender_identity() -> str:
-    """"host:pid:nonce" of this process, recorded on the editions it is sending. The nonce
-    tells apart two processes with one pid (a container restarted: pid 1 again)."""
+    """"hostname/space:pid:nonce" of this process, recorded on the editions it is
+    sending. The nonce tells apart two processes with one pid (a container restarted:
+    pid 1 again)."""
     global _identity
     pid = os.getpid()
     if _identity is None or _identity[0] != pid:  # a forked child gets its own
-        _identity = (pid, f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}")
+        _identity = (pid, f"{pid_space()}:{pid}:{secrets.token_hex(4)}")
     return _identity[1]
 
 
@@ -210,7 +227,7 @@ def keep_alive(store: Store, claimer: str) -> None:
     with _heartbeats_lock:
         if key in _heartbeats and _heartbeats[key].is_alive():
             return
-        host, pid = socket.gethostname(), os.getpid()
+        host, pid = pid_space(), os.getpid()
         started = datetime.now(UTC)
         store.heartbeat(claimer, host=host, pid=pid, started_at=started, now=started)
         _last_beat[key] = time.monotonic()
@@ -247,7 +264,7 @@ def recover_abandoned(store: Store, *, now: datetime) -> int:
     sends them (rather than after `sending_stale_s`): a sender on this host whose process
     is gone, or one on any host whose heartbeat stopped SILENT_AFTER_S ago."""
     recovered = store.recover_abandoned(
-        socket.gethostname(), _process_alive, now=now,
+        pid_space(), _process_alive, now=now,
         silent_since=datetime.now(UTC) - timedelta(seconds=SILENT_AFTER_S))
     store.forget_senders(silent_since=datetime.now(UTC) - timedelta(days=1))
     if recovered:
