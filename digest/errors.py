@@ -55,6 +55,10 @@ class StoreError(DigestError, RuntimeError):
     """The database cannot be opened, migrated or written."""
 
 
+class BrokerError(DigestError, ConnectionError):
+    """The Celery broker or result store cannot be reached."""
+
+
 class DeliveryError(DigestError):
     """The SMTP server did not accept a message; `smtp_code` is its reply code, if any."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
-from digest.errors import ConfigError, StoreError
+from digest.errors import BrokerError, ConfigError, StoreError
 from digest.pipeline import EditionRun, Status, check_sending, recover_abandoned
 from digest.shards import SendReport, run_shard
 from digest.store import Store
@@ -75,6 +75,7 @@ def make_app(settings: CelerySettings) -> Celery:
         result_expires=24 * 3600,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        redis_socket_connect_timeout=10,  # a result store that does not answer: say so
         task_track_started=False,
     )
     app.task(name=TASK, bind=True, max_retries=None)(_send_shard)
@@ -114,8 +115,14 @@ def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime
     app = make_app(settings.celery)
     report = SendReport()
     try:
-        results = enqueue(settings, items, now=now, show_all=show_all, want_results=True,
-                          app=app)
+        check_broker(app, settings.celery)
+        try:
+            results = enqueue(settings, items, now=now, show_all=show_all, want_results=True,
+                              app=app)
+        except Exception as exc:  # kombu's and Celery's many connection errors
+            raise BrokerError(f"cannot hand the shards to the broker "
+                              f"{broker_name(settings.celery.broker_url)}: {_first(exc)}"
+                              ) from exc
         deadline = time.monotonic() + settings.celery.shard_timeout_s
         for result in results:
             try:
@@ -124,15 +131,28 @@ def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime
                 report.add(SendReport.from_json(data))
             except Exception as exc:  # a shard's failure is one line; the others count
                 report.errors.append(f"shard {result.id}: not all sent: {_why(exc)}")
-    except _celery().exceptions.CeleryError as exc:
-        raise ConfigError(f"the broker {broker_name(settings.celery.broker_url)}: {exc}") \
-            from exc
-    except OSError as exc:  # kombu's connection errors
-        raise ConfigError(f"cannot reach the broker {broker_name(settings.celery.broker_url)}:"
-                          f" {exc}") from exc
     finally:
         app.close()
     return report
+
+
+def check_broker(app: Celery, settings: CelerySettings) -> None:
+    """Raise BrokerError, at once and in one line, if the broker (or a Redis result store)
+    does not answer: rather than Celery's retries and tracebacks."""
+    where = broker_name(settings.broker_url)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                         timeout=10)
+        if settings.backend.startswith("redis"):
+            where = broker_name(settings.backend)
+            app.backend.client.ping()
+    except Exception as exc:
+        raise BrokerError(f"cannot reach {where}: {_first(exc)}") from exc
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _why(exc: BaseException) -> str:

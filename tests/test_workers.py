@@ -314,3 +314,22 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
     assert dict(done.counts) == {Status.SENT: 2}
     assert set(done.subscribers) == {"ana", "ben"} and not done.errors
     assert store.get_edition("ben", slot).state is EditionState.SENT
+
+
+def test_an_unreachable_broker_is_one_line_not_a_traceback(tmp_path, write_profile):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_profile("ana", interests=["retrieval"])
+    config = tmp_path / "digest.toml"
+    config.write_text('data_dir = "data"\nprofiles_dir = "profiles"\n[send]\n'
+                      'workers = "celery"\n[celery]\n'
+                      f'broker_url = "redis://127.0.0.1:{port}/0"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "send"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"digest: error: cannot reach redis://127.0.0.1:{port}/0")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
