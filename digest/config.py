@@ -331,6 +331,13 @@ def load_settings(
         raw["data_dir"] = data_dir
     if env.get("DIGEST_EMBEDDINGS"):
         raw["rank"] = {**(raw.get("rank") or {}), "embeddings": env["DIGEST_EMBEDDINGS"]}
+    for where, value in (("database_url", raw.get("database_url")),
+                         ("DIGEST_DATABASE_URL", env.get("DIGEST_DATABASE_URL"))):
+        if isinstance(value, str) and "://" in value:
+            authority = value.split("://", 1)[1].split("/", 1)[0]
+            if authority.count("@") > 1:  # never echo it: it may hold a password
+                raise ConfigError(f"{where}: more than one @ before the host; write an @ in "
+                                  "the user or password as %40", path=path)
     if _url_password(raw.get("database_url")):
         raise ConfigError("database_url: holds a password; secrets are not read from the file: "
                           "set DIGEST_DATABASE_PASSWORD in the environment", path=path)
@@ -340,7 +347,11 @@ def load_settings(
             from sqlalchemy.engine import make_url
 
             password = _url_password(raw["database_url"])
-            parsed = make_url(raw["database_url"]).difference_update_query(["password"])
+            try:
+                parsed = make_url(raw["database_url"]).difference_update_query(["password"])
+            except ValueError as exc:  # e.g. a port that is not a number; no URL echoed
+                raise ConfigError(f"DIGEST_DATABASE_URL: not a database URL ({exc})",
+                                  path=path) from None
             without = parsed._replace(password=None)  # set(password=None) changes nothing
             raw["database_url"] = without.render_as_string(hide_password=False)
             raw["database_password"] = SecretStr(str(password))

@@ -18,16 +18,18 @@ new one; a second exits at once. SIGHUP reloads the configuration and the profil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import random
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -35,14 +37,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from digest.config import Settings
 from digest.deliver import SmtpMailer
 from digest.embed import Embedder
-from digest.errors import ConfigError, ProfileError
+from digest.errors import ConfigError, ProfileError, StoreError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.leader import leadership_for
 from digest.models import Profile
 from digest.pipeline import (
     BATCH,
-    SILENT_AFTER_S,
     EditionRun,
     Status,
     check_sending,
@@ -51,9 +52,10 @@ from digest.pipeline import (
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
-from digest.store.store import engine_name
+from digest.store.store import SILENT_AFTER_S, engine_name
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -185,14 +187,17 @@ class Daemon:
         now = self.clock()
         daemon = self.settings.daemon
         grace = timedelta(seconds=daemon.catchup_grace_s)
-        recover_abandoned(self.store, now=now)
+        idle = now - timedelta(seconds=2 * SILENT_AFTER_S)
+        # Editions taken back now are marked as touched at `idle`, so this tick asks for
+        # them at once rather than a tick later.
+        recover_abandoned(self.store, now=idle - timedelta(microseconds=1))
         self._asked_again = {k: t for k, t in self._asked_again.items() if now - k[1] <= grace}
-        idle = datetime.now(UTC) - timedelta(seconds=2 * SILENT_AFTER_S)
-        for edition in self.store.unsettled_editions(untouched_since=idle):
-            key = (edition.subscriber_id, edition.slot)
+        again = timedelta(seconds=daemon.retry_base_s)
+        for key in self.store.unsettled_editions(untouched_since=idle, slots_since=now - grace):
+            loaded = self.profiles.get(key[0])
             asked = self._asked_again.get(key)
-            if (edition.subscriber_id in self.profiles and now - edition.slot <= grace
-                    and (asked is None or now - asked >= timedelta(seconds=daemon.retry_base_s))):
+            if (loaded is not None and loaded.profile.active
+                    and (asked is None or now - asked >= again)):
                 self._asked_again[key] = now  # once per retry_base_s: workers may be busy
                 self.enqueue(*key)
         for edition in self.store.retryable_editions():
@@ -239,6 +244,13 @@ class Daemon:
                     if self.stopping.is_set():
                         break
                     await self._send_batch(run, mailer, due[start:start + BATCH])
+            # The one sender, between batches: nothing of its own is in flight, so any
+            # claim it still holds (a batch that failed part-way) goes back to pending,
+            # for the retry job, instead of staying `sending` while this process lives.
+            try:
+                self.store.release_own_claims(run.claimer, now=self.clock())
+            except StoreError as exc:
+                log.error("editions.release-failed reason=%r", str(exc))
             self._embedder = run.embedder
 
     async def _hand_to_workers(self, due: list[tuple[Profile, datetime]]) -> None:
@@ -406,8 +418,7 @@ class Daemon:
         """Ask the lock (a database round trip) off the event loop, within a time limit:
         a database that does not answer means no lead."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(question),
-                                          max(10.0, 2 * self.settings.daemon.standby_poll_s))
+            return await _off_loop(question, max(10.0, 2 * self.settings.daemon.standby_poll_s))
         except TimeoutError:
             log.error("leader.unavailable reason='the database did not answer in time'")
             return False
@@ -451,11 +462,31 @@ class Daemon:
         except TimeoutError:
             log.error("daemon.stop sending did not finish within %ss",
                       self.settings.daemon.shutdown_timeout_s)
-        self.leadership.release()
+        try:  # a database that stopped answering must not hold up the exit
+            await _off_loop(self.leadership.release, 10)
+        except TimeoutError:
+            log.warning("leader.release timed out (the server frees the lock when the "
+                        "session ends)")
         self.store.close()
         log.info("daemon.stopped editions_sent=%d editions_to_workers=%d", self.sent,
                  self.enqueued)
         return self.exit_status
+
+
+async def _off_loop(func: Callable[[], T], timeout_s: float) -> T:
+    """`func()` in a daemon thread, awaited for at most `timeout_s` (TimeoutError): a call
+    stuck on a dead connection neither blocks the event loop nor holds up the exit, as a
+    thread of asyncio's own pool would."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(func())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="digest-leader", daemon=True).start()
+    return await asyncio.wait_for(asyncio.wrap_future(done), timeout_s)
 
 
 def _exit_at_once(signum: int, _frame: FrameType | None) -> None:

@@ -62,6 +62,7 @@ from digest.render import mail_domain, make_environment, message_id, render_edit
 from digest.schedule import parse_schedule
 from digest.signing import DkimSigner, make_dkim
 from digest.store import Attempt, Store
+from digest.store.store import HEARTBEAT_S, SILENT_AFTER_S
 from digest.tokens import Links, Signer
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,6 @@ def check_sending(settings: Settings) -> None:
     make_dkim(settings.mail)
 
 
-HEARTBEAT_S = 10.0  # a sender says it is alive this often
-SILENT_AFTER_S = 3 * HEARTBEAT_S  # a sender silent this long is taken for dead
 
 _identity: tuple[int, str] | None = None
 
@@ -229,8 +228,9 @@ def keep_alive(store: Store, claimer: str) -> None:
             return
         host, pid = pid_space(), os.getpid()
         started = datetime.now(UTC)
+        before = time.monotonic()  # a slow write must not make the beat look newer
         store.heartbeat(claimer, host=host, pid=pid, started_at=started, now=started)
-        _last_beat[key] = time.monotonic()
+        _last_beat[key] = before
 
         def beat() -> None:
             while True:
@@ -238,9 +238,10 @@ def keep_alive(store: Store, claimer: str) -> None:
                 if store.closed:
                     break
                 try:
+                    before = time.monotonic()
                     store.heartbeat(claimer, host=host, pid=pid, started_at=started,
                                     now=datetime.now(UTC))
-                    _last_beat[key] = time.monotonic()
+                    _last_beat[key] = before
                 except Exception as exc:  # the database is away: say so, keep trying
                     log.warning("sender.heartbeat-failed error=%r", str(exc))
 

@@ -197,8 +197,7 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
              for path, slot in message["items"]]
     now = datetime.fromisoformat(message["now"])
     try:
-        report = run_shard(run, [path for path, _ in items], now=now,
-                           show_all=message["show_all"], slots=[slot for _, slot in items])
+        report = _run_items(run, items, now=now, show_all=message["show_all"])
     except StoreError as exc:
         return _again_later(task, message, exc)
     for error in report.errors:
@@ -208,7 +207,8 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
         earlier = SendReport.from_json(message["carried"])
         earlier.add(report)
         report = earlier
-    if held and task.request.retries * IN_FLIGHT_RETRY_S <= 2 * run.settings.mail.sending_stale_s:
+    waited = int(message.get("held_tries") or 0)
+    if held and waited * IN_FLIGHT_RETRY_S <= 2 * run.settings.mail.sending_stale_s:
         # Another sender holds these; once it is done they are settled, and if it died
         # on another host its claim goes stale and they are sent then. Only they are
         # tried again; the rest of the report travels with them.
@@ -216,9 +216,10 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
         report.shown = [o for o in report.shown if o.status is not Status.IN_FLIGHT]
         for o in held:  # counted when they are tried again
             report.subscribers.pop(o.profile.subscriber_id, None)
-        held_paths = {str(o.profile.path) for o in held}
-        retry = dict(message, carried=report.to_json(),
-                     items=[item for item in message["items"] if item[0] in held_paths])
+        # Exactly those editions: by profile and the slot each was for.
+        retry = dict(message, carried=report.to_json(), held_tries=waited + 1,
+                     items=[[str(o.profile.path), o.slot.isoformat() if o.slot else None]
+                            for o in held])
         log.info("shard.waiting editions=%d (held by another sender; again in %.0f s)",
                  len(held), IN_FLIGHT_RETRY_S)
         raise task.retry(args=[retry], countdown=IN_FLIGHT_RETRY_S)
@@ -227,15 +228,38 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
     return report.to_json()
 
 
+def _run_items(run: EditionRun, items: list[tuple[Path, datetime | None]], *,
+               now: datetime, show_all: bool) -> SendReport:
+    """`run_shard`, with one subscriber's failure (a bug, a template error) kept to that
+    subscriber: the shard is split until the failing edition is alone, and the others
+    go out. Database errors are the shard's (StoreError, tried again later)."""
+    try:
+        return run_shard(run, [path for path, _ in items], now=now, show_all=show_all,
+                         slots=[slot for _, slot in items])
+    except StoreError:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            log.exception("edition.error profile=%s", items[0][0])
+            return SendReport(errors=[f"{items[0][0]}: edition not sent: {exc}"])
+        # Nothing of this worker's is in flight any more: what the failed attempt still
+        # held goes back to pending, for the halves to send.
+        run.store.release_own_claims(run.claimer, now=datetime.now(UTC))
+        half = len(items) // 2
+        report = _run_items(run, items[:half], now=now, show_all=show_all)
+        report.add(_run_items(run, items[half:], now=now, show_all=show_all))
+        return report
+
+
 def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[str, Any]:
     """A shard that met a database error is tried again (the ledger makes that safe),
     after 5, 10, 20, 40 s, then every minute, for about an hour."""
-    tries = task.request.retries
+    tries = int(message.get("store_tries") or 0)
     if tries >= STORE_RETRIES:
         raise exc
     delay = min(5.0 * 2 ** tries, 60.0)  # below [celery] visibility_timeout_s (>= 120)
     log.warning("shard.retrying reason=%r (again in %.0f s)", str(exc), delay)
-    raise task.retry(args=[message], countdown=delay)
+    raise task.retry(args=[dict(message, store_tries=tries + 1)], countdown=delay)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:

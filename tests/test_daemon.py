@@ -132,7 +132,7 @@ def test_editions_nobody_is_sending_are_asked_for_again(daemon_settings, store, 
     write_profile("ben", interests=["language models"], schedule="daily 07:00")
     ingest_files(store, seeds, now=NOW - timedelta(hours=8), reference=NOW)
     slot = NOW.replace(hour=7)
-    long_ago = datetime.now(NOW.tzinfo) - timedelta(minutes=5)
+    long_ago = NOW - timedelta(minutes=5)  # by the daemon's clock (NOW)
     for name in ("ana", "ben"):
         created = store.create_edition(
             Edition(subscriber_id=name, slot=slot, state=EditionState.PENDING,

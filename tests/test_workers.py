@@ -333,3 +333,33 @@ def test_an_unreachable_broker_is_one_line_not_a_traceback(tmp_path, write_profi
     assert done.returncode == 1
     assert done.stderr.startswith(f"digest: error: cannot reach redis://127.0.0.1:{port}/0")
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_one_subscribers_failure_stays_with_that_subscriber(store, settings, seeds,
+                                                           write_profile, now, monkeypatch,
+                                                           smtp_sink):
+    """A bug while making one edition (here: rendering Ben's) fails that edition alone;
+    the shard's other editions go out, and the report says whose failed."""
+    from digest import workers
+    from digest.pipeline import EditionRun, ingest_files
+
+    ingest_files(store, seeds, now=now)
+    paths = [write_profile(name, interests=["language models", "retrieval"],
+                           schedule="daily 07:00") for name in ("ana", "ben", "chen")]
+    render = EditionRun.render
+
+    def broken(self, profile, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if profile.subscriber_id == "ben":
+            raise RuntimeError("template bug")
+        return render(self, profile, *args, **kwargs)
+
+    monkeypatch.setattr(EditionRun, "render", broken)
+    workers._settings, workers._run = settings, None
+    message = workers.shard_message([(p, None) for p in paths], now=now, run_id="r2",
+                                    show_all=True)
+    report = SendReport.from_json(workers._send_shard(_Task(), message))
+    assert report.counts[Status.SENT] == 2
+    assert len(report.errors) == 1 and "ben.yaml: edition not sent: template bug" in \
+        report.errors[0]
+    assert sorted(r.recipients[0] for r in smtp_sink.received) == [
+        "ana@example.org", "chen@example.org"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ from digest.store.schema import (
 )
 from digest.store.schema import subscribers as subscribers_table
 
+HEARTBEAT_S = 10.0  # a sender says it is alive (`heartbeat`) this often
+SILENT_AFTER_S = 3 * HEARTBEAT_S  # a sender silent this long is taken for dead
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -60,6 +63,20 @@ class AddResult:
     entries: int
     new_papers: int
     new_sources: int
+
+
+# PostgreSQL, unless the URL says otherwise: give up connecting after 10 s, and notice a
+# dead server or network within about 25 s (TCP keepalives) instead of hanging for the
+# system's default of hours; the scheduler leader's lock session depends on it.
+_PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+               "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    if not url.startswith(("postgresql", "postgres")):
+        return {}
+    given = url.partition("?")[2]
+    return {k: v for k, v in _PG_CONNECT.items() if f"{k}=" not in given}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -102,7 +119,7 @@ class Store:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            engine = create_engine(url)
+            engine = create_engine(url, connect_args=_connect_args(url))
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open the database {engine_name(url)}: "
                              f"{_describe(exc)}") from exc
@@ -423,7 +440,8 @@ class Store:
             for chunk in _chunks([e.row_id for e in editions_ if e.row_id is not None]):
                 rows = conn.execute(
                     update(editions)
-                    .where(editions.c.id.in_(chunk), _sendable(stale_before))
+                    .where(editions.c.id.in_(chunk),
+                           _sendable(stale_before, now - timedelta(seconds=SILENT_AFTER_S)))
                     .values(state=EditionState.SENDING.value, updated_at=now,
                             claimed_by=claimer or None)
                     .returning(editions.c.id))
@@ -447,11 +465,11 @@ class Store:
         if claimer:
             statement = statement.where(editions.c.claimed_by == claimer)
         with self._begin() as conn:
-            conn.execute(statement, [
+            conn.execute(statement, [  # by id: one lock order for every writer
                 dict(edition_row=a.edition.row_id, new_state=a.state.value, reply=a.reply,
                      may_retry=a.retryable,
                      sent=now if a.state is EditionState.SENT else a.edition.sent_at)
-                for a in attempts])
+                for a in sorted(attempts, key=lambda a: a.edition.row_id or 0)])
 
     def candidates_since(self, subscriber_id: str) -> datetime | None:
         """Where the subscriber's next edition starts: the cut-off of their last edition that
@@ -517,10 +535,6 @@ class Store:
         with self._begin() as conn:
             conn.execute(statement.on_conflict_do_update(index_elements=[senders.c.id],
                                                          set_={"heartbeat_at": now}))
-            # A live sender's claims never look stale (`sending_stale_s`) to another.
-            conn.execute(update(editions).where(
-                editions.c.state == EditionState.SENDING.value,
-                editions.c.claimed_by == claimer).values(updated_at=now))
 
     def forget_senders(self, *, silent_since: datetime) -> None:
         """Remove the heartbeats of senders silent since `silent_since` (long gone)."""
@@ -572,15 +586,17 @@ class Store:
                 .order_by(editions.c.updated_at, editions.c.id)).all()
             return [self._edition(conn, row) for row in rows]
 
-    def unsettled_editions(self, *, untouched_since: datetime) -> list[Edition]:
-        """Editions left `pending` (recorded, never taken, or taken back from a dead
-        sender) and not touched since `untouched_since`: nobody is about to send them."""
+    def unsettled_editions(self, *, untouched_since: datetime, slots_since: datetime
+                           ) -> list[tuple[str, datetime]]:
+        """(subscriber, slot) of editions left `pending` (recorded, never taken, or taken
+        back from a dead sender), not touched since `untouched_since`, for slots since
+        `slots_since`: nobody is about to send them."""
         with self._begin() as conn:
-            rows = conn.execute(select(editions).where(
+            rows = conn.execute(select(editions.c.subscriber_id, editions.c.slot).where(
                 editions.c.state == EditionState.PENDING.value,
-                editions.c.updated_at < untouched_since)
+                editions.c.updated_at < untouched_since, editions.c.slot >= slots_since)
                 .order_by(editions.c.updated_at, editions.c.id)).all()
-            return [self._edition(conn, row) for row in rows]
+        return [(str(subscriber_id), slot) for subscriber_id, slot in rows]
 
     def release_own_claims(self, claimer: str, *, now: datetime) -> int:
         """Put back to `pending` every edition `claimer` holds: for a sender that knows it
@@ -641,13 +657,16 @@ class Store:
             conn.execute(statement.on_conflict_do_update(index_elements=["url"], set_=values))
 
 
-def _sendable(stale_before: datetime) -> ColumnElement[bool]:
+def _sendable(stale_before: datetime, live_since: datetime) -> ColumnElement[bool]:
     """Editions a sender may take: pending, failed for a reason worth retrying, or left in
-    `sending` since before `stale_before` by a sender that died."""
+    `sending` since before `stale_before` by a sender whose heartbeat is not recent
+    (since `live_since`): a sender that is still beating keeps its claims."""
+    beating = (select(senders.c.id).where(senders.c.id == editions.c.claimed_by,
+                                          senders.c.heartbeat_at >= live_since).exists())
     return ((editions.c.state == EditionState.PENDING.value)
             | ((editions.c.state == EditionState.FAILED.value) & editions.c.retryable)
             | ((editions.c.state == EditionState.SENDING.value)
-               & (editions.c.updated_at < stale_before)))
+               & (editions.c.updated_at < stale_before) & ~beating))
 
 
 def _edition_from(row: Row[Any], picks: tuple[Pick, ...]) -> Edition:
