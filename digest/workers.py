@@ -200,8 +200,8 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
         report = _run_items(run, items, now=now, show_all=message["show_all"])
     except StoreError as exc:
         return _again_later(task, message, exc)
-    for error in report.errors:
-        log.warning("profile.invalid %s", error)
+    for error in report.errors:  # profiles that would not load, editions that failed
+        log.warning("shard.problem %s", error)
     held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
     if message.get("carried"):
         earlier = SendReport.from_json(message["carried"])
@@ -209,8 +209,8 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
         report = earlier
     waited = int(message.get("held_tries") or 0)
     if held and waited * IN_FLIGHT_RETRY_S <= 2 * run.settings.mail.sending_stale_s:
-        # Another sender holds these; once it is done they are settled, and if it died
-        # on another host its claim goes stale and they are sent then. Only they are
+        # Another sender holds these: once it is done they are settled, and if it died
+        # (its heartbeat falls silent) they are taken back and sent then. Only they are
         # tried again; the rest of the report travels with them.
         report.counts[Status.IN_FLIGHT] -= len(held)
         report.shown = [o for o in report.shown if o.status is not Status.IN_FLIGHT]
