@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -53,6 +53,9 @@ from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
 from digest.store.store import SILENT_AFTER_S, engine_name
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +109,7 @@ class Daemon:
         self.leadership = leadership_for(self.store.engine)
         self._asked_again: dict[tuple[str, datetime], datetime] = {}
         self.exit_status = 0
+        self._celery_app: Celery | None = None  # send.workers = "celery", made on first use
 
     # Profiles --------------------------------------------------------------------------
 
@@ -221,6 +225,9 @@ class Daemon:
                     self.queue.put_nowait(None)  # keep the stop marker for the outer loop
                     break
                 batch.append(more)
+            if self.settings.send.workers == "celery":  # the workers rank and send
+                await self._hand_to_workers(self._take_due(batch))
+                continue
             # A corpus fitted on today's papers; the embedding model is loaded only once.
             try:
                 run = EditionRun(self.store, self.settings, embedder=self._embedder,
@@ -229,15 +236,7 @@ class Daemon:
                 log.error("editions.not-sent count=%d reason=%r", len(batch), str(exc))
                 self._queued.difference_update(batch)
                 continue
-            due = []
-            for key in batch:
-                self._queued.discard(key)
-                ready = self._due(*key)
-                if ready is not None:
-                    due.append(ready)
-            if self.settings.send.workers == "celery":
-                await self._hand_to_workers(due)
-                continue
+            due = self._take_due(batch)
             smtp = self.settings.smtp
             async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
                 for start in range(0, len(due), BATCH):
@@ -253,16 +252,30 @@ class Daemon:
                 log.error("editions.release-failed reason=%r", str(exc))
             self._embedder = run.embedder
 
+    def _take_due(self, batch: list[tuple[str, datetime | None]]
+                  ) -> list[tuple[Profile, datetime]]:
+        """The queued editions of `batch` that are still due, off the queue's books."""
+        due = []
+        for key in batch:
+            self._queued.discard(key)
+            ready = self._due(*key)
+            if ready is not None:
+                due.append(ready)
+        return due
+
     async def _hand_to_workers(self, due: list[tuple[Profile, datetime]]) -> None:
         """`send.workers = "celery"`: the editions go to `digest worker`s in shards; the
         ledger, which they share, records what they send."""
-        from digest.workers import enqueue
+        from digest.workers import enqueue, make_app
 
         if not due:
             return
+        if self._celery_app is None:  # one client (and broker connection pool) for all
+            self._celery_app = make_app(self.settings.celery)
         items = [(profile.path, slot) for profile, slot in due]
         try:
-            await asyncio.to_thread(enqueue, self.settings, items, now=self.clock())
+            await asyncio.to_thread(enqueue, self.settings, items, now=self.clock(),
+                                    app=self._celery_app)
             self.enqueued += len(items)
         except Exception as exc:  # the broker is down: asked for again a little later
             wait = min(self.settings.daemon.retry_base_s, 60.0)
@@ -377,6 +390,9 @@ class Daemon:
                                                    "data_dir": self.settings.data_dir})
         if settings.rank != self.settings.rank:
             self._embedder = "unloaded"
+        if settings.celery != self.settings.celery and self._celery_app is not None:
+            self._celery_app.close()  # the next hand-over connects as now configured
+            self._celery_app = None
         self.settings = settings
         self.inbox = InboxWatcher(settings.inbox_dir, settings.daemon.inbox_settle_s)
         self._add_periodic_jobs()
@@ -462,6 +478,8 @@ class Daemon:
         except TimeoutError:
             log.error("daemon.stop sending did not finish within %ss",
                       self.settings.daemon.shutdown_timeout_s)
+        if self._celery_app is not None:
+            self._celery_app.close()
         try:  # a database that stopped answering must not hold up the exit
             await _off_loop(self.leadership.release, 10)
         except TimeoutError:

@@ -15,6 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (its name if it has none), for logs."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class DigestError(Exception):
     """Base of every expected failure; the CLI prints it as one line."""
 

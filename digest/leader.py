@@ -25,6 +25,8 @@ from typing import IO, Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from digest.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ class PostgresLeadership:
         try:
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as exc:
-            log.warning("leader.unavailable reason=%r", _first_line(exc))
+            log.warning("leader.unavailable reason=%r", first_line(exc))
             return False
         try:
             # The server notices a vanished leader (host gone, cable cut) within about
@@ -72,7 +74,7 @@ class PostgresLeadership:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
                                {"key": self._key}).scalar_one()
         except SQLAlchemyError as exc:
-            log.warning("leader.unavailable reason=%r", _first_line(exc))
+            log.warning("leader.unavailable reason=%r", first_line(exc))
             _invalidate(conn)
             return False
         if got:
@@ -93,7 +95,7 @@ class PostgresLeadership:
                 " AND ((classid::bigint << 32) | objid::bigint) = :key)"),
                 {"key": self._key}).scalar_one()
         except SQLAlchemyError as exc:
-            log.error("leader.lost reason=%r", _first_line(exc))
+            log.error("leader.lost reason=%r", first_line(exc))
             self._drop()
             return False
         if not held:
@@ -123,10 +125,6 @@ def _invalidate(conn: Connection) -> None:
         conn.invalidate()
     except SQLAlchemyError:
         pass
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class FileLeadership:

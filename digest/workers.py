@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
-from digest.errors import BrokerError, ConfigError, StoreError
+from digest.errors import BrokerError, ConfigError, StoreError, first_line
 from digest.pipeline import EditionRun, Status, check_sending, recover_abandoned
 from digest.shards import SendReport, run_shard
 from digest.store import Store
@@ -51,11 +51,6 @@ def _celery() -> Any:
         raise ConfigError("send.workers is \"celery\" but Celery is not installed: "
                           "pip install 'digest[celery]'") from exc
     return celery
-
-
-def broker_name(url: str) -> str:
-    """The broker URL without any password, for messages."""
-    return redact_url(url)
 
 
 def make_app(settings: CelerySettings) -> Celery:
@@ -104,7 +99,7 @@ def enqueue(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *
         results.append(app.send_task(TASK, args=[message], queue=settings.celery.queue,
                                      ignore_result=not want_results))
     log.info("shards.enqueued editions=%d shards=%d broker=%s", len(items), len(results),
-             broker_name(settings.celery.broker_url))
+             redact_url(settings.celery.broker_url))
     return results
 
 
@@ -121,7 +116,7 @@ def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime
                               app=app)
         except Exception as exc:  # kombu's and Celery's many connection errors
             raise BrokerError(f"cannot hand the shards to the broker "
-                              f"{broker_name(settings.celery.broker_url)}: {_first(exc)}"
+                              f"{redact_url(settings.celery.broker_url)}: {first_line(exc)}"
                               ) from exc
         deadline = time.monotonic() + settings.celery.shard_timeout_s
         for result in results:
@@ -139,20 +134,16 @@ def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime
 def check_broker(app: Celery, settings: CelerySettings) -> None:
     """Raise BrokerError, at once and in one line, if the broker (or a Redis result store)
     does not answer: rather than Celery's retries and tracebacks."""
-    where = broker_name(settings.broker_url)
+    where = redact_url(settings.broker_url)
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
                                          timeout=10)
         if settings.backend.startswith("redis"):
-            where = broker_name(settings.backend)
+            where = redact_url(settings.backend)
             app.backend.client.ping()
     except Exception as exc:
-        raise BrokerError(f"cannot reach {where}: {_first(exc)}") from exc
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BrokerError(f"cannot reach {where}: {first_line(exc)}") from exc
 
 
 def _why(exc: BaseException) -> str:
@@ -276,6 +267,6 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     # Celery logs every task's whole result at INFO; ours says what matters (shard.done).
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     log.info("worker.started pid=%d broker=%s queue=%s", os.getpid(),
-             broker_name(settings.celery.broker_url), settings.celery.queue)
+             redact_url(settings.celery.broker_url), settings.celery.queue)
     worker.start()
     return int(worker.exitcode or 0)

@@ -4,7 +4,6 @@ not yet recorded when the sender died."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from digest.config import SmtpSettings
 from digest.models import EditionState
@@ -20,21 +18,15 @@ from digest.pipeline import RECORD_EVERY
 from digest.shards import SHARD, available_cores
 from digest.store import Store
 
-ROOT = Path(__file__).parents[1]
+from .running import ROOT, write_readers
+
 SUBSCRIBERS = 2000
 KILLS = 3
-TOPICS = ["dense retrieval", "language models", "attention", "image classification",
-          "reinforcement learning", "recommendation", "instruction tuning", "long context"]
 
 
 def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys, database_url):
     rng = random.Random(7)
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    for i in range(SUBSCRIBERS):
-        (profiles / f"s{i:05d}.yaml").write_text(
-            f"name: Reader {i}\nemail: r{i}@example.org\nschedule: daily 07:00\n"
-            f"interests: {json.dumps(rng.sample(TOPICS, 2))}\nmax_papers: 5\n")
+    write_readers(tmp_path / "profiles", SUBSCRIBERS, rng)
     config = tmp_path / "digest.toml"
     config.write_text(f'data_dir = "data"\nprofiles_dir = "profiles"\n[smtp]\n'
                       f'host = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from digest.pipeline import ingest_files
 
 from .conftest import NOW
 from .feedserver import FeedServer
-
-ROOT = Path(__file__).parents[1]
+from .running import ROOT, DaemonProcess, wait_for
 
 
 class Clock:
@@ -51,6 +49,16 @@ def _restart_and_catch_up(settings: Settings, clock: Clock) -> Daemon:
     asyncio.run(cycle())
     daemon.store.close()
     return daemon
+
+
+async def _retry_tick(daemon: Daemon) -> int:
+    """The retry job once, then the sender until the queue is empty; how many it queued."""
+    daemon.reload_profiles()
+    daemon.retry_failed()
+    queued = daemon.queue.qsize()
+    daemon.queue.put_nowait(None)
+    await daemon.send_editions()
+    return queued
 
 
 @pytest.fixture
@@ -103,12 +111,7 @@ def test_failed_edition_is_retried_after_its_back_off(daemon_settings, store, se
 
     async def retry_at(moment: datetime) -> int:
         clock.now = moment
-        daemon.reload_profiles()
-        daemon.retry_failed()
-        queued = daemon.queue.qsize()
-        daemon.queue.put_nowait(None)
-        await daemon.send_editions()
-        return queued
+        return await _retry_tick(daemon)
 
     wait = retry_delay_s(1, daemon_settings.daemon.retry_base_s, daemon_settings.daemon.retry_max_s)
 
@@ -146,16 +149,8 @@ def test_editions_nobody_is_sending_are_asked_for_again(daemon_settings, store, 
                             now=long_ago)
     daemon = Daemon(lambda: daemon_settings, clock=Clock(NOW))
 
-    async def tick() -> int:
-        daemon.reload_profiles()
-        daemon.retry_failed()
-        queued = daemon.queue.qsize()
-        daemon.queue.put_nowait(None)
-        await daemon.send_editions()
-        return queued
-
-    assert asyncio.run(tick()) == 2
-    assert asyncio.run(tick()) == 0  # settled: nothing asked for again
+    assert asyncio.run(_retry_tick(daemon)) == 2
+    assert asyncio.run(_retry_tick(daemon)) == 0  # settled: nothing asked for again
     daemon.store.close()
     assert {e.subscriber_id: e.state for e in map(store.last_edition, ("ana", "ben"))
             if e is not None} == {"ana": EditionState.SENT, "ben": EditionState.SENT}
@@ -195,32 +190,6 @@ def test_profiles_reload_without_restart_and_a_broken_edit_keeps_the_last_good_o
 
 # The real process ---------------------------------------------------------------------
 
-def _wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Process:
-    def __init__(self, config: Path, log: Path):
-        self.log = log
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("DIGEST_CONFIG", None)
-        self.handle = subprocess.Popen(
-            [sys.executable, "-m", "digest", "-c", str(config), "run"],
-            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=config.parent)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.handle.send_signal(signal.SIGTERM)
-        return self.handle.wait(timeout=30)
-
-
 def test_digest_run_end_to_end(tmp_path, smtp_sink, seeds):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -257,10 +226,10 @@ catchup_grace_s = 86400
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest", seeds[0]],
                        check=True, capture_output=True, env=env)
-        first = Process(config, tmp_path / "run1.log")
-        _wait_for(lambda: any(r.recipients == ("daily@example.org",)
+        first = DaemonProcess(config, tmp_path / "run1.log")
+        wait_for(lambda: any(r.recipients == ("daily@example.org",)
                               for r in smtp_sink.received), 20, "the catch-up edition")
-        _wait_for(lambda: 200 in server.statuses(feed), 10, "the first feed poll")
+        wait_for(lambda: 200 in server.statuses(feed), 10, "the first feed poll")
         inbox = tmp_path / "inbox"
         shutil.copy(seeds[3], inbox / "seed.txt")
         already = {e.title for e in read_digest_file(seeds[0]).entries}
@@ -272,17 +241,17 @@ catchup_grace_s = 86400
                                                      .split()) for t in dropped)
                        for r in smtp_sink.received)
 
-        _wait_for(fast_got_the_seed, 20, "an edition with the dropped file's papers")
-        _wait_for(lambda: 304 in server.statuses(feed), 10, "a 304 on the second poll")
+        wait_for(fast_got_the_seed, 20, "an edition with the dropped file's papers")
+        wait_for(lambda: 304 in server.statuses(feed), 10, "a 304 on the second poll")
         assert (inbox / "processed" / "seed.txt").is_file()
         assert first.stop() == 0
         log = first.text()
         assert "daemon.stopped" in log and "Traceback" not in log
 
         received = len(smtp_sink.received)
-        second = Process(config, tmp_path / "run2.log")
-        _wait_for(lambda: "daemon.started" in second.text(), 20, "the restart")
-        _wait_for(lambda: second.text().count("edition.empty subscriber=fast") >= 2, 20,
+        second = DaemonProcess(config, tmp_path / "run2.log")
+        wait_for(lambda: "daemon.started" in second.text(), 20, "the restart")
+        wait_for(lambda: second.text().count("edition.empty subscriber=fast") >= 2, 20,
                   "two scheduled editions with nothing new after the restart")
         assert second.stop() == 0
     message_ids = [r.message["Message-ID"] for r in smtp_sink.received]
@@ -331,7 +300,7 @@ def test_sigterm_lets_the_email_in_flight_finish_and_a_second_exits_at_once(
 
     with SmtpSink(respond=slow) as sink:
         config = _slow_daemon(tmp_path, seeds, sink.port)
-        process = Process(config, tmp_path / "run.log")
+        process = DaemonProcess(config, tmp_path / "run.log")
         assert arrived.wait(20), "the edition never reached the server"
         for _ in range(signals):
             process.handle.send_signal(signal.SIGTERM)

@@ -10,53 +10,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine
 
 from digest.leader import FileLeadership, PostgresLeadership, leadership_for
 from digest.store import Store
+from tests.running import ROOT, DaemonProcess, wait_for
 from tests.services import postgres_schema
-
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     with postgres_schema() as url:
         yield url
-
-
-def _wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Daemon:
-    def __init__(self, config: Path, log: Path):
-        self.log = log
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("DIGEST_CONFIG", None)
-        self.handle = subprocess.Popen(
-            [sys.executable, "-m", "digest", "-c", str(config), "run"],
-            stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=config.parent)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.handle.poll() is None:
-            self.handle.send_signal(signal.SIGTERM)
-            try:
-                self.handle.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.handle.kill()
 
 
 def test_standby_takes_over_when_the_leader_dies(tmp_path, smtp_sink, seeds, pg_url):
@@ -90,23 +58,23 @@ catchup_grace_s = 86400
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest",
                     *map(str, seeds[:3])], check=True, capture_output=True, env=env)
-    first = Daemon(config, tmp_path / "first.log")
+    first = DaemonProcess(config, tmp_path / "first.log")
     second = None
     try:
-        _wait_for(lambda: "daemon.leader" in first.text(), 20, "the first daemon to lead")
-        second = Daemon(config, tmp_path / "second.log")
-        _wait_for(lambda: "daemon.standby" in second.text(), 20, "the second to stand by")
-        _wait_for(lambda: len(smtp_sink.received) == 1, 20, "the leader's first edition")
+        wait_for(lambda: "daemon.leader" in first.text(), 20, "the first daemon to lead")
+        second = DaemonProcess(config, tmp_path / "second.log")
+        wait_for(lambda: "daemon.standby" in second.text(), 20, "the second to stand by")
+        wait_for(lambda: len(smtp_sink.received) == 1, 20, "the leader's first edition")
         time.sleep(1.0)  # a few slots pass: nothing new, so nothing more is sent
         assert len(smtp_sink.received) == 1
         assert "edition.sent" not in second.text() and "daemon.started" not in second.text()
 
         first.handle.send_signal(signal.SIGKILL)
         first.handle.wait()
-        _wait_for(lambda: "took over" in second.text(), 20, "the standby to take over")
+        wait_for(lambda: "took over" in second.text(), 20, "the standby to take over")
         # New papers arrive; the next slot's edition carries them, sent by the new leader.
         shutil.copy(seeds[3], tmp_path / "inbox" / "new.txt")
-        _wait_for(lambda: len(smtp_sink.received) >= 2, 30, "the next edition")
+        wait_for(lambda: len(smtp_sink.received) >= 2, 30, "the next edition")
         time.sleep(1.0)
     finally:
         first.stop()
@@ -138,7 +106,7 @@ def test_postgres_advisory_lock_has_one_holder_and_frees_on_disconnect(pg_url):
         first._conn.invalidate()  # noqa: SLF001
         assert not first.holding()
         # The server ends the session (and frees the lock) a moment after the close.
-        _wait_for(second.try_acquire, 10, "the lock to be freed")
+        wait_for(second.try_acquire, 10, "the lock to be freed")
         second.release()
         assert first.try_acquire()
         first.release()

@@ -26,13 +26,11 @@ from digest.models import Edition, EditionState
 from digest.pipeline import RECORD_EVERY, Status
 from digest.shards import SendReport
 from digest.store import Store
+from tests.running import ROOT, write_readers
 from tests.services import AMQP, REDIS, need, postgres_schema
 
 pytest.importorskip("celery", reason="Celery (the 'celery' extra) is needed")
 
-ROOT = Path(__file__).parents[1]
-TOPICS = ["dense retrieval", "language models", "attention", "image classification",
-          "reinforcement learning", "recommendation", "instruction tuning", "long context"]
 
 
 @pytest.fixture
@@ -45,13 +43,7 @@ def write_setup(tmp_path: Path, sink_port: int, subscribers: int, *, database: s
                 queue: str) -> Path:
     """Profiles and a config; the broker's URL (with its password) comes from the
     environment, DIGEST_BROKER_URL, as in production."""
-    rng = random.Random(11)
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    for i in range(subscribers):
-        (profiles / f"s{i:05d}.yaml").write_text(
-            f"name: Reader {i}\nemail: r{i}@example.org\nschedule: daily 07:00\n"
-            f"interests: {json.dumps(rng.sample(TOPICS, 2))}\nmax_papers: 5\n")
+    write_readers(tmp_path / "profiles", subscribers, random.Random(11))
     config = tmp_path / "digest.toml"
     config.write_text(
         f'data_dir = "data"\nprofiles_dir = "profiles"\ndatabase_url = "{database}"\n'
@@ -188,8 +180,8 @@ def test_broker_password_only_from_the_environment(tmp_path):
     settings = load_settings(config, env={"DIGEST_BROKER_URL":
                                           "amqp://digest:hunter2@rabbit:5672//"})
     assert settings.celery.broker_url == "amqp://digest:hunter2@rabbit:5672//"
-    from digest.workers import broker_name
-    assert "hunter2" not in broker_name(settings.celery.broker_url)
+    from digest.config import redact_url
+    assert "hunter2" not in redact_url(settings.celery.broker_url)
     assert CelerySettings(broker_url="amqp://rabbit//").backend == "rpc://"
     assert CelerySettings(broker_url="redis://r:6379/1").backend == "redis://r:6379/1"
 
