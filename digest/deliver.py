@@ -7,12 +7,14 @@ This module owns SMTP. Server replies become `TransientDeliveryError` (retry lat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
+from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 
@@ -72,6 +74,10 @@ class SmtpMailer:
     message's round trips overlap another's; a connection that fails is dropped and a new
     one opened for the next message.
 
+    aiosmtplib opens each connection (greeting, EHLO, STARTTLS or TLS with the certificate
+    checked, AUTH); the mail transactions then go through `_Wire`, which pipelines them
+    where the server offers it (RFC 2920).
+
     Use as `async with SmtpMailer(settings, sender=...) as mailer: await mailer.send(email)`;
     `send` may be awaited by many tasks at once.
     """
@@ -82,7 +88,7 @@ class SmtpMailer:
         self.where = f"{settings.host}:{settings.port}"
         self.limiter = smtp_limiter(settings.max_per_second, settings.max_per_hour)
         self._slots = asyncio.Semaphore(settings.connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Wire] = []
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.security == "none":
@@ -99,7 +105,7 @@ class SmtpMailer:
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> _Wire:
         s = self.settings
         client = aiosmtplib.SMTP(
             hostname=s.host,
@@ -111,34 +117,48 @@ class SmtpMailer:
             tls_context=self._tls_context(),
         )
         await client.connect()
+        if client.last_ehlo_response is None and client.last_helo_response is None:
+            try:  # connect() greets only when it needs to, for STARTTLS
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
         if s.username:
             password = s.password.get_secret_value() if s.password else ""
             await client.login(s.username, password)
-        log.debug("smtp.connected server=%s security=%s", self.where, s.security)
-        return client
+        if client.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost after login")
+        pipelining = client.supports_extension("pipelining")
+        log.debug("smtp.connected server=%s security=%s pipelining=%s", self.where,
+                  s.security, pipelining)
+        return _Wire(client.transport, pipelining=pipelining, timeout=s.timeout_s)
 
     async def send(self, email: OutgoingEmail) -> str:
         """Send one message; returns the server's reply. Raises DeliveryError."""
+        try:
+            sender = _envelope_address(self.sender)
+            recipients = [_envelope_address(r) for r in email.recipients]
+        except ValueError as exc:
+            raise PermanentDeliveryError(f"cannot send: {exc}") from exc
         if self.limiter is not None:
             await self.limiter.acquire()
         async with self._slots:
-            client = self._idle.pop() if self._idle else None
+            wire = self._idle.pop() if self._idle else None
             try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
-                _errors, reply = await client.sendmail(self.sender, list(email.recipients),
-                                                       email.data)
+                if wire is None or not wire.usable:
+                    if wire is not None:
+                        wire.abort()
+                    wire = await self._connect()
+                reply = await wire.transaction(sender, recipients, email.data)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                if client is not None:
-                    await _close(client)
+                if wire is not None:
+                    await wire.close()
                 raise classify_smtp_error(exc, self.where) from exc
-            self._idle.append(client)
-        return f"250 {' '.join(reply.split())}"
+            self._idle.append(wire)
+        return f"250 {' '.join(reply.message.split())}"
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
-            await _close(client)
+        await asyncio.gather(*(wire.close() for wire in idle))
 
     async def __aenter__(self) -> SmtpMailer:
         return self
@@ -148,13 +168,186 @@ class SmtpMailer:
         await self.aclose()
 
 
-async def _close(client: aiosmtplib.SMTP) -> None:
-    """Say goodbye if the server still listens; otherwise just drop the connection."""
-    if client.is_connected:
-        try:
-            await client.quit()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
-            client.close()
+_UNSAFE_IN_ADDRESS = re.compile(rb"[\x00-\x20<>\x7f]")
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+MAX_REPLY_BYTES = 64 * 1024  # a reply longer than this is not an SMTP server talking
+
+
+def _envelope_address(address: str) -> bytes:
+    """An address for MAIL FROM / RCPT TO. Profiles are checked when loaded; this refuses
+    anything that would change the command (a line break, a space, angle brackets)."""
+    raw = address.encode("ascii")  # UnicodeEncodeError is a ValueError
+    if not raw or _UNSAFE_IN_ADDRESS.search(raw):
+        raise ValueError(f"address {address!r} cannot go in an SMTP command")
+    return raw
+
+
+def wire_data(data: bytes) -> bytes:
+    """A message as DATA carries it: CRLF lines, each leading "." doubled (RFC 5321 4.5.2),
+    ending in CRLF "." CRLF. Rendered messages have CRLF lines already, which three byte
+    counts confirm, so the usual regular expression over the whole message is skipped."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDING.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+class _Wire(asyncio.Protocol):
+    """One open SMTP connection, past its greeting, EHLO, TLS and login, sending mail.
+
+    With PIPELINING, MAIL, RCPT and DATA go out in one write and their replies come back
+    together, so a message costs two round trips instead of four; without it, each
+    command waits for its reply. Any failure leaves the connection to be closed: the
+    pool opens a new one for the next message.
+    """
+
+    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool,
+                 timeout: float | None):
+        self.pipelining = pipelining
+        self.timeout = timeout
+        self._transport = cast(asyncio.WriteTransport, transport)
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []  # the reply being read, line after line
+        self._replies: deque[aiosmtplib.SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: Exception | None = None
+        transport.set_protocol(self)
+
+    @property
+    def usable(self) -> bool:
+        """Open, and with no reply nobody asked for (a server that timed out the idle
+        connection says 421 first)."""
+        return self._lost is None and not self._replies and not self._transport.is_closing()
+
+    # asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+                self._fail(aiosmtplib.SMTPResponseException(
+                    -1, f"malformed reply: {line[:80].decode('ascii', 'replace')}"))
+                return
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                text = b"\n".join(part[4:].strip() for part in self._lines)
+                self._replies.append(aiosmtplib.SMTPResponse(
+                    int(line[:3]), text.decode("utf-8", "surrogateescape")))
+                self._lines = []
+        if len(self._buffer) + sum(map(len, self._lines)) > MAX_REPLY_BYTES:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
+            return
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(aiosmtplib.SMTPServerDisconnected(
+            f"connection lost: {exc}" if exc else "the server closed the connection"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self._lost is None:
+            self._lost = exc
+        self._transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # talking
+
+    async def _reply(self) -> aiosmtplib.SMTPResponse:
+        while not self._replies:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self.timeout)
+            except TimeoutError:
+                silent = aiosmtplib.SMTPReadTimeoutError("timed out waiting for a reply")
+                self._fail(silent)
+                raise silent from None
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def _write(self, data: bytes) -> None:
+        if self._lost is not None:
+            raise self._lost
+        self._transport.write(data)
+
+    async def _replies_to(self, commands: list[bytes]) -> list[aiosmtplib.SMTPResponse]:
+        """The replies to MAIL, RCPT..., DATA, up to the first that leaves no point in
+        waiting for the rest: MAIL refused, a server closing (421) or hanging up. Without
+        pipelining, DATA is not sent when no recipient was accepted."""
+        replies: list[aiosmtplib.SMTPResponse] = []
+        if self.pipelining:
+            self._write(b"".join(commands))
+        for command in commands:
+            if not self.pipelining:
+                if command is commands[-1] and all(r.code >= 400 for r in replies[1:]):
+                    break
+                self._write(command)
+            try:
+                reply = await self._reply()
+            except aiosmtplib.SMTPException:
+                if any(r.code >= 400 for r in replies):
+                    break  # the refusal explains it better than the hang-up after it
+                raise
+            replies.append(reply)
+            if reply.code == 421 or replies[0].code >= 400:
+                break
+        return replies
+
+    async def transaction(self, sender: bytes, recipients: list[bytes], data: bytes
+                          ) -> aiosmtplib.SMTPResponse:
+        """Send one message; the server's final reply. Raises aiosmtplib's exceptions."""
+        message = wire_data(data)
+        commands = [b"MAIL FROM:<" + sender + b">\r\n",
+                    *(b"RCPT TO:<" + r + b">\r\n" for r in recipients), b"DATA\r\n"]
+        replies = await self._replies_to(commands)
+        mail, rcpts = replies[0], replies[1: 1 + len(recipients)]
+        if mail.code >= 400:
+            raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message,
+                                               sender.decode("ascii"))
+        refused = [aiosmtplib.SMTPRecipientRefused(r.code, r.message, to.decode("ascii"))
+                   for r, to in zip(rcpts, recipients, strict=False) if r.code >= 400]
+        accepted = len(rcpts) - len(refused)
+        go_ahead = replies[-1] if len(replies) == len(commands) else None
+        if go_ahead is not None and go_ahead.code == 354 and not accepted:
+            # The server said go ahead though no recipient is left: end it empty.
+            self._write(b".\r\n")
+            await self._reply()
+        if not accepted:
+            raise aiosmtplib.SMTPRecipientsRefused(refused)
+        if go_ahead is None or go_ahead.code != 354:
+            code, text = (go_ahead.code, go_ahead.message) if go_ahead else (-1, "no reply")
+            raise aiosmtplib.SMTPDataError(code, text)
+        self._write(message)
+        final = await self._reply()
+        if final.code != 250:
+            raise aiosmtplib.SMTPDataError(final.code, final.message)
+        return final
+
+    async def close(self) -> None:
+        """Say goodbye if the connection is in a state to; then close it."""
+        if self.usable:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                self._write(b"QUIT\r\n")
+                await self._reply()
+        self.abort()
+
+    def abort(self) -> None:
+        self._transport.close()
 
 
 class OutboxMailer:

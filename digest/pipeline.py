@@ -50,6 +50,7 @@ from digest.models import (
     Problem,
     Profile,
 )
+from digest.profilecache import ProfileCache
 from digest.rank import (
     Candidates,
     Corpus,
@@ -339,6 +340,13 @@ class EditionRun:
     stopping: asyncio.Event | None = None
     # Seconds spent in each stage (rank, render, smtp, ledger), for `digest send -v`.
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _profile_cache: ProfileCache | None = field(init=False, default=None)
+
+    def profile_cache(self) -> ProfileCache:
+        """The parsed profiles kept in the data folder (digest/profilecache.py)."""
+        if self._profile_cache is None:
+            self._profile_cache = ProfileCache.for_settings(self.settings)
+        return self._profile_cache
 
     def prefetch(self, profiles: Sequence[Profile]) -> None:
         """Look up every profile's liked and disliked papers, sent papers and last cut-off

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,9 @@ from digest.errors import ProfileError
 from digest.identity import ascii_domain, normalise_title, parse_arxiv_id
 from digest.models import Interest, Profile
 from digest.schedule import load_timezone, parse_schedule
+
+if TYPE_CHECKING:
+    from digest.profilecache import ProfileCache
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
 _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -323,29 +326,47 @@ def profile_paths(folder: Path) -> list[Path]:
                   if p.suffix in PROFILE_SUFFIXES and not p.name.startswith((".", "_")))
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None  # reading it says what is wrong
+
+
 def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
-                  for_sending: bool = True) -> ProfileSet:
+                  for_sending: bool = True, cache: ProfileCache | None = None) -> ProfileSet:
     """Load every profile it can; a broken one becomes an error value, not an exception.
 
     For sending, subscriber ids must be valid and distinct (the ledger is keyed by them);
-    for ranking alone they need not be.
+    for ranking alone they need not be. With `cache` (made for the same default_max_papers
+    and for sending), unchanged files are not parsed again.
     """
+    paths = list(paths)
+    cached = cache.get(paths) if cache is not None else {}
+    parsed: list[tuple[Profile, os.stat_result]] = []
     profiles: list[Profile] = []
     errors: list[ProfileError] = []
     seen: dict[str, Path] = {}
     for path in paths:
-        try:
-            profile = load_profile(path, default_max_papers=default_max_papers,
-                                   strict_id=for_sending)
-        except ProfileError as exc:
-            errors.append(exc)
-            continue
+        profile = cached.get(path)
+        if profile is None:
+            stat = _stat(path) if cache is not None else None  # taken before reading
+            try:
+                profile = load_profile(path, default_max_papers=default_max_papers,
+                                       strict_id=for_sending)
+            except ProfileError as exc:
+                errors.append(exc)
+                continue
+            if stat is not None:
+                parsed.append((profile, stat))
         if for_sending and profile.subscriber_id in seen:
             errors.append(ProfileError(path, f"same subscriber id {profile.subscriber_id!r} as "
                                              f"{seen[profile.subscriber_id]}"))
             continue
         seen[profile.subscriber_id] = path
         profiles.append(profile)
+    if cache is not None and parsed:
+        cache.put(parsed)
     return ProfileSet(tuple(profiles), tuple(errors))
 
 

@@ -51,7 +51,7 @@ REASON_TERMS = 3
 # costs about as long as SIMILARITY_PAIRS_PER_PROFILE entries of the table.
 SIMILARITY_MAX_PAPERS = 2000
 SIMILARITY_PAIRS_PER_PROFILE = 4000
-MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keyword lists met so far
+MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keywords met so far
 # Per Candidates: the query rows and scores of candidates used as feedback so far (the same
 # few candidates are the first pass's best for many profiles).
 FEEDBACK_CACHE_BYTES = 16_000_000
@@ -346,8 +346,8 @@ class Candidates:
     similarity: _Similarity = field(repr=False, compare=False)
     embeddings: np.ndarray | None = None
     scoring_embeddings: np.ndarray | None = None
-    # The candidates that mention each keyword list met so far (see `_mentions`).
-    mentions: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False,
+    # The candidates that mention each keyword met so far (see `_mentions`).
+    mentions: dict[str, np.ndarray] = field(default_factory=dict, repr=False,
                                                         compare=False)
     # Candidates used as feedback so far: position -> (query row, its scores; see
     # `_feedback_rows`).
@@ -410,16 +410,26 @@ def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
 
 
 def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
-    """A read-only mask of the candidates that mention any phrase as whole words; kept per
-    keyword list, since many profiles share theirs."""
-    key = tuple(phrases)
-    hits = candidates.mentions.get(key)
-    if hits is None:
-        hits = _find_mentions(candidates.lowered, phrases)
-        hits.flags.writeable = False
-        if (len(candidates.mentions) + 1) * hits.nbytes <= MENTIONS_CACHE_BYTES:
-            candidates.mentions[key] = hits
-    return hits
+    """A read-only mask of the candidates that mention any phrase as whole words. Each
+    phrase's mask is kept: profiles share keywords far more often than whole lists."""
+    masks = []
+    for phrase in phrases:
+        key = " ".join(phrase.split()).lower()
+        if not key:
+            continue
+        hits = candidates.mentions.get(key)
+        if hits is None:
+            hits = _find_mentions(candidates.lowered, [key])
+            hits.flags.writeable = False
+            if (len(candidates.mentions) + 1) * hits.nbytes <= MENTIONS_CACHE_BYTES:
+                candidates.mentions[key] = hits
+        masks.append(hits)
+    if len(masks) == 1:
+        return masks[0]
+    either = (np.logical_or.reduce(masks) if masks
+              else np.zeros(len(candidates.lowered), dtype=bool))
+    either.flags.writeable = False
+    return either
 
 
 def _find_mentions(texts: Sequence[str], phrases: Sequence[str]) -> np.ndarray:

@@ -121,7 +121,8 @@ def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
     report = SendReport()
     started = time.perf_counter()
     unique = list(dict.fromkeys(paths))
-    loaded = load_profiles(unique, default_max_papers=run.settings.default_max_papers)
+    loaded = load_profiles(unique, default_max_papers=run.settings.default_max_papers,
+                           cache=run.profile_cache())
     report.timings["load"] += time.perf_counter() - started
     report.errors = [str(e) for e in loaded.errors]
     report.subscribers = {p.subscriber_id: str(p.path) for p in loaded.profiles}

@@ -41,8 +41,25 @@ DROP = "DROP"  # a `respond` answer: close the connection instead of replying
 @dataclass
 class _Handler:
     respond: Callable[[Received], str]
+    pipelining: bool = True
+    recipient: Callable[[str], str] | None = None
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads pipelined commands in turn, as RFC 2920 asks
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = self.recipient(address) if self.recipient else "250 OK"
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -65,13 +82,15 @@ class SmtpSink:
 
     def __init__(self, host: str = "127.0.0.1",
                  respond: Callable[[Received], str] = lambda _message: ACCEPT,
-                 tls_context: ssl.SSLContext | None = None):
+                 tls_context: ssl.SSLContext | None = None, pipelining: bool = True,
+                 recipient: Callable[[str], str] | None = None):
         """`respond` gives the reply to each message, e.g. "451 try later" to refuse it;
-        with `tls_context` the server offers STARTTLS."""
+        `recipient` the reply to each RCPT TO address ("250 OK" if not given); with
+        `tls_context` the server offers STARTTLS; `pipelining` offers PIPELINING."""
         self.host = host
         self.tls_context = tls_context
         self.port = 0
-        self._handler = _Handler(respond)
+        self._handler = _Handler(respond, pipelining, recipient)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None

@@ -100,7 +100,7 @@ class Signer:
 
 
 def _signature(key: bytes, payload: str) -> str:
-    digest = hmac.new(key, payload.encode(), hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+    digest = hmac.digest(key, payload.encode(), "sha256")[:_SIGNATURE_BYTES]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

@@ -204,7 +204,7 @@ def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
     profile = _profile(interests=(Interest("language models"),), mute=("retrieval",))
     prefs, _ = resolve_preferences(store, profile)
     first = rank_papers(corpus, prefs, candidates, top=10)
-    assert list(candidates.mentions) == [("retrieval",)]
+    assert list(candidates.mentions) == ["retrieval"]
     assert rank_papers(corpus, prefs, candidates, top=10) == first
     assert not any("retrieval" in p.paper.text.lower() for p in first)
 
