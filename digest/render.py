@@ -258,13 +258,13 @@ def _header(name: str, value: str) -> bytes:
 def _body(text: str) -> tuple[str, bytes]:
     """A part's transfer encoding and its bytes with CRLF lines: as it is ("7bit") when it
     is ASCII with no line over 998 characters, otherwise quoted-printable."""
-    crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
-    if crlf.isascii() and max(map(len, crlf.split("\r\n")), default=0) <= 998:
-        return "7bit", crlf.encode("ascii")
-    encoded = binascii.b2a_qp(crlf.encode("utf-8"), istext=True)
-    # Soft line breaks follow the text's first line ending, "\n" if it has none; a bare
-    # CR is encoded (=0D), so every "\n" here can become CRLF.
-    return "quoted-printable", encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isascii() and max(map(len, text.split("\n")), default=0) <= 998:
+        return "7bit", text.replace("\n", "\r\n").encode("ascii")
+    # Soft line breaks follow the text's line endings, all "\n" now.
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    return "quoted-printable", encoded.replace(b"\n", b"\r\n")
 
 
 def serialise(headers: Sequence[tuple[str, str]], text: str, html: str) -> bytes:

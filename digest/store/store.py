@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -298,9 +299,11 @@ class Store:
 
     def save_subscribers(self, profiles: Sequence[Profile], now: datetime) -> None:
         """`save_subscriber` for many profiles in one transaction per 500."""
+        folders: dict[Path, Path] = {}
         for chunk in _chunks(profiles):
             rows = [dict(id=p.subscriber_id, email=p.email, name=p.name,
-                         profile_path=str(p.path.resolve()), active=p.active, updated_at=now)
+                         profile_path=str(_resolved(p.path, folders)), active=p.active,
+                         updated_at=now)
                     for p in chunk]
             statement = self._upsert(subscribers_table)
             set_ = {c: statement.excluded[c]
@@ -689,10 +692,22 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(cause).split()) or type(cause).__name__
 
 
+@lru_cache(maxsize=65536)  # many profiles like the same few papers
 def _title_key(title: str) -> str:
     """The normalised title as stored: at most 512 characters (the column's size, which
     PostgreSQL enforces), so a title key is found however long the title."""
     return normalise_title(title)[:TITLE_KEY_LENGTH].rstrip()
+
+
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+    """`path.resolve()`, with each folder resolved once (kept in `folders`), not once per
+    profile in it."""
+    if path.is_symlink():
+        return path.resolve()
+    folder = folders.get(path.parent)
+    if folder is None:
+        folder = folders[path.parent] = path.parent.resolve()
+    return folder / path.name
 
 
 def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
