@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.rank_speed import DATA, corpus  # noqa: E402
 from digest.config import load_settings  # noqa: E402
 from digest.models import PaperEntry  # noqa: E402
-from digest.profilecache import ProfileCache  # noqa: E402
+from digest.profilecache import RACY_S, ProfileCache  # noqa: E402
 from digest.profiles import load_profiles, profile_paths  # noqa: E402
 from digest.store import Store  # noqa: E402
 from digest.store.schema import editions  # noqa: E402
@@ -408,13 +408,12 @@ def write_profiles(folder: Path, count: int, papers: Sequence[dict[str, str]],
 
 
 def warm_profile_cache(config: Path, env: Mapping[str, str]) -> None:
-    """As after an earlier day's run: the profile files a day old and their parsed form in
-    digest's profile cache (digest/profilecache.py). `--cold-profiles` skips this."""
+    """As after an earlier day's run: the profiles' parsed form in digest's profile cache
+    (digest/profilecache.py), which keeps no file changed moments before it was read.
+    `--cold-profiles` skips this."""
     settings = load_settings(config, env=env)
     paths = profile_paths(settings.profiles_dir)
-    day_ago = time.time() - 86400
-    for path in paths:
-        os.utime(path, (day_ago, day_ago))
+    time.sleep(RACY_S + 0.1)
     cache = ProfileCache.for_settings(settings)
     load_profiles(paths, default_max_papers=settings.default_max_papers, cache=cache)
     cache.close()

@@ -25,6 +25,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest.identity import ascii_address
 from digest.models import OutgoingEmail
 from digest.ratelimit import smtp_limiter
 
@@ -58,14 +59,14 @@ def classify_smtp_error(exc: Exception, where: str) -> DeliveryError:
         return _reply_error(exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
         return TransientDeliveryError(f"timed out talking to {where}")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):  # also a ConnectionError
+        return TransientDeliveryError(f"{where} closed the connection: {exc}")
     if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
         reason = _CONNECT_PREFIX.sub("", str(exc)) or type(exc).__name__
         return TransientDeliveryError(f"cannot connect to {where}: {reason}")
     if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
         return TransientDeliveryError(f"{where} does not offer STARTTLS; digest will not send "
                                       "in clear text unless smtp.security is \"none\"")
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return TransientDeliveryError(f"{where} closed the connection: {exc}")
     return TransientDeliveryError(f"{where}: {exc}")
 
 
@@ -116,29 +117,36 @@ class SmtpMailer:
             validate_certs=s.validate_certs,
             tls_context=self._tls_context(),
         )
-        await client.connect()
-        if client.last_ehlo_response is None and client.last_helo_response is None:
-            try:  # connect() greets only when it needs to, for STARTTLS
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
-        if s.username:
-            password = s.password.get_secret_value() if s.password else ""
-            await client.login(s.username, password)
-        if client.transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost after login")
+        try:
+            await client.connect()
+            if client.last_ehlo_response is None and client.last_helo_response is None:
+                try:  # connect() greets only when it needs to, for STARTTLS
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+            if s.username:
+                password = s.password.get_secret_value() if s.password else ""
+                await client.login(s.username, password)
+            if client.transport is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost after login")
+        except BaseException:
+            client.close()
+            raise
         pipelining = client.supports_extension("pipelining")
         log.debug("smtp.connected server=%s security=%s pipelining=%s", self.where,
                   s.security, pipelining)
-        return _Wire(client.transport, pipelining=pipelining, timeout=s.timeout_s)
+        return _Wire(client.transport, pipelining=pipelining,
+                     sizes=client.supports_extension("size"), timeout=s.timeout_s)
 
     async def send(self, email: OutgoingEmail) -> str:
         """Send one message; returns the server's reply. Raises DeliveryError."""
         try:
-            sender = _envelope_address(self.sender)
+            sender = _envelope_address(ascii_address(self.sender))
             recipients = [_envelope_address(r) for r in email.recipients]
         except ValueError as exc:
             raise PermanentDeliveryError(f"cannot send: {exc}") from exc
+        if not recipients:
+            raise PermanentDeliveryError("cannot send: the message has no recipient")
         if self.limiter is not None:
             await self.limiter.acquire()
         async with self._slots:
@@ -151,8 +159,15 @@ class SmtpMailer:
                 reply = await wire.transaction(sender, recipients, email.data)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if wire is not None:
-                    await wire.close()
+                    if await wire.reset():  # a refusal: the connection serves the next one
+                        self._idle.append(wire)
+                    else:
+                        await wire.close()
                 raise classify_smtp_error(exc, self.where) from exc
+            except BaseException:  # cancelled mid-transaction: its state is unknown
+                if wire is not None:
+                    wire.abort()
+                raise
             self._idle.append(wire)
         return f"250 {' '.join(reply.message.split())}"
 
@@ -201,27 +216,31 @@ class _Wire(asyncio.Protocol):
 
     With PIPELINING, MAIL, RCPT and DATA go out in one write and their replies come back
     together, so a message costs two round trips instead of four; without it, each
-    command waits for its reply. Any failure leaves the connection to be closed: the
-    pool opens a new one for the next message.
+    command waits for its reply. After a refusal the connection is reset (RSET) and
+    serves the next message; after anything else (a hang-up, a timeout, a reply that is
+    not SMTP, replies still owed) it is closed and the pool opens a new one.
     """
 
-    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool,
+    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, sizes: bool,
                  timeout: float | None):
         self.pipelining = pipelining
+        self.sizes = sizes  # the server takes SIZE= on MAIL FROM (RFC 1870)
         self.timeout = timeout
         self._transport = cast(asyncio.WriteTransport, transport)
         self._buffer = bytearray()
         self._lines: list[bytes] = []  # the reply being read, line after line
         self._replies: deque[aiosmtplib.SMTPResponse] = deque()
+        self._owed = 0  # replies to commands sent that were not read
         self._waiter: asyncio.Future[None] | None = None
         self._lost: Exception | None = None
         transport.set_protocol(self)
 
     @property
     def usable(self) -> bool:
-        """Open, and with no reply nobody asked for (a server that timed out the idle
-        connection says 421 first)."""
-        return self._lost is None and not self._replies and not self._transport.is_closing()
+        """Open, and in step: every reply read, none that nobody asked for (a server that
+        times out an idle connection says 421 first)."""
+        return (self._lost is None and not self._replies and not self._owed
+                and not self._transport.is_closing())
 
     # asyncio.Protocol
 
@@ -265,6 +284,12 @@ class _Wire(asyncio.Protocol):
 
     # talking
 
+    def _send(self, data: bytes, replies: int = 1) -> None:
+        if self._lost is not None:
+            raise self._lost
+        self._transport.write(data)
+        self._owed += replies
+
     async def _reply(self) -> aiosmtplib.SMTPResponse:
         while not self._replies:
             if self._lost is not None:
@@ -278,12 +303,8 @@ class _Wire(asyncio.Protocol):
                 raise silent from None
             finally:
                 self._waiter = None
+        self._owed -= 1
         return self._replies.popleft()
-
-    def _write(self, data: bytes) -> None:
-        if self._lost is not None:
-            raise self._lost
-        self._transport.write(data)
 
     async def _replies_to(self, commands: list[bytes]) -> list[aiosmtplib.SMTPResponse]:
         """The replies to MAIL, RCPT..., DATA, up to the first that leaves no point in
@@ -291,12 +312,12 @@ class _Wire(asyncio.Protocol):
         pipelining, DATA is not sent when no recipient was accepted."""
         replies: list[aiosmtplib.SMTPResponse] = []
         if self.pipelining:
-            self._write(b"".join(commands))
+            self._send(b"".join(commands), len(commands))
         for command in commands:
             if not self.pipelining:
                 if command is commands[-1] and all(r.code >= 400 for r in replies[1:]):
                     break
-                self._write(command)
+                self._send(command)
             try:
                 reply = await self._reply()
             except aiosmtplib.SMTPException:
@@ -312,9 +333,13 @@ class _Wire(asyncio.Protocol):
                           ) -> aiosmtplib.SMTPResponse:
         """Send one message; the server's final reply. Raises aiosmtplib's exceptions."""
         message = wire_data(data)
-        commands = [b"MAIL FROM:<" + sender + b">\r\n",
+        size = b" SIZE=%d" % len(message) if self.sizes else b""
+        commands = [b"MAIL FROM:<" + sender + b">" + size + b"\r\n",
                     *(b"RCPT TO:<" + r + b">\r\n" for r in recipients), b"DATA\r\n"]
         replies = await self._replies_to(commands)
+        closing = next((r for r in replies if r.code == 421), None)
+        if closing is not None:  # the server is going away, whatever else it said
+            raise aiosmtplib.SMTPResponseException(closing.code, closing.message)
         mail, rcpts = replies[0], replies[1: 1 + len(recipients)]
         if mail.code >= 400:
             raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message,
@@ -325,24 +350,35 @@ class _Wire(asyncio.Protocol):
         go_ahead = replies[-1] if len(replies) == len(commands) else None
         if go_ahead is not None and go_ahead.code == 354 and not accepted:
             # The server said go ahead though no recipient is left: end it empty.
-            self._write(b".\r\n")
+            self._send(b".\r\n")
             await self._reply()
         if not accepted:
             raise aiosmtplib.SMTPRecipientsRefused(refused)
         if go_ahead is None or go_ahead.code != 354:
             code, text = (go_ahead.code, go_ahead.message) if go_ahead else (-1, "no reply")
             raise aiosmtplib.SMTPDataError(code, text)
-        self._write(message)
+        self._send(message)
         final = await self._reply()
         if final.code != 250:
             raise aiosmtplib.SMTPDataError(final.code, final.message)
         return final
 
+    async def reset(self) -> bool:
+        """After a refusal: RSET, so the connection can serve the next message. False if
+        it cannot (not in step, or the server did not take the RSET)."""
+        if not self.usable:
+            return False
+        try:
+            self._send(b"RSET\r\n")
+            return (await self._reply()).code == 250
+        except aiosmtplib.SMTPException:
+            return False
+
     async def close(self) -> None:
         """Say goodbye if the connection is in a state to; then close it."""
         if self.usable:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                self._write(b"QUIT\r\n")
+                self._send(b"QUIT\r\n")
                 await self._reply()
         self.abort()
 

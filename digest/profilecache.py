@@ -14,17 +14,21 @@ cache is an optimisation: if it cannot be read or written, profiles are parsed a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import sqlite3
-import time
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from digest import __version__
 from digest.config import Settings
@@ -35,14 +39,23 @@ log = logging.getLogger(__name__)
 FILE_NAME = "profile-cache.sqlite3"
 RACY_S = 2.0
 _TUPLES = ("require", "mute", "avoid", "authors", "liked", "disliked")
+_PARSER_SOURCES = ("profiles.py", "models.py", "schedule.py", "identity.py", "config.py")
 
 
 @cache
 def _code_version() -> str:
-    """What parsing depends on: a new release or an edited parser empties the cache."""
+    """What parsing depends on: a new release, an edited parser or validator, another
+    pydantic or time zone database: each makes the cached profiles count for nothing."""
     here = Path(__file__).resolve().parent
-    sources = b"".join((here / name).read_bytes() for name in ("profiles.py", "models.py"))
-    return f"{__version__}:{hashlib.sha256(sources).hexdigest()[:16]}"
+    found = hashlib.sha256(f"{pydantic.VERSION}|{zoneinfo.TZPATH}".encode())
+    for name in _PARSER_SOURCES:
+        try:
+            found.update((here / name).read_bytes())
+        except OSError:  # installed without sources: the release alone tells
+            found.update(name.encode())
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        found.update(importlib.metadata.version("tzdata").encode())
+    return f"{__version__}:{found.hexdigest()[:16]}"
 
 
 def _stamp(stat: os.stat_result) -> str:
@@ -81,16 +94,31 @@ class ProfileCache:
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is None and not self._broken:
             try:
-                self.file.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.file, timeout=30, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("CREATE TABLE IF NOT EXISTS profiles (path TEXT PRIMARY KEY, "
-                           "variant TEXT NOT NULL, stamp TEXT NOT NULL, profile TEXT NOT NULL)")
-                self._db = db
+                self._db = self._open()
+            except sqlite3.DatabaseError as exc:
+                # Not a database (damaged): it only ever held copies, so start afresh.
+                log.warning("profiles.cache_reset file=%s error=%s", self.file, exc)
+                try:
+                    self.file.unlink(missing_ok=True)
+                    self._db = self._open()
+                except (OSError, sqlite3.Error) as again:
+                    self._give_up(again)
             except (OSError, sqlite3.Error) as exc:
                 self._give_up(exc)
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.file, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS profiles (path TEXT PRIMARY KEY, "
+                       "variant TEXT NOT NULL, stamp TEXT NOT NULL, profile TEXT NOT NULL)")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _give_up(self, exc: Exception) -> None:
         log.warning("profiles.cache_unusable file=%s error=%s (profiles are parsed instead)",
@@ -131,14 +159,16 @@ class ProfileCache:
             return {}
         return found
 
-    def put(self, parsed: Iterable[tuple[Profile, os.stat_result]]) -> None:
-        """Keep these just-parsed profiles, with the stat their files had before reading."""
+    def put(self, parsed: Iterable[tuple[Profile, os.stat_result, int]]) -> None:
+        """Keep these just-parsed profiles, each with the stat its file had before it was
+        read and the time (time.time_ns()) just before that stat."""
         db = self._connect()
         if db is None:
             return
-        settled = time.time_ns() - int(RACY_S * 1e9)
+        racy = int(RACY_S * 1e9)
         rows = [(str(p.path), self.variant, _stamp(stat), _to_json(p))
-                for p, stat in parsed if stat.st_mtime_ns < settled]
+                for p, stat, seen_ns in parsed
+                if max(stat.st_mtime_ns, stat.st_ctime_ns) < seen_ns - racy]
         if not rows:
             return
         try:

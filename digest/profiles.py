@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -338,18 +339,21 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
     """Load every profile it can; a broken one becomes an error value, not an exception.
 
     For sending, subscriber ids must be valid and distinct (the ledger is keyed by them);
-    for ranking alone they need not be. With `cache` (made for the same default_max_papers
-    and for sending), unchanged files are not parsed again.
+    for ranking alone they need not be. With `cache` (made for the same default_max_papers;
+    used for sending only), unchanged files are not parsed again.
     """
     paths = list(paths)
+    if not for_sending:
+        cache = None  # what it holds passed the stricter checks of sending
     cached = cache.get(paths) if cache is not None else {}
-    parsed: list[tuple[Profile, os.stat_result]] = []
+    parsed: list[tuple[Profile, os.stat_result, int]] = []
     profiles: list[Profile] = []
     errors: list[ProfileError] = []
     seen: dict[str, Path] = {}
     for path in paths:
         profile = cached.get(path)
         if profile is None:
+            seen_ns = time.time_ns()
             stat = _stat(path) if cache is not None else None  # taken before reading
             try:
                 profile = load_profile(path, default_max_papers=default_max_papers,
@@ -358,7 +362,7 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
                 errors.append(exc)
                 continue
             if stat is not None:
-                parsed.append((profile, stat))
+                parsed.append((profile, stat, seen_ns))
         if for_sending and profile.subscriber_id in seen:
             errors.append(ProfileError(path, f"same subscriber id {profile.subscriber_id!r} as "
                                              f"{seen[profile.subscriber_id]}"))

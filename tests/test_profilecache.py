@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+import digest.profilecache
 import digest.profiles
 from digest.profilecache import FILE_NAME, ProfileCache
 from digest.profiles import load_profiles
@@ -22,6 +24,14 @@ def _settle(*paths: Path) -> None:
     past = time.time() - 60
     for path in paths:
         os.utime(path, (past, past))
+
+
+@pytest.fixture(autouse=True)
+def no_racy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files here are written (and their change time set) just before they are read: wait
+    for nothing, except in the test of that rule. On this machine's clocks a file's
+    change time still comes before the read that follows it."""
+    monkeypatch.setattr(digest.profilecache, "RACY_S", 0.0)
 
 
 @pytest.fixture
@@ -61,37 +71,99 @@ def test_an_edited_profile_is_read_again(tmp_path, write_profile: ProfileWriter,
     assert parses == [path, path]
 
 
-def test_a_file_written_moments_before_it_was_read_is_not_kept(tmp_path,
+def test_a_file_written_moments_before_it_was_read_is_not_kept(tmp_path, monkeypatch,
                                                                write_profile: ProfileWriter,
                                                                parses):
     """Its modification time may not change with an edit in the same clock tick."""
+    monkeypatch.setattr(digest.profilecache, "RACY_S", 2.0)
     path = write_profile("ana", interests=["retrieval"])
     load_profiles([path], cache=ProfileCache(tmp_path))
     load_profiles([path], cache=ProfileCache(tmp_path))
     assert parses == [path, path]
 
 
-def test_other_settings_or_a_broken_profile_are_never_taken_from_it(
-        tmp_path, write_profile: ProfileWriter, parses):
-    good = write_profile("ana", interests=["retrieval"])
+def test_a_broken_profile_is_reported_every_time(tmp_path, write_profile: ProfileWriter):
     broken = write_profile("bo", text="name: Bo\nemail: not-an-address\n")
-    _settle(good, broken)
-    load_profiles([good, broken], cache=ProfileCache(tmp_path, variant="max_papers=10"))
-    other = load_profiles([good, broken], default_max_papers=4,
-                          cache=ProfileCache(tmp_path, variant="max_papers=4"))
-    assert other.profiles[0].max_papers == 4
-    assert [e.path for e in other.errors] == [broken]
-    assert parses == [good, broken, good, broken]
+    _settle(broken)
+    for _ in range(2):
+        loaded = load_profiles([broken], cache=ProfileCache(tmp_path))
+        assert not loaded.profiles and [e.path for e in loaded.errors] == [broken]
 
 
-def test_an_unusable_cache_changes_nothing(tmp_path, write_profile: ProfileWriter, caplog):
+def test_a_damaged_cache_is_started_afresh(tmp_path, write_profile: ProfileWriter, caplog,
+                                           parses):
     path = write_profile("ana", interests=["retrieval"])
     _settle(path)
     (tmp_path / FILE_NAME).write_bytes(b"this is not a database" * 100)
     with caplog.at_level(logging.WARNING):
         loaded = load_profiles([path], cache=ProfileCache(tmp_path))
     assert [p.subscriber_id for p in loaded.profiles] == ["ana"] and not loaded.errors
+    assert "profiles.cache_reset" in caplog.text
+    assert load_profiles([path], cache=ProfileCache(tmp_path)) == loaded
+    assert parses == [path]
+
+
+def test_a_cache_that_cannot_be_made_changes_nothing(tmp_path, write_profile: ProfileWriter,
+                                                     caplog):
+    path = write_profile("ana", interests=["retrieval"])
+    _settle(path)
+    (tmp_path / "not-a-folder").write_text("")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_profiles([path], cache=ProfileCache(tmp_path / "not-a-folder"))
+    assert [p.subscriber_id for p in loaded.profiles] == ["ana"] and not loaded.errors
     assert "profiles.cache_unusable" in caplog.text
+
+
+def test_a_damaged_row_is_read_from_the_file(tmp_path, write_profile: ProfileWriter, parses):
+    path = write_profile("ana", interests=["retrieval"])
+    _settle(path)
+    first = load_profiles([path], cache=ProfileCache(tmp_path))
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.execute("UPDATE profiles SET profile = '{\"name\": 1'")
+    assert load_profiles([path], cache=ProfileCache(tmp_path)) == first
+    assert parses == [path, path]
+
+
+def test_a_file_replaced_whole_is_read_again(tmp_path, write_profile: ProfileWriter, parses):
+    """An editor that writes a new file and renames it over the old one, even at the same
+    size and with the old modification time put back, makes a new inode and ctime."""
+    path = write_profile("ana", interests=["retrieval"])
+    _settle(path)
+    load_profiles([path], cache=ProfileCache(tmp_path))
+    before = path.stat()
+    replacement = path.with_name("ana.yaml.new")
+    replacement.write_text(path.read_text().replace("retrieval", "reasoning"))
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(replacement, path)
+    loaded = load_profiles([path], cache=ProfileCache(tmp_path))
+    assert [i.text for i in loaded.profiles[0].interests] == ["reasoning"]
+    assert parses == [path, path]
+
+
+def test_the_cache_of_other_settings_or_code_is_not_used(tmp_path, settings,
+                                                         write_profile: ProfileWriter, parses):
+    path = write_profile("ana", interests=["retrieval"])
+    _settle(path)
+    ten = settings.model_copy(update={"data_dir": tmp_path, "default_max_papers": 10})
+    four = ten.model_copy(update={"default_max_papers": 4})
+    load_profiles([path], default_max_papers=10, cache=ProfileCache.for_settings(ten))
+    loaded = load_profiles([path], default_max_papers=4, cache=ProfileCache.for_settings(four))
+    assert loaded.profiles[0].max_papers == 4
+    newer = ProfileCache.for_settings(four)
+    newer.variant = "0.0.0:another parser|" + newer.variant.split("|", 1)[1]
+    load_profiles([path], default_max_papers=4, cache=newer)
+    assert parses == [path, path, path]
+
+
+def test_ranking_alone_neither_reads_nor_fills_it(tmp_path, write_profile: ProfileWriter,
+                                                  parses):
+    """Sending checks more (the subscriber id); what the cache holds passed those checks."""
+    path = write_profile("not a valid id", email="x@example.org", interests=["retrieval"])
+    _settle(path)
+    loose = load_profiles([path], for_sending=False, cache=ProfileCache(tmp_path))
+    strict = load_profiles([path], cache=ProfileCache(tmp_path))
+    assert loose.profiles and not strict.profiles and strict.errors
+    assert parses == [path, path]
 
 
 def test_a_removed_profile_is_an_error_not_a_cached_ghost(tmp_path,

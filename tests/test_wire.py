@@ -95,12 +95,15 @@ def test_an_address_that_would_change_the_command_is_never_sent():
     assert isinstance(outcomes[0], PermanentDeliveryError)
 
 
+HANG_UP = b"<hang up>"  # end an answer with this to close the connection after writing it
+
+
 @contextmanager
 def scripted_server(answer: Callable[[bytes, int], bytes | None]) -> Iterator[int]:
     """A bare SMTP server: it greets, then answers each line with `answer(line, connection
-    number)`: bytes to write (a reply, garbage, anything), or None to stay silent. Lines
-    of message data are answered like commands, so scripts say what a message's last line
-    (b".") gets. Yields its port."""
+    number)`: bytes to write (a reply, garbage, anything; ending in HANG_UP to close the
+    connection), or None to stay silent. Lines of message data are answered like
+    commands, so scripts say what a message's last line (b".") gets. Yields its port."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     state: dict[str, object] = {}
@@ -115,8 +118,10 @@ def scripted_server(answer: Callable[[bytes, int], bytes | None]) -> Iterator[in
             while line := await reader.readline():
                 reply = answer(line.rstrip(b"\r\n"), number)
                 if reply:
-                    writer.write(reply)
+                    writer.write(reply.removesuffix(HANG_UP))
                     await writer.drain()
+                    if reply.endswith(HANG_UP):
+                        break
         except ConnectionError:
             pass
         writer.close()
@@ -136,6 +141,7 @@ def scripted_server(answer: Callable[[bytes, int], bytes | None]) -> Iterator[in
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
 
 
 def _polite(line: bytes) -> bytes | None:
@@ -185,31 +191,62 @@ def test_multi_line_replies_are_read_whole():
     assert outcomes == ["250 2.0.0 queued as 42"] * 2
 
 
-def test_a_connection_that_died_while_idle_is_replaced_unnoticed():
-    """A pooled connection closes while idle (a server's idle timeout, a restart); the next
-    message goes out on a new connection instead of failing."""
+def test_a_connection_the_server_closed_while_idle_is_replaced_unnoticed():
+    """A server that times out an idle connection says 421 and hangs up; the next message
+    goes out on a new connection instead of failing."""
     seen: list[int] = []
-    first_done = threading.Event()
 
     def answer(line: bytes, connection: int) -> bytes | None:
         if line[:4] == b"MAIL":
             seen.append(connection)
-        reply = _polite(line)
-        if line == b"." and connection == 1:
-            first_done.set()
-        return reply
+        if line == b"." and connection == 1:  # accepted, then the idle timeout
+            return b"250 OK\r\n421 4.4.2 idle too long, closing\r\n" + HANG_UP
+        return _polite(line)
 
     async def go(port: int) -> list[str]:
         async with SmtpMailer(_settings(port), sender="digest@test.example") as mailer:
             first = await mailer.send(_email(0))
-            mailer._idle[0]._transport.close()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             return [first, await mailer.send(_email(1))]
 
     with scripted_server(answer) as port:
         outcomes = asyncio.run(go(port))
     assert all(o.startswith("250") for o in outcomes)
     assert seen == [1, 2]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_after_a_refusal_the_connection_is_reset_and_kept(pipelining: bool):
+    def recipient(address: str) -> str:
+        return "550 5.1.1 no such mailbox" if address.startswith("gone") else "250 OK"
+
+    with SmtpSink(pipelining=pipelining, recipient=recipient) as sink:
+        outcomes = asyncio.run(_send_each(_settings(sink.port), [
+            _email(0), _email(1, "gone@example.org"), _email(2)]))
+        received = sink.received
+    assert isinstance(outcomes[1], PermanentDeliveryError)
+    assert len(received) == 2 and received[0].peer == received[1].peer  # one connection
+
+
+def test_the_envelope_says_the_size_and_an_ascii_sender():
+    """SIZE= where the server takes it (an oversized message is refused before it is
+    sent); an internationalised sender domain goes out in its ASCII (IDNA) form."""
+    lines: list[bytes] = []
+
+    def answer(line: bytes, _connection: int) -> bytes | None:
+        lines.append(line)
+        if line[:4] == b"EHLO":
+            return b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n"
+        return _polite(line)
+
+    async def go(port: int) -> str:
+        async with SmtpMailer(_settings(port), sender="digest@bücher.example") as mailer:
+            return await mailer.send(_email(0))
+
+    with scripted_server(answer) as port:
+        assert asyncio.run(go(port)).startswith("250")
+    size = len(wire_data(_email(0).data))
+    assert f"MAIL FROM:<digest@xn--bcher-kva.example> SIZE={size}".encode() in lines
 
 
 def test_commands_are_pipelined_when_offered():
