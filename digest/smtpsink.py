@@ -83,12 +83,15 @@ class SmtpSink:
     def __init__(self, host: str = "127.0.0.1",
                  respond: Callable[[Received], str] = lambda _message: ACCEPT,
                  tls_context: ssl.SSLContext | None = None, pipelining: bool = True,
-                 recipient: Callable[[str], str] | None = None):
+                 recipient: Callable[[str], str] | None = None,
+                 implicit_tls: ssl.SSLContext | None = None):
         """`respond` gives the reply to each message, e.g. "451 try later" to refuse it;
         `recipient` the reply to each RCPT TO address ("250 OK" if not given); with
-        `tls_context` the server offers STARTTLS; `pipelining` offers PIPELINING."""
+        `tls_context` the server offers STARTTLS; with `implicit_tls` it speaks TLS from
+        the first byte (port 465 style); `pipelining` offers PIPELINING."""
         self.host = host
         self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
         self.port = 0
         self._handler = _Handler(respond, pipelining, recipient)
         self._loop = asyncio.new_event_loop()
@@ -111,7 +114,8 @@ class SmtpSink:
 
         try:
             self._server = self._loop.run_until_complete(
-                self._loop.create_server(factory, host=self.host, port=0))
+                self._loop.create_server(factory, host=self.host, port=0,
+                                         ssl=self.implicit_tls))
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # reported to the starting thread
             self._error = exc

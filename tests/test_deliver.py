@@ -55,6 +55,30 @@ def test_starttls_with_a_trusted_ca_delivers(tls_sink, ca, tmp_path):
     assert len(tls_sink.received) == 1
 
 
+def test_implicit_tls_sends_over_one_verified_connection(ca, tmp_path):
+    """Port-465 style: TLS from the first byte, the certificate checked, then the mail
+    transactions (pipelined) on that same encrypted connection."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with SmtpSink(implicit_tls=context) as sink:
+        trusted = SmtpSettings(host="127.0.0.1", port=sink.port, security="tls",
+                               ca_file=ca_file, timeout_s=5, connections=1)
+
+        async def go() -> list[str]:
+            async with SmtpMailer(trusted, sender="digest@test.example") as mailer:
+                return [await mailer.send(OutgoingEmail.from_message(_message()))
+                        for _ in range(3)]
+
+        assert all(reply.startswith("250") for reply in asyncio.run(go()))
+        received = sink.received
+        with pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+            _send(trusted.model_copy(update={"ca_file": None}))
+    assert len(received) == 3 and len({r.peer for r in received}) == 1
+    assert len(sink.received) == 3
+
+
 def test_an_untrusted_certificate_is_refused_by_default(tls_sink):
     settings = SmtpSettings(host="127.0.0.1", port=tls_sink.port, security="starttls",
                             timeout_s=5)

@@ -249,6 +249,33 @@ def test_the_envelope_says_the_size_and_an_ascii_sender():
     assert f"MAIL FROM:<digest@xn--bcher-kva.example> SIZE={size}".encode() in lines
 
 
+def test_a_send_cancelled_mid_message_closes_its_connection():
+    """A stopping run cancels what is in flight; that connection's state is unknown, so
+    it is closed, never pooled, and the next message goes out on a new one."""
+    seen: list[int] = []
+
+    def answer(line: bytes, connection: int) -> bytes | None:
+        if line[:4] == b"MAIL":
+            seen.append(connection)
+        if line == b"." and connection == 1:
+            return None  # never answers the first message
+        return _polite(line)
+
+    async def go(port: int) -> str:
+        async with SmtpMailer(_settings(port, timeout_s=30), sender="d@test.example") as mailer:
+            stuck = asyncio.create_task(mailer.send(_email(0)))
+            await asyncio.sleep(0.3)
+            stuck.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stuck
+            assert mailer._idle == []
+            return await mailer.send(_email(1))
+
+    with scripted_server(answer) as port:
+        assert asyncio.run(go(port)).startswith("250")
+    assert seen == [1, 2]
+
+
 def test_commands_are_pipelined_when_offered():
     """MAIL, RCPT and DATA reach the server in one packet when it offers PIPELINING."""
     batches: list[bytes] = []
