@@ -193,7 +193,8 @@ class CelerySettings(_Frozen):
         return self.broker_url if self.broker_url.startswith("redis") else "rpc://"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+# `password=`, and libpq's `sslpassword=` (the client key's passphrase) and the like.
+_QUERY_PASSWORD = re.compile(r"([?&][\w.-]*password=)[^&#]*", re.IGNORECASE)
 
 
 def _has_password(url: str) -> bool:
@@ -338,7 +339,8 @@ def load_settings(
             if authority.count("@") > 1:  # never echo it: it may hold a password
                 raise ConfigError(f"{where}: more than one @ before the host; write an @ in "
                                   "the user or password as %40", path=path)
-    if _url_password(raw.get("database_url")):
+    in_file = raw.get("database_url")
+    if _url_password(in_file) or (isinstance(in_file, str) and _QUERY_PASSWORD.search(in_file)):
         raise ConfigError("database_url: holds a password; secrets are not read from the file: "
                           "set DIGEST_DATABASE_PASSWORD in the environment", path=path)
     if env.get("DIGEST_DATABASE_URL"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,22 @@ def test_the_database_password_comes_from_the_environment_and_is_never_shown(tmp
     assert "s3cret" not in repr(whole)
 
 
-def test_a_database_password_in_the_file_is_refused(tmp_path):
+@pytest.mark.parametrize("url", ["postgresql+psycopg://digest:hunter2@db/digest",
+                                 "postgresql+psycopg://digest@db/digest?password=hunter2",
+                                 "postgresql+psycopg://digest@db/digest?sslpassword=hunter2"])
+def test_a_database_password_in_the_file_is_refused(tmp_path, url):
     path = tmp_path / "digest.toml"
-    path.write_text('database_url = "postgresql+psycopg://digest:hunter2@db/digest"\n')
+    path.write_text(f'database_url = "{url}"\n')
     with pytest.raises(ConfigError, match="set DIGEST_DATABASE_PASSWORD") as caught:
         load_settings(path, env={})
     assert "hunter2" not in str(caught.value)
+
+
+def test_every_kind_of_database_password_is_masked_when_shown():
+    from digest.config import redact_url
+    from digest.store.store import engine_name
+
+    url = "postgresql+psycopg://u:one@h/d?sslmode=verify-full&sslpassword=two&password=three"
+    for shown in (engine_name(url), redact_url(url)):
+        assert not {"one", "two", "three"} & set(re.split(r"[:@=&?/]", shown)), shown
+        assert "sslmode=verify-full" in shown

@@ -719,8 +719,9 @@ def engine_name(url: str) -> str:
     """The URL without its password (shown as ***), for messages and logs."""
     try:
         parsed = make_url(url)
-        if "password" in parsed.query:
-            parsed = parsed.update_query_dict({"password": "***"})
+        secret = {key: "***" for key in parsed.query if key.lower().endswith("password")}
+        if secret:  # password=, sslpassword=
+            parsed = parsed.update_query_dict(secret)
         return parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide all credentials
         if "@" in url and "://" in url:
