@@ -7,7 +7,8 @@ trusted only while the file's stat (size, modification and change time, inode) i
 one it had when parsed and the code that parses is the same.
 
 A file changed within the same clock tick as its parse could keep its stat; as git does
-with its index, a file modified less than `RACY_S` before it was parsed is not cached.
+with its index, a file modified (or its status changed) less than `RACY_S` before it was
+read is not cached.
 Only good profiles are kept: a broken one is read (and its error reported) every run. The
 cache is an optimisation: if it cannot be read or written, profiles are parsed as before.
 """
@@ -45,7 +46,7 @@ _PARSER_SOURCES = ("profiles.py", "models.py", "schedule.py", "identity.py", "co
 @cache
 def _code_version() -> str:
     """What parsing depends on: a new release, an edited parser or validator, another
-    pydantic or time zone database: each makes the cached profiles count for nothing."""
+    pydantic or tzdata package: each makes the cached profiles count for nothing."""
     here = Path(__file__).resolve().parent
     found = hashlib.sha256(f"{pydantic.VERSION}|{zoneinfo.TZPATH}".encode())
     for name in _PARSER_SOURCES:
@@ -56,6 +57,10 @@ def _code_version() -> str:
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         found.update(importlib.metadata.version("tzdata").encode())
     return f"{__version__}:{found.hexdigest()[:16]}"
+
+
+def _key(path: Path) -> str:
+    return os.path.abspath(path)  # a relative path means another file in another folder
 
 
 def _stamp(stat: os.stat_result) -> str:
@@ -136,7 +141,7 @@ class ProfileCache:
         found: dict[Path, Profile] = {}
         try:
             rows: dict[str, tuple[str, str, str]] = {}
-            keys = [str(p) for p in paths]
+            keys = [_key(p) for p in paths]
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 marks = ",".join("?" * len(chunk))
@@ -145,7 +150,7 @@ class ProfileCache:
                         f"WHERE path IN ({marks})", chunk):
                     rows[path] = (variant, stamp, profile)
             for path in paths:
-                row = rows.get(str(path))
+                row = rows.get(_key(path))
                 if row is None or row[0] != self.variant:
                     continue
                 try:
@@ -166,7 +171,7 @@ class ProfileCache:
         if db is None:
             return
         racy = int(RACY_S * 1e9)
-        rows = [(str(p.path), self.variant, _stamp(stat), _to_json(p))
+        rows = [(_key(p.path), self.variant, _stamp(stat), _to_json(p))
                 for p, stat, seen_ns in parsed
                 if max(stat.st_mtime_ns, stat.st_ctime_ns) < seen_ns - racy]
         if not rows:
