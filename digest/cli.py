@@ -32,6 +32,7 @@ from digest.deliver import OutboxMailer
 from digest.errors import DigestError
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox, recover_abandoned
+from digest.profilecache import ProfileCache
 from digest.profiles import (
     load_profile,
     load_profiles,
@@ -377,6 +378,10 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
         store.close()  # workers open their own; none may inherit this one
     if not dry_run:
         report = send_all(settings, paths, now=utc_now(), processes=settings.send.processes)
+        if not profiles:  # the whole folder was served: forget profiles no longer in it
+            cache = ProfileCache.for_settings(settings)
+            cache.keep_only(paths)
+            cache.close()
     elapsed = time.perf_counter() - started
     stages = " ".join(f"{stage}_s={seconds:.2f}" for stage, seconds in report.timings.items())
     log.info("send.stages editions=%d sent=%d %s wall_s=%.2f", report.editions,

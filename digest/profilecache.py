@@ -158,8 +158,11 @@ class ProfileCache:
                 except OSError:
                     continue
                 if stamp == row[1]:
-                    found[path] = _from_json(row[2], path)
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+                    try:
+                        found[path] = _from_json(row[2], path)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a damaged row: the file is read instead
+        except sqlite3.Error as exc:
             self._give_up(exc)
             return {}
         return found
@@ -182,6 +185,27 @@ class ProfileCache:
                 db.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
             self._give_up(exc)
+
+    def keep_only(self, paths: Sequence[Path]) -> int:
+        """Forget the profiles of every file but these (the whole profiles folder, after a
+        run that served it): removed and renamed files' rows go. Returns how many went."""
+        db = self._connect()
+        if db is None:
+            return 0
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (path TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM keep")
+                db.executemany("INSERT OR IGNORE INTO keep VALUES (?)",
+                               [(_key(p),) for p in paths])
+                gone = db.execute("DELETE FROM profiles WHERE path NOT IN "
+                                  "(SELECT path FROM keep)").rowcount
+                db.execute("DELETE FROM keep")
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return 0
+        return max(gone, 0)
 
     def close(self) -> None:
         if self._db is not None:

@@ -174,3 +174,18 @@ def test_a_removed_profile_is_an_error_not_a_cached_ghost(tmp_path,
     path.unlink()
     loaded = load_profiles([path], cache=ProfileCache(tmp_path))
     assert not loaded.profiles and "no such file" in str(loaded.errors[0])
+
+
+def test_a_full_send_forgets_profiles_no_longer_in_the_folder(run_cli, config_file, seeds,
+                                                              write_profile: ProfileWriter,
+                                                              tmp_path):
+    ana = write_profile("ana", interests=["dense retrieval"])
+    bo = write_profile("bo", interests=["vision transformer"])
+    _settle(ana, bo)
+    assert run_cli("-c", config_file, "ingest", *seeds).exit_code == 0
+    assert run_cli("-c", config_file, "send").exit_code == 0
+    bo.unlink()
+    assert run_cli("-c", config_file, "send").exit_code == 0
+    with sqlite3.connect(tmp_path / "data" / FILE_NAME) as db:
+        kept = [Path(row[0]).name for row in db.execute("SELECT path FROM profiles")]
+    assert kept == ["ana.yaml"]
