@@ -4,11 +4,9 @@ not yet recorded when the sender died."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -16,9 +14,8 @@ from digest.config import SmtpSettings
 from digest.models import EditionState
 from digest.pipeline import RECORD_EVERY
 from digest.shards import SHARD, available_cores
-from digest.store import Store
 
-from .running import ROOT, write_readers
+from .running import cli_ingest, digest_cli, last_editions, write_readers
 
 SUBSCRIBERS = 2000
 KILLS = 3
@@ -31,10 +28,8 @@ def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys, d
     config.write_text(f'data_dir = "data"\nprofiles_dir = "profiles"\n[smtp]\n'
                       f'host = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
                       'timeout_s = 10\n[mail]\nfrom_address = "digest@test.example"\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGEST_DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "digest", "-c", str(config)]
-    subprocess.run([*command, "ingest", *map(str, seeds)], env=env, check=True,
-                   capture_output=True)
+    command, env = digest_cli(config, DIGEST_DATABASE_URL=database_url)
+    cli_ingest(command, env, seeds)
 
     killed_after = []
     for _ in range(KILLS):
@@ -52,11 +47,7 @@ def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys, d
     final = subprocess.run([*command, "send"], env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
 
-    store = Store.open(database_url)
-    try:
-        editions = [store.last_edition(f"s{i:05d}") for i in range(SUBSCRIBERS)]
-    finally:
-        store.close()
+    editions = last_editions(database_url, (f"s{i:05d}" for i in range(SUBSCRIBERS)))
     assert all(e is not None for e in editions)
     sent = {e.message_id for e in editions if e.state is EditionState.SENT}
     assert all(e.state in (EditionState.SENT, EditionState.EMPTY) for e in editions)

@@ -25,7 +25,7 @@ from digest.pipeline import ingest_files
 
 from .conftest import NOW
 from .feedserver import FeedServer
-from .running import ROOT, DaemonProcess, wait_for
+from .running import ROOT, DaemonProcess, cli_ingest, digest_cli, wait_for, write_daemon_config
 
 
 class Clock:
@@ -202,30 +202,11 @@ def test_digest_run_end_to_end(tmp_path, smtp_sink, seeds):
         "interests: [retrieval, language models]\n")
     feed = "hf-daily-papers/feed_daily_2026-06-22.xml"
     with FeedServer() as server:
-        config = tmp_path / "digest.toml"
-        config.write_text(f"""data_dir = "data"
-profiles_dir = "profiles"
-inbox_dir = "inbox"
-feeds = [{{ url = "{server.url(feed)}", poll_s = 1 }}]
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_sink.port}
-security = "none"
-timeout_s = 5
-
-[mail]
-from_address = "digest@test.example"
-
-[daemon]
-inbox_poll_s = 0.3
-inbox_settle_s = 0.2
-profiles_poll_s = 0.5
-catchup_grace_s = 86400
-""")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest", seeds[0]],
-                       check=True, capture_output=True, env=env)
+        config = write_daemon_config(
+            tmp_path, smtp_sink.port,
+            top=f'feeds = [{{ url = "{server.url(feed)}", poll_s = 1 }}]\n')
+        command, env = digest_cli(config)
+        cli_ingest(command, env, seeds[:1])
         first = DaemonProcess(config, tmp_path / "run1.log")
         wait_for(lambda: any(r.recipients == ("daily@example.org",)
                               for r in smtp_sink.received), 20, "the catch-up edition")

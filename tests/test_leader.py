@@ -4,11 +4,8 @@ over when the leader dies, sending the next edition; the locks themselves on Pos
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -17,7 +14,7 @@ from sqlalchemy import create_engine
 
 from digest.leader import FileLeadership, PostgresLeadership, leadership_for
 from digest.store import Store
-from tests.running import ROOT, DaemonProcess, wait_for
+from tests.running import DaemonProcess, cli_ingest, digest_cli, wait_for, write_daemon_config
 from tests.services import postgres_schema
 
 
@@ -33,31 +30,10 @@ def test_standby_takes_over_when_the_leader_dies(tmp_path, smtp_sink, seeds, pg_
     (profiles / "ana.yaml").write_text(
         "name: Ana\nemail: ana@example.org\nschedule: every 3s\n"
         "interests: [language models, retrieval, attention, reinforcement learning]\n")
-    config = tmp_path / "digest.toml"
-    config.write_text(f"""data_dir = "data"
-profiles_dir = "profiles"
-inbox_dir = "inbox"
-database_url = "{pg_url}"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_sink.port}
-security = "none"
-timeout_s = 5
-
-[mail]
-from_address = "digest@test.example"
-
-[daemon]
-inbox_poll_s = 0.3
-inbox_settle_s = 0.2
-profiles_poll_s = 0.5
-standby_poll_s = 0.5
-catchup_grace_s = 86400
-""")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "digest", "-c", str(config), "ingest",
-                    *map(str, seeds[:3])], check=True, capture_output=True, env=env)
+    config = write_daemon_config(tmp_path, smtp_sink.port, top=f'database_url = "{pg_url}"\n',
+                                 daemon="standby_poll_s = 0.5\n")
+    command, env = digest_cli(config)
+    cli_ingest(command, env, seeds[:3])
     first = DaemonProcess(config, tmp_path / "first.log")
     second = None
     try:

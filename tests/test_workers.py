@@ -25,8 +25,7 @@ from digest.config import CelerySettings, SmtpSettings, load_settings
 from digest.models import Edition, EditionState
 from digest.pipeline import RECORD_EVERY, Status
 from digest.shards import SendReport
-from digest.store import Store
-from tests.running import ROOT, write_readers
+from tests.running import ROOT, cli_ingest, digest_cli, last_editions, write_readers
 from tests.services import AMQP, REDIS, need, postgres_schema
 
 pytest.importorskip("celery", reason="Celery (the 'celery' extra) is needed")
@@ -97,10 +96,8 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, smtp_sink, se
     subscribers = 5000
     queue = f"digest-test-{uuid.uuid4().hex[:8]}"
     config = write_setup(tmp_path, smtp_sink.port, subscribers, database=pg_url, queue=queue)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGEST_BROKER_URL": url}
-    command = [sys.executable, "-m", "digest", "-c", str(config)]
-    subprocess.run([*command, "ingest", *map(str, seeds)], env=env, check=True,
-                   capture_output=True)
+    command, env = digest_cli(config, DIGEST_BROKER_URL=url)
+    cli_ingest(command, env, seeds)
     workers = Workers(command, env, tmp_path)
     try:
         victim = workers.start()
@@ -120,11 +117,7 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, smtp_sink, se
     assert send.returncode == 0, (out[-2000:], err[-3000:])
     assert f"{subscribers} editions" in out
 
-    store = Store.open(pg_url)
-    try:
-        editions = [store.last_edition(f"s{i:05d}") for i in range(subscribers)]
-    finally:
-        store.close()
+    editions = last_editions(pg_url, (f"s{i:05d}" for i in range(subscribers)))
     assert all(e is not None for e in editions)
     states = Counter(e.state for e in editions if e is not None)
     assert set(states) <= {EditionState.SENT, EditionState.EMPTY}, states
@@ -194,10 +187,8 @@ def test_daemon_hands_due_editions_to_a_worker(tmp_path, smtp_sink, seeds, pg_ur
                          queue=f"digest-test-{uuid.uuid4().hex[:8]}")
     with config.open("a") as handle:
         handle.write("[daemon]\ncatchup_grace_s = 86400\nprofiles_poll_s = 0.5\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGEST_BROKER_URL": AMQP}
-    command = [sys.executable, "-m", "digest", "-c", str(config)]
-    subprocess.run([*command, "ingest", *map(str, seeds)], env=env, check=True,
-                   capture_output=True)
+    command, env = digest_cli(config, DIGEST_BROKER_URL=AMQP)
+    cli_ingest(command, env, seeds)
     workers = Workers(command, env, tmp_path)
     daemon_log = tmp_path / "daemon.log"
     daemon = subprocess.Popen([*command, "run"], env=env, stdout=subprocess.DEVNULL,
@@ -223,10 +214,8 @@ def test_two_workers_through_redis(tmp_path, smtp_sink, seeds, pg_url):
     need(REDIS)
     config = write_setup(tmp_path, smtp_sink.port, 1200, database=pg_url,
                          queue=f"digest-test-{uuid.uuid4().hex[:8]}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIGEST_BROKER_URL": REDIS}
-    command = [sys.executable, "-m", "digest", "-c", str(config)]
-    subprocess.run([*command, "ingest", *map(str, seeds)], env=env, check=True,
-                   capture_output=True)
+    command, env = digest_cli(config, DIGEST_BROKER_URL=REDIS)
+    cli_ingest(command, env, seeds)
     workers = Workers(command, env, tmp_path)
     try:
         workers.start()
