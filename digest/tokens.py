@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
@@ -60,8 +60,9 @@ class Signer:
                     f"a link-signing secret must be at least {MIN_SECRET_CHARS} characters "
                     "(make one with: python -c 'import secrets; print(secrets.token_urlsafe"
                     "(32))')")
-        self._keys = [hmac.new(secret.encode(), _PURPOSE, hashlib.sha256).digest()
-                      for secret in secrets]
+        # Keyed once: copying a keyed HMAC costs less than keying one per token.
+        self._macs = [hmac.new(hmac.new(secret.encode(), _PURPOSE, hashlib.sha256).digest(),
+                               digestmod=hashlib.sha256) for secret in secrets]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Signer | None:
@@ -73,18 +74,23 @@ class Signer:
         return cls([current, *older])
 
     def sign(self, token: LinkToken) -> str:
-        paper = "" if token.paper_id is None else str(token.paper_id)
-        payload = (f"{_VERSION}~{token.subscriber_id}~{token.action}~{paper}~"
-                   f"{int(token.expires.timestamp())}")
-        return f"{payload}~{_signature(self._keys[0], payload)}"
+        return self.sign_fields(token.subscriber_id, token.action, token.paper_id,
+                                int(token.expires.timestamp()))
+
+    def sign_fields(self, subscriber_id: str, action: Action, paper_id: int | None,
+                    expires: int) -> str:
+        """`sign` of the token with these fields (`expires` in Unix seconds)."""
+        paper = "" if paper_id is None else paper_id
+        payload = f"{_VERSION}~{subscriber_id}~{action}~{paper}~{expires}"
+        return f"{payload}~{_signature(self._macs[0], payload)}"
 
     def verify(self, text: str, *, now: datetime) -> LinkToken:
         """The token's content if it is genuine and not expired; raises TokenError."""
         if not text.isascii():
             raise TokenError("this link is not one digest made (forged or altered)")
         payload, _, signature = text.rpartition("~")
-        if not any(hmac.compare_digest(_signature(key, payload), signature)
-                   for key in self._keys):
+        if not any(hmac.compare_digest(_signature(mac, payload), signature)
+                   for mac in self._macs):
             raise TokenError("this link is not one digest made (forged or altered)")
         parts = payload.split("~")
         if (len(parts) != 5 or parts[0] != _VERSION or parts[2] not in ACTIONS
@@ -99,9 +105,11 @@ class Signer:
         return token
 
 
-def _signature(key: bytes, payload: str) -> str:
-    digest = hmac.digest(key, payload.encode(), "sha256")[:_SIGNATURE_BYTES]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+def _signature(keyed: hmac.HMAC, payload: str) -> str:
+    mac = keyed.copy()
+    mac.update(payload.encode())
+    return base64.urlsafe_b64encode(mac.digest()[:_SIGNATURE_BYTES]).rstrip(b"=").decode(
+        "ascii")
 
 
 PATHS: dict[Action, str] = {"unsubscribe": "u", "more": "f", "less": "f", "profile": "p"}
@@ -117,5 +125,16 @@ class Links:
 
     def url(self, subscriber_id: str, action: Action, *, now: datetime,
             paper_id: int | None = None) -> str:
-        token = LinkToken(subscriber_id, action, now + timedelta(days=self.days), paper_id)
-        return f"{self.base_url}/{PATHS[action]}/{self.signer.sign(token)}"
+        return self.for_email(subscriber_id, now)(action, paper_id)
+
+    def for_email(self, subscriber_id: str, now: datetime
+                  ) -> Callable[[Action, int | None], str]:
+        """`url` for one subscriber at `now`, as a function of the action and paper: the
+        expiry is worked out once for the twenty-odd links of an email."""
+        expires = int((now + timedelta(days=self.days)).timestamp())
+        sign, base = self.signer.sign_fields, self.base_url
+
+        def url(action: Action, paper_id: int | None) -> str:
+            return f"{base}/{PATHS[action]}/{sign(subscriber_id, action, paper_id, expires)}"
+
+        return url

@@ -171,3 +171,57 @@ def test_a_full_edition_with_links_stays_small_and_its_text_reads_at_72_columns(
     assert len(html.encode()) < 100_000  # Gmail clips bigger messages
     text = email.email.get_body(("plain",)).get_content()
     assert all(len(line) <= 72 for line in text.splitlines() if "https://" not in line)
+
+
+# Any text a feed or a profile could hold, markup characters, no-break spaces and NUL
+# included (hypothesis leaves out lone surrogates, which UTF-8 cannot carry).
+_ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
+    ["", "a & b", "<i>x</i>", 'say "hi"', "it's", "non\xa0breaking", "nul\x00here", "é…"])
+_PAPERS = st.builds(
+    lambda i, title, url, abstract, authors: Paper(
+        key=str(i), title=title or "untitled", abstract=abstract, first_seen=NOW,
+        url=url, authors=tuple(authors), row_id=i),
+    st.integers(0, 5),
+    _ANY_TEXT,
+    st.none() | _ANY_TEXT.map(lambda path: "https://arxiv.org/" + path),
+    _ANY_TEXT,
+    st.lists(_ANY_TEXT.filter(bool), max_size=3))
+_PREPARED_ENV = make_environment()  # one per run, as `digest send` has: its stencil is reused
+
+
+@given(papers=st.lists(st.tuples(_PAPERS, _ANY_TEXT), max_size=12), name=_ANY_TEXT,
+       with_links=st.booleans())
+def test_prepared_html_is_exactly_what_jinja_and_the_inliner_write(papers, name, with_links):
+    from digest.tokens import Links, Signer
+
+    links = Links("https://digest.example/a&b", Signer(["k" * 40]), 90) if with_links else None
+    profile = _profile(name=name or "Ana")
+    picks = [Pick(paper, 1.0, reason) for paper, reason in papers]
+
+    def html(prepared: bool) -> str:
+        email = render_edition(_PREPARED_ENV, profile, picks, slot=NOW, mail=MAIL, now=NOW,
+                               links=links, prepared=prepared)
+        return email.email.get_body(("html",)).get_content()
+
+    assert html(prepared=True) == html(prepared=False)
+
+
+def test_the_shipped_templates_are_prepared_and_an_operators_are_not(tmp_path):
+    from digest.render import _stencil
+
+    assert _stencil(make_environment(), with_links=True) is not None
+    assert _stencil(make_environment(), with_links=False) is not None
+    (tmp_path / "_base.html.j2").write_text("<html><body>{% block content %}{% endblock %}")
+    assert _stencil(make_environment(tmp_path), with_links=True) is None
+
+
+def test_an_operators_html_templates_are_always_rendered_in_full(tmp_path):
+    # Only the shipped templates were checked against their stencil: an override may use
+    # anything (here the score, which differs between subscribers) and must be honoured.
+    (tmp_path / "_paper.html.j2").write_text("<p class=mine>{{ pick.title }} {{ pick.score }}</p>")
+    env = make_environment(tmp_path)
+    first = _render([_pick()], env=env).get_body(("html",)).get_content()
+    paper = _pick().paper
+    other = render_edition(env, _profile(), [Pick(paper, 9.25, "x")], slot=NOW, mail=MAIL,
+                           now=NOW).email.get_body(("html",)).get_content()
+    assert "0.5</p>" in first and "9.25</p>" in other
