@@ -17,6 +17,7 @@ chosen with maximal marginal relevance, so near-copies do not fill the email.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -332,7 +333,7 @@ class Candidates:
 
     papers: list[Paper]
     matrix: sparse.csr_matrix
-    lowered: list[str]  # title and abstract in lower case, for keyword rules
+    lowered: LoweredTexts  # title and abstract in lower case, for keyword rules
     authors: list[frozenset[str]]  # normalised author names
     index: dict[int, int]  # paper row_id -> position
     # The candidates' rows followed by the corpus reference rows: one product scores both.
@@ -393,7 +394,7 @@ def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
     return Candidates(
         papers=papers,
         matrix=matrix,
-        lowered=[p.text.lower() for p in papers],
+        lowered=LoweredTexts([p.text.lower() for p in papers]),
         authors=authors,
         index={p.row_id: i for i, p in enumerate(papers)},
         scoring=scoring,
@@ -432,17 +433,46 @@ def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
     return either
 
 
-def _find_mentions(texts: Sequence[str], phrases: Sequence[str]) -> np.ndarray:
+class LoweredTexts:
+    """Texts in lower case, also joined into one string: which of them hold a word is then
+    found by one scan in C rather than a test of each text."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = list(texts)
+        self._joined = "\x00".join(self.texts)
+        self._starts = list(accumulate((len(t) + 1 for t in self.texts[:-1]), initial=0))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def holding(self, needle: str) -> list[int]:
+        """The positions of the texts that contain `needle`, in order."""
+        if not needle or "\x00" in needle:  # could match across two texts: test each
+            return [i for i, text in enumerate(self.texts) if needle in text]
+        found: list[int] = []
+        joined, starts = self._joined, self._starts
+        at = joined.find(needle)
+        while at != -1:
+            i = bisect_right(starts, at) - 1
+            found.append(i)
+            if i + 1 == len(starts):
+                break
+            at = joined.find(needle, starts[i + 1])  # on to the next text
+        return found
+
+
+def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
     """A mask of the (lower-case) texts that mention any phrase as whole words."""
     hits = np.zeros(len(texts), dtype=bool)
-    pattern = _phrase_pattern(phrases)
-    if pattern is None:
-        return hits
-    needles = [w.lower() for phrase in phrases for w in phrase.split()[:1]]
-    for i, text in enumerate(texts):
-        # A cheap substring test first; the regex only confirms word boundaries.
-        if any(n in text for n in needles) and pattern.search(text):
-            hits[i] = True
+    needles = {w.lower() for phrase in phrases for w in phrase.split()[:1]}
+    # Texts holding a phrase's first word; the regex (made only if there are any: most
+    # keywords are in none of a day's papers) confirms whole words.
+    holding = sorted({i for needle in needles for i in texts.holding(needle)})
+    pattern = _phrase_pattern(phrases) if holding else None
+    if pattern is not None:
+        for i in holding:
+            if pattern.search(texts.texts[i]):
+                hits[i] = True
     return hits
 
 

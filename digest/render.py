@@ -77,17 +77,29 @@ def make_environment(override_dir: Path | None = None) -> Environment:
 @pass_environment
 def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words: bool = True,
                      wrapstring: str | None = None, break_on_hyphens: bool = True) -> str:
-    """Jinja's `wordwrap`, remembered: the same paper's title and abstract are wrapped the
-    same way in every subscriber's email, and textwrap is slow."""
-    return _wrap(env.newline_sequence, str(s), width, break_long_words, wrapstring,
+    """Jinja's `wordwrap`, faster: textwrap is slow. Text of words and single spaces only
+    (no hyphen, no word over `width`) is wrapped here, as textwrap would; the rest (a
+    paper's title and abstract: the same in every subscriber's email) is remembered."""
+    return _wrap(str(s), width, break_long_words, wrapstring or env.newline_sequence,
                  break_on_hyphens)
 
 
 @lru_cache(maxsize=65536)
-def _wrap(newline: str, s: str, width: int, break_long_words: bool, wrapstring: str | None,
+def _wrap(s: str, width: int, break_long_words: bool, wrapstring: str,
           break_on_hyphens: bool) -> str:
-    return str(do_wordwrap(_WRAP_ENV, s, width, break_long_words, wrapstring or newline,
-                           break_on_hyphens))
+    words = s.split(" ")
+    if "-" in s or " ".join(s.split()) != s or max(map(len, words)) > width or not s:
+        return str(do_wordwrap(_WRAP_ENV, s, width, break_long_words, wrapstring,
+                               break_on_hyphens))
+    lines, line = [], words[0]
+    for word in words[1:]:  # what textwrap does with words and single spaces
+        if len(line) + 1 + len(word) <= width:
+            line = f"{line} {word}"
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    return wrapstring.join(lines)
 
 
 _WRAP_ENV = Environment()

@@ -225,3 +225,14 @@ def test_an_operators_html_templates_are_always_rendered_in_full(tmp_path):
     other = render_edition(env, _profile(), [Pick(paper, 9.25, "x")], slot=NOW, mail=MAIL,
                            now=NOW).email.get_body(("html",)).get_content()
     assert "0.5</p>" in first and "9.25</p>" in other
+
+
+@given(text=st.text(st.sampled_from(list("ab -\t\n\xa0é.")), max_size=40),
+       width=st.integers(1, 12), wrapstring=st.sampled_from([None, "\n   ", "|"]))
+def test_wordwrap_is_jinjas(text, width, wrapstring):
+    from jinja2.filters import do_wordwrap
+
+    env = make_environment()
+    ours = env.from_string("{{ s | wordwrap(w, wrapstring=ws) }}").render(
+        s=text, w=width, ws=wrapstring)
+    assert ours == do_wordwrap(env, text, width, wrapstring=wrapstring)
