@@ -18,10 +18,11 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from digest.config import CelerySettings, SmtpSettings, load_settings
+from digest.config import CelerySettings, Settings, SmtpSettings, load_settings
 from digest.models import Edition, EditionState
 from digest.pipeline import RECORD_EVERY, Status
 from digest.shards import SendReport
@@ -36,6 +37,20 @@ pytest.importorskip("celery", reason="Celery (the 'celery' extra) is needed")
 def pg_url() -> Iterator[str]:
     with postgres_schema() as url:
         yield url
+
+
+@pytest.fixture
+def in_worker(settings: Settings) -> Iterator[ModuleType]:
+    """The worker module as `digest worker` sets it up, for calling its task directly;
+    afterwards the store the task opened is closed (its heartbeat thread with it), before
+    the test's database goes away."""
+    from digest import workers
+
+    workers._settings, workers._run = settings, None
+    yield workers
+    if workers._run is not None:
+        workers._run.store.close()
+    workers._settings = workers._run = workers._run_id = None
 
 
 def write_setup(tmp_path: Path, sink_port: int, subscribers: int, *, database: str,
@@ -250,13 +265,12 @@ class _Task:
 
 
 def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
-        store, settings, seeds, write_profile, now):
+        store, seeds, write_profile, now, in_worker):
     """Editions another sender holds are not sent while it beats; the shard is tried
     again with only them (the rest of its report carried along), and once that sender's
     heartbeat stops they are taken back and sent: each edition once, one report."""
     from datetime import timedelta
 
-    from digest import workers
     from digest.pipeline import _last_slot, ingest_files
 
     ingest_files(store, seeds, now=now)
@@ -273,7 +287,7 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
                                claimer="elsewhere:7:abcd")
     store.heartbeat("elsewhere:7:abcd", host="elsewhere", pid=7, started_at=beat, now=beat)
 
-    workers._settings, workers._run = settings, None
+    workers = in_worker
     message = workers.shard_message([(ana, None), (ben, None)], now=now, run_id="r1",
                                     show_all=True)
     first = _Task()
@@ -316,12 +330,10 @@ def test_an_unreachable_broker_is_one_line_not_a_traceback(tmp_path, write_profi
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
 
 
-def test_one_subscribers_failure_stays_with_that_subscriber(store, settings, seeds,
-                                                           write_profile, now, monkeypatch,
-                                                           smtp_sink):
+def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_profile, now,
+                                                           monkeypatch, smtp_sink, in_worker):
     """A bug while making one edition (here: rendering Ben's) fails that edition alone;
     the shard's other editions go out, and the report says whose failed."""
-    from digest import workers
     from digest.pipeline import EditionRun, ingest_files
 
     ingest_files(store, seeds, now=now)
@@ -335,7 +347,7 @@ def test_one_subscribers_failure_stays_with_that_subscriber(store, settings, see
         return render(self, profile, *args, **kwargs)
 
     monkeypatch.setattr(EditionRun, "render", broken)
-    workers._settings, workers._run = settings, None
+    workers = in_worker
     message = workers.shard_message([(p, None) for p in paths], now=now, run_id="r2",
                                     show_all=True)
     report = SendReport.from_json(workers._send_shard(_Task(), message))
