@@ -12,12 +12,12 @@ import hashlib
 import itertools
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ from markupsafe import Markup
 from digest.config import MailSettings
 from digest.identity import ascii_address, ascii_domain
 from digest.models import OutgoingEmail, Paper, Pick, Profile
+from digest.profiles import MAX_PAPERS
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
 
@@ -80,8 +81,10 @@ def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words
     """Jinja's `wordwrap`, faster: textwrap is slow. Text of words and single spaces only
     (no hyphen, no word over `width`) is wrapped here, as textwrap would; the rest (a
     paper's title and abstract: the same in every subscriber's email) is remembered."""
-    return _wrap(str(s), width, break_long_words, wrapstring or env.newline_sequence,
-                 break_on_hyphens)
+    params = (width, break_long_words, wrapstring or env.newline_sequence, break_on_hyphens)
+    if isinstance(s, _Hole):  # a stencil is being made: the hole says how to wrap it
+        return s.wrapped(params)
+    return _wrap(str(s), *params)
 
 
 @lru_cache(maxsize=65536)
@@ -227,7 +230,7 @@ def render_edition(
         "unsubscribe_url": unsubscribe,
         "profile_url": url("profile", None) if url else None,
     }
-    text = env.get_template("email.txt.j2").render(context)
+    text = text_part(env, context, prepared=prepared)
     html = html_part(env, context, prepared=prepared)
     sender = formataddr((one_line(mail.from_name), ascii_address(mail.from_address)),
                         charset="utf-8")
@@ -264,21 +267,31 @@ def html_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = 
     arbitrary input) at about a seventh of the cost: Jinja and the CSS inliner were half
     of the cost of an email. An operator's own templates are always rendered in full.
     """
-    stencil = _stencil(env, bool(context["unsubscribe_url"])) if prepared else None
+    stencil = (_stencil(env, _HTML, bool(context["unsubscribe_url"])) if prepared
+               else None)
     html = stencil.assemble(context) if stencil is not None else None
     if html is None:
-        html = _INLINER.inline(env.get_template("email.html.j2").render(context))
+        html = _INLINER.inline(env.get_template(_HTML.template).render(context))
     return html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
-_HTML_TEMPLATES = ("email.html.j2", "_base.html.j2", "_paper.html.j2")
-_ROW_MARK = "<!--digest-row-->"
+def text_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = True) -> str:
+    """The plain-text part for `context`: `email.txt.j2` rendered. With the shipped template
+    (and `prepared`), assembled from a stencil made once per run and day heading, as
+    `html_part` does; a value the template wraps is wrapped as its `wordwrap` would."""
+    stencil = (_stencil(env, _TEXT, bool(context["unsubscribe_url"]), context["heading"])
+               if prepared else None)
+    text = stencil.assemble(context) if stencil is not None else None
+    return text if text is not None else env.get_template(_TEXT.template).render(context)
+
+
 # Fields of the context that a stencil leaves as holes (and each pick's PickView fields).
 _EMAIL_FIELDS = ("subject", "heading", "lede", "preheader", "footer", "unsubscribe_url",
                  "profile_url")
 # As the inliner writes text and attribute values (html5ever's serialiser's rules).
 _TEXT_ESCAPES = (("&", "&amp;"), ("\xa0", "&nbsp;"), ("<", "&lt;"), (">", "&gt;"))
 _ATTRIBUTE_ESCAPES = (("&", "&amp;"), ("\xa0", "&nbsp;"), ('"', "&quot;"))
+_Write = Callable[[str], "str | None"]  # a value as it goes into its hole; None: cannot
 
 
 def _escape(value: str, attribute: bool) -> str | None:
@@ -292,31 +305,84 @@ def _escape(value: str, attribute: bool) -> str | None:
     return value
 
 
+def _html_text(value: str) -> str | None:
+    return _escape(value, attribute=False)
+
+
+def _html_attribute(value: str) -> str | None:
+    return _escape(value, attribute=True)
+
+
+def _verbatim(value: str) -> str:
+    return value
+
+
+class _Hole(str):
+    """A placeholder value while a stencil is made: its text names the field, and the
+    `wordwrap` filter, given one, says in the text how it would have wrapped it."""
+
+    holes: _Holes
+    number: int
+
+    def wrapped(self, params: tuple[int, bool, str, bool]) -> str:
+        kinds = self.holes.wraps
+        if params not in kinds:
+            kinds.append(params)
+        return f"{self.holes.prefix}{self.number}w{kinds.index(params)}e"
+
+
+class _Holes:
+    """The placeholders of one stencil: the fields they stand for, and the ways the
+    template wrapped them."""
+
+    def __init__(self) -> None:
+        self.prefix = f"digest{secrets.token_hex(8)}h"  # no template or value holds it
+        self.names: list[str] = []
+        self.wraps: list[tuple[int, bool, str, bool]] = []
+        self.pattern = re.compile(f"{self.prefix}([0-9]+)(?:w([0-9]+))?e")
+
+    def __call__(self, name: str) -> _Hole:
+        hole = _Hole(f"{self.prefix}{len(self.names)}e")
+        hole.holes, hole.number = self, len(self.names)
+        self.names.append(name)
+        return hole
+
+
 @dataclass(frozen=True)
 class _Pieces:
-    """Part of a stencil: literal text with holes between, each a field written as text or
-    as an attribute value."""
+    """Part of a stencil: literal text with holes between, each a field and how its value
+    is written there."""
 
     literals: tuple[str, ...]  # one more than holes
-    holes: tuple[tuple[str, bool], ...]
+    holes: tuple[tuple[str, _Write], ...]
 
     @classmethod
-    def parse(cls, text: str, hole: re.Pattern[str], names: Sequence[str]) -> _Pieces:
-        split = hole.split(text)
-        literals, holes, before = [split[0]], [], split[0]
-        for index, literal in zip(split[1::2], split[2::2], strict=True):
-            # Inside a tag (an attribute value) when its last "<" is after its last ">":
-            # the inliner writes text's "<" and ">" as references.
-            holes.append((names[int(index)], before.rfind("<") > before.rfind(">")))
+    def parse(cls, text: str, holes: _Holes, html: bool) -> _Pieces:
+        split = holes.pattern.split(text)
+        literals, found, before = [split[0]], [], split[0]
+        for index, wrap, literal in zip(split[1::3], split[2::3], split[3::3], strict=True):
+            write: _Write
+            if html:
+                if wrap is not None:
+                    raise ValueError("the HTML templates wrap a value")
+                # Inside a tag (an attribute value) when its last "<" is after its last
+                # ">": the inliner writes text's "<" and ">" as references.
+                inside = before.rfind("<") > before.rfind(">")
+                write = _html_attribute if inside else _html_text
+            elif wrap is not None:
+                write = partial(_wrap_value, holes.wraps[int(wrap)])
+            else:
+                write = _verbatim
+            found.append((holes.names[int(index)], write))
             literals.append(literal)
             before += literal
-        return cls(tuple(literals), tuple(holes))
+        return cls(tuple(literals), tuple(found))
 
     def fill(self, out: list[str], values: Mapping[str, Any]) -> bool:
         """Append the text with `values` in its holes; False if a value cannot be."""
         out.append(self.literals[0])
-        for (name, attribute), literal in zip(self.holes, self.literals[1:], strict=True):
-            value = _escape(str(values[name]), attribute)
+        for (name, write), literal in zip(self.holes, self.literals[1:], strict=True):
+            value = write(str(values[name]))
             if value is None:
                 return False
             out.append(value)
@@ -324,78 +390,124 @@ class _Pieces:
         return True
 
 
+def _wrap_value(params: tuple[int, bool, str, bool], value: str) -> str:
+    return _wrap(value, *params)
+
+
+Shape = tuple[bool, bool, bool, bool]
+
+
 @dataclass(frozen=True)
 class _Stencil:
-    """The shipped HTML templates rendered once with a hole in every value and their CSS
-    inlined: the email before its rows, one row per shape of pick, and the rest."""
+    """A template rendered once with a hole in every value: the email before its rows,
+    a row for each position (or one for all) and shape of pick, and the rest."""
 
     head: _Pieces
-    rows: Mapping[tuple[bool, bool, bool, bool], _Pieces]
+    rows: tuple[Mapping[Shape, _Pieces], ...]  # by position; one: the same at every one
     tail: _Pieces
 
     def assemble(self, context: Mapping[str, Any]) -> str | None:
-        """The email's HTML (before ASCII-fication); None if a value needs the parser."""
+        """The email's part; None if a value cannot go into its hole."""
+        picks: Sequence[PickView] = context["picks"]
+        if len(self.rows) > 1 and len(picks) > len(self.rows):
+            return None
         out: list[str] = []
         if not self.head.fill(out, context):
             return None
-        view: PickView
-        for view in context["picks"]:
-            if not self.rows[_shape(view)].fill(out, view.__dict__):
+        for position, view in enumerate(picks):
+            rows = self.rows[position if len(self.rows) > 1 else 0]
+            if not rows[_shape(view)].fill(out, view.__dict__):
                 return None
         if not self.tail.fill(out, context):
             return None
         return "".join(out)
 
 
-def _shape(view: PickView) -> tuple[bool, bool, bool, bool]:
+def _shape(view: PickView) -> Shape:
     """What a row's template branches on: which of its parts are there."""
     return (view.url is not None, bool(view.authors), bool(view.abstract),
             view.more_url is not None)
 
 
-# Per environment (one per run) and per "has an unsubscribe link": its stencil, or None
-# where its HTML templates are an operator's.
-_STENCILS: WeakKeyDictionary[Environment, dict[bool, _Stencil | None]] = WeakKeyDictionary()
+_SHAPES: list[Shape] = [(url, authors, abstract, links) for url, authors, abstract, links
+                        in itertools.product((True, False), repeat=4)]
 
 
-def _stencil(env: Environment, with_links: bool) -> _Stencil | None:
+@dataclass(frozen=True)
+class _Part:
+    template: str
+    shipped: tuple[str, ...]  # the templates it is made of, which must be digest's own
+    html: bool
+
+
+_HTML = _Part("email.html.j2", ("email.html.j2", "_base.html.j2", "_paper.html.j2"),
+              html=True)
+_TEXT = _Part("email.txt.j2", ("email.txt.j2",), html=False)
+_MAX_ROWS = MAX_PAPERS  # the text part numbers its rows: one stencil row per position
+# Per environment (one per run): each part's stencils, or None where its templates are an
+# operator's. Keyed by part, "has an unsubscribe link" and, for the text, the heading.
+_STENCILS: WeakKeyDictionary[Environment, dict[tuple[_Part, bool, str | None],
+                                               _Stencil | None]] = WeakKeyDictionary()
+
+
+def _stencil(env: Environment, part: _Part, with_links: bool, heading: str | None = None
+             ) -> _Stencil | None:
     made = _STENCILS.setdefault(env, {})
-    if with_links not in made:
+    key = (part, with_links, heading)
+    if key not in made:
         shipped = default_templates_dir().resolve()
-        made[with_links] = (_make_stencil(env, with_links) if all(
+        made[key] = (_make_stencil(env, part, with_links, heading) if all(
             Path(env.get_template(name).filename or "").resolve().parent == shipped
-            for name in _HTML_TEMPLATES) else None)
-    return made[with_links]
+            for name in part.shipped) else None)
+    return made[key]
 
 
-def _make_stencil(env: Environment, with_links: bool) -> _Stencil:
-    token = secrets.token_hex(8)  # no template or value can hold it by chance
-    names: list[str] = []
-
-    def hole(name: str) -> str:
-        names.append(name)
-        return f"digest{token}h{len(names) - 1}e"
-
-    shapes = [(url, authors, abstract, links) for url, authors, abstract, links
-              in itertools.product((True, False), repeat=4)]
-    picks = [PickView(title=hole("title"), url=hole("url") if url else None,
-                      authors=hole("authors") if authors else "",
-                      abstract=hole("abstract") if abstract else "", reason=hole("reason"),
-                      score=0.0, more_url=hole("more_url") if links else None,
-                      less_url=hole("less_url") if links else None)
-             for url, authors, abstract, links in shapes]
-    context = {name: hole(name) for name in _EMAIL_FIELDS}
+def _make_stencil(env: Environment, part: _Part, with_links: bool, heading: str | None
+                  ) -> _Stencil:
+    """Render `part` with holes: for the HTML once, a row of each shape, its CSS inlined
+    (its rows are the same at any position); for the text once per shape, with as many
+    rows as an email may have (they are numbered)."""
+    holes = _Holes()
+    context: dict[str, Any] = {name: holes(name) for name in _EMAIL_FIELDS}
+    if heading is not None:  # the text underlines it: as it is, not a hole
+        context["heading"] = heading
     if not with_links:
-        context["unsubscribe_url"] = context["profile_url"] = None  # type: ignore[assignment]
-    html = _INLINER.inline(env.get_template("email.html.j2").render(
-        {**context, "picks": picks, "row_mark": Markup(_ROW_MARK)}))
-    parts = html.split(_ROW_MARK)
-    if len(parts) != len(shapes) + 2:
-        raise ValueError(f"the shipped email.html.j2 holds {len(parts) - 1} row marks, "
-                         f"not {len(shapes) + 1}")
-    pattern = re.compile(f"digest{token}h([0-9]+)e")
-    head, *rows, tail = (_Pieces.parse(part, pattern, names) for part in parts)
-    return _Stencil(head, dict(zip(shapes, rows, strict=True)), tail)
+        context["unsubscribe_url"] = context["profile_url"] = None
+    mark = Markup("<!--digest-row-->") if part.html else f"{holes.prefix}row"
+
+    def pick(url: bool, authors: bool, abstract: bool, links: bool) -> PickView:
+        return PickView(title=holes("title"), url=holes("url") if url else None,
+                        authors=holes("authors") if authors else "",
+                        abstract=holes("abstract") if abstract else "",
+                        reason=holes("reason"), score=0.0,
+                        more_url=holes("more_url") if links else None,
+                        less_url=holes("less_url") if links else None)
+
+    def render(picks: list[PickView]) -> list[str]:
+        out = env.get_template(part.template).render(
+            {**context, "picks": picks, "row_mark": mark})
+        parts = (_INLINER.inline(out) if part.html else out).split(mark)
+        if len(parts) != len(picks) + 2:
+            raise ValueError(f"the shipped {part.template} holds {len(parts) - 1} row "
+                             f"marks, not {len(picks) + 1}")
+        return parts
+
+    if part.html:
+        head, *rows, tail = render([pick(*shape) for shape in _SHAPES])
+        by_position = [dict(zip(_SHAPES, rows, strict=True))]
+    else:
+        rendered = [render([pick(*shape)] * _MAX_ROWS) for shape in _SHAPES]
+        head, tail = rendered[0][0], rendered[0][-1]
+        if any(r[0] != head or r[-1] != tail for r in rendered):
+            raise ValueError(f"the shipped {part.template}'s rows change the rest")
+        by_position = [{shape: r[1 + position] for shape, r in zip(_SHAPES, rendered,
+                                                                   strict=True)}
+                       for position in range(_MAX_ROWS)]
+    return _Stencil(
+        _Pieces.parse(head, holes, part.html),
+        tuple({shape: _Pieces.parse(row, holes, part.html) for shape, row in rows.items()}
+              for rows in by_position),
+        _Pieces.parse(tail, holes, part.html))
 
 
 def _header(name: str, value: str) -> bytes:
@@ -441,7 +553,16 @@ def _body(text: str) -> tuple[str, bytes]:
         return "7bit", text.replace("\n", "\r\n").encode("ascii")
     # Line by line, each line remembered: quoted-printable encodes every line on its own,
     # and most lines (a paper's title, authors, abstract) are in many emails of a run.
-    return "quoted-printable", b"\r\n".join(map(_quoted_printable, text.split("\n")))
+    return "quoted-printable", b"\r\n".join(map(_quoted_printable_line, text.split("\n")))
+
+
+def _quoted_printable_line(line: str) -> bytes:
+    """A line in quoted-printable: as it is where that is what encoding would give (the
+    links and other ASCII lines of each email), else encoded and remembered."""
+    if (len(line) <= 76 and line.isascii() and line.isprintable() and "=" not in line
+            and not line.endswith(" ") and not line.startswith(".")):
+        return line.encode("ascii")
+    return _quoted_printable(line)
 
 
 @lru_cache(maxsize=65536)

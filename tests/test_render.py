@@ -191,28 +191,32 @@ _PREPARED_ENV = make_environment()  # one per run, as `digest send` has: its ste
 
 @given(papers=st.lists(st.tuples(_PAPERS, _ANY_TEXT), max_size=12), name=_ANY_TEXT,
        with_links=st.booleans())
-def test_prepared_html_is_exactly_what_jinja_and_the_inliner_write(papers, name, with_links):
+def test_prepared_parts_are_exactly_what_jinja_and_the_inliner_write(papers, name, with_links):
     from digest.tokens import Links, Signer
 
     links = Links("https://digest.example/a&b", Signer(["k" * 40]), 90) if with_links else None
     profile = _profile(name=name or "Ana")
     picks = [Pick(paper, 1.0, reason) for paper, reason in papers]
 
-    def html(prepared: bool) -> str:
+    def parts(prepared: bool) -> tuple[str, str]:
         email = render_edition(_PREPARED_ENV, profile, picks, slot=NOW, mail=MAIL, now=NOW,
-                               links=links, prepared=prepared)
-        return email.email.get_body(("html",)).get_content()
+                               links=links, prepared=prepared).email
+        return (email.get_body(("plain",)).get_content(),
+                email.get_body(("html",)).get_content())
 
-    assert html(prepared=True) == html(prepared=False)
+    assert parts(prepared=True) == parts(prepared=False)
 
 
 def test_the_shipped_templates_are_prepared_and_an_operators_are_not(tmp_path):
-    from digest.render import _stencil
+    from digest.render import _HTML, _TEXT, _stencil
 
-    assert _stencil(make_environment(), with_links=True) is not None
-    assert _stencil(make_environment(), with_links=False) is not None
+    for with_links in (True, False):
+        assert _stencil(make_environment(), _HTML, with_links) is not None
+        assert _stencil(make_environment(), _TEXT, with_links, "Papers for today") is not None
     (tmp_path / "_base.html.j2").write_text("<html><body>{% block content %}{% endblock %}")
-    assert _stencil(make_environment(tmp_path), with_links=True) is None
+    (tmp_path / "email.txt.j2").write_text("{{ heading }}")
+    assert _stencil(make_environment(tmp_path), _HTML, True) is None
+    assert _stencil(make_environment(tmp_path), _TEXT, True, "Papers for today") is None
 
 
 def test_an_operators_html_templates_are_always_rendered_in_full(tmp_path):
@@ -236,3 +240,30 @@ def test_wordwrap_is_jinjas(text, width, wrapstring):
     ours = env.from_string("{{ s | wordwrap(w, wrapstring=ws) }}").render(
         s=text, w=width, ws=wrapstring)
     assert ours == do_wordwrap(env, text, width, wrapstring=wrapstring)
+
+
+@given(st.lists(st.text(st.sampled_from(list("a =.\t\x01é~")), max_size=90)
+                | st.text(max_size=80), max_size=6))
+def test_quoted_printable_lines_decode_back_and_stay_within_76_characters(lines):
+    import binascii
+
+    from digest.render import _body
+
+    text = "\n".join(line.replace("\r", "") for line in lines) + "é"  # never plain ASCII
+    encoding, body = _body(text)
+    assert encoding == "quoted-printable"
+    assert binascii.a2b_qp(body.replace(b"\r\n", b"\n")) == text.encode()
+    assert all(len(line) <= 76 for line in body.split(b"\r\n"))
+
+
+def test_more_picks_than_a_profile_may_ask_for_are_rendered_in_full():
+    from digest.profiles import MAX_PAPERS
+
+    picks = [Pick(Paper(key=str(i), title=f"Paper {i}", abstract="Text.", first_seen=NOW,
+                        row_id=i), 1.0, "why") for i in range(MAX_PAPERS + 1)]
+    env = make_environment()
+    prepared, full = (render_edition(env, _profile(), picks, slot=NOW, mail=MAIL, now=NOW,
+                                     prepared=flag).email for flag in (True, False))
+    for kind in ("plain", "html"):
+        assert prepared.get_body((kind,)).get_content() == full.get_body((kind,)).get_content()
+    assert f"{MAX_PAPERS + 1}. Paper {MAX_PAPERS}" in prepared.get_body(("plain",)).get_content()
