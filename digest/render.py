@@ -78,9 +78,10 @@ def make_environment(override_dir: Path | None = None) -> Environment:
 @pass_environment
 def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words: bool = True,
                      wrapstring: str | None = None, break_on_hyphens: bool = True) -> str:
-    """Jinja's `wordwrap`, faster: textwrap is slow. Text of words and single spaces only
-    (no hyphen, no word over `width`) is wrapped here, as textwrap would; the rest (a
-    paper's title and abstract: the same in every subscriber's email) is remembered."""
+    """Jinja's `wordwrap`, faster: textwrap is slow. Each result is remembered (a paper's
+    title and abstract are the same in every subscriber's email), and text of words and
+    single spaces only (no hyphen, no word over `width`) is wrapped here, as textwrap
+    would. While a stencil is made, a placeholder comes back saying how it was wrapped."""
     params = (width, break_long_words, wrapstring or env.newline_sequence, break_on_hyphens)
     if isinstance(s, _Hole):  # a stencil is being made: the hole says how to wrap it
         return s.wrapped(params)
