@@ -197,8 +197,8 @@ def render_edition(
 
     With `links`, each paper gets signed "more / less like this" links, and the email an
     unsubscribe link (also as RFC 8058 one-click headers) and a link to edit the profile.
-    With `dkim`, the message is signed. `prepared=False` renders the HTML through Jinja
-    and the CSS inliner even where a prepared stencil could be used (see `html_part`).
+    With `dkim`, the message is signed. `prepared=False` renders both parts through
+    Jinja (and the CSS inliner) even where a stencil could be used (see `html_part`).
     """
     local_day = slot.astimezone(ZoneInfo(profile.timezone))
     subject = edition_subject(profile, picks, local_day)
@@ -401,22 +401,21 @@ Shape = tuple[bool, bool, bool, bool]
 @dataclass(frozen=True)
 class _Stencil:
     """A template rendered once with a hole in every value: the email before its rows,
-    a row for each position (or one for all) and shape of pick, and the rest."""
+    a row for each position and shape of pick, and the rest."""
 
     head: _Pieces
-    rows: tuple[Mapping[Shape, _Pieces], ...]  # by position; one: the same at every one
+    rows: tuple[Mapping[Shape, _Pieces], ...]  # by position, up to MAX_PAPERS
     tail: _Pieces
 
     def assemble(self, context: Mapping[str, Any]) -> str | None:
         """The email's part; None if a value cannot go into its hole."""
         picks: Sequence[PickView] = context["picks"]
-        if len(self.rows) > 1 and len(picks) > len(self.rows):
+        if len(picks) > len(self.rows):
             return None
         out: list[str] = []
         if not self.head.fill(out, context):
             return None
-        for position, view in enumerate(picks):
-            rows = self.rows[position if len(self.rows) > 1 else 0]
+        for rows, view in zip(self.rows, picks, strict=False):  # fewer picks than rows
             if not rows[_shape(view)].fill(out, view.__dict__):
                 return None
         if not self.tail.fill(out, context):
@@ -444,7 +443,7 @@ class _Part:
 _HTML = _Part("email.html.j2", ("email.html.j2", "_base.html.j2", "_paper.html.j2"),
               html=True)
 _TEXT = _Part("email.txt.j2", ("email.txt.j2",), html=False)
-_MAX_ROWS = MAX_PAPERS  # the text part numbers its rows: one stencil row per position
+_MAX_ROWS = MAX_PAPERS  # rows a stencil holds (the text numbers them); more: in full
 # Per environment (one per run): each part's stencils, or None where its templates are an
 # operator's. Keyed by part, "has an unsubscribe link" and, for the text, the heading.
 _STENCILS: WeakKeyDictionary[Environment, dict[tuple[_Part, bool, str | None],
@@ -495,7 +494,7 @@ def _make_stencil(env: Environment, part: _Part, with_links: bool, heading: str 
 
     if part.html:
         head, *rows, tail = render([pick(*shape) for shape in _SHAPES])
-        by_position = [dict(zip(_SHAPES, rows, strict=True))]
+        by_position = [dict(zip(_SHAPES, rows, strict=True))] * _MAX_ROWS  # the same
     else:
         rendered = [render([pick(*shape)] * _MAX_ROWS) for shape in _SHAPES]
         head, tail = rendered[0][0], rendered[0][-1]
@@ -504,11 +503,15 @@ def _make_stencil(env: Environment, part: _Part, with_links: bool, heading: str 
         by_position = [{shape: r[1 + position] for shape, r in zip(_SHAPES, rendered,
                                                                    strict=True)}
                        for position in range(_MAX_ROWS)]
-    return _Stencil(
-        _Pieces.parse(head, holes, part.html),
-        tuple({shape: _Pieces.parse(row, holes, part.html) for shape, row in rows.items()}
-              for rows in by_position),
-        _Pieces.parse(tail, holes, part.html))
+    parsed: dict[str, _Pieces] = {}  # the HTML's rows: parsed once for every position
+
+    def parse(text: str) -> _Pieces:
+        if text not in parsed:
+            parsed[text] = _Pieces.parse(text, holes, part.html)
+        return parsed[text]
+
+    return _Stencil(parse(head), tuple({shape: parse(row) for shape, row in rows.items()}
+                                       for rows in by_position), parse(tail))
 
 
 def _header(name: str, value: str) -> bytes:
