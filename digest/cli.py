@@ -49,6 +49,7 @@ from digest.store import Store
 
 log = logging.getLogger("digest")
 F = TypeVar("F", bound=Callable[..., Any])
+RANK_CHUNK = 500  # `digest rank`: profiles ranked together before their picks are shown
 
 
 @dataclass
@@ -276,21 +277,26 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
         by_path = {p.path: p for p in loaded.profiles}
         errors = {e.path: e for e in loaded.errors}
         console = Console()
-        for path in profiles:
-            profile = by_path.get(path)
-            if profile is None:
+        for start in range(0, len(profiles), RANK_CHUNK):  # ranked together, shown as done
+            paths = profiles[start:start + RANK_CHUNK]
+            ranked = iter(run.choose_picks_many([by_path[p] for p in paths if p in by_path],
+                                                now=utc_now(), everything=True, top=top))
+            for path in paths:
+                profile = by_path.get(path)
+                if profile is None:
+                    if as_json:
+                        click.echo(json.dumps({"profile": str(path), "subscriber": None,
+                                               "picks": [], "error": str(errors.get(path))}))
+                    continue
+                picks = next(ranked)
                 if as_json:
-                    click.echo(json.dumps({"profile": str(path), "subscriber": None,
-                                           "picks": [], "error": str(errors.get(path))}))
-                continue
-            picks = run.choose_picks(profile, now=utc_now(), everything=True, top=top)
-            if as_json:
-                click.echo(json.dumps({
-                    "profile": str(path), "subscriber": profile.name,
-                    "picks": [{"id": p.paper.key, "title": p.paper.title, "score": p.score,
-                               "reason": p.reason} for p in picks]}, ensure_ascii=False))
-            else:
-                _print_picks(console, profile, picks)
+                    click.echo(json.dumps({
+                        "profile": str(path), "subscriber": profile.name,
+                        "picks": [{"id": p.paper.key, "title": p.paper.title,
+                                   "score": p.score, "reason": p.reason} for p in picks]},
+                        ensure_ascii=False))
+                else:
+                    _print_picks(console, profile, picks)
     finally:
         store.close()
     if loaded.errors:

@@ -55,9 +55,10 @@ from digest.rank import (
     Candidates,
     Corpus,
     Preferences,
+    RankRequest,
     build_corpus,
     prepare_candidates,
-    rank_papers,
+    rank_many,
 )
 from digest.render import mail_domain, make_environment, message_id, render_edition
 from digest.schedule import parse_schedule
@@ -396,25 +397,40 @@ class EditionRun:
                      top: int | None = None) -> list[Pick]:
         """Rank the papers that arrived since the subscriber's last edition (or all stored
         papers, with `everything`), leaving out what was already sent to them."""
+        return self.choose_picks_many([profile], now=now, everything=everything, top=top)[0]
+
+    def choose_picks_many(self, profiles: Sequence[Profile], *, now: datetime,
+                          everything: bool = False, top: int | None = None
+                          ) -> list[list[Pick]]:
+        """`choose_picks` for each profile, ranked together (those with the same
+        candidates in one `rank_many`)."""
         started = time.perf_counter()
-        since = None
-        if not everything:
-            if profile.subscriber_id in self._since:
-                since = self._since[profile.subscriber_id]
-            else:
-                since = self.store.candidates_since(profile.subscriber_id)
-            if since is None:
-                since = now - timedelta(days=self.settings.first_edition_lookback_days)
-        candidates = self.candidates(since)
-        prefs, unresolved = resolve_preferences(self.store, profile, self._found)
-        for ref in unresolved:
-            log.info("rank.unresolved subscriber=%s ref=%r", profile.subscriber_id, ref)
-        sent = self._sent.get(profile.subscriber_id)
-        if sent is None:
-            sent = self.store.sent_paper_ids(profile.subscriber_id)
-        exclude = frozenset(sent)
-        picks = rank_papers(self.corpus, prefs, candidates, top=top or profile.max_papers,
-                            exclude=exclude, min_score=profile.min_score)
+        groups: dict[datetime | None, list[int]] = {}
+        requests: list[RankRequest] = []
+        for i, profile in enumerate(profiles):
+            since = None
+            if not everything:
+                if profile.subscriber_id in self._since:
+                    since = self._since[profile.subscriber_id]
+                else:
+                    since = self.store.candidates_since(profile.subscriber_id)
+                if since is None:
+                    since = now - timedelta(days=self.settings.first_edition_lookback_days)
+            groups.setdefault(since, []).append(i)
+            prefs, unresolved = resolve_preferences(self.store, profile, self._found)
+            for ref in unresolved:
+                log.info("rank.unresolved subscriber=%s ref=%r", profile.subscriber_id, ref)
+            sent = self._sent.get(profile.subscriber_id)
+            if sent is None:
+                sent = self.store.sent_paper_ids(profile.subscriber_id)
+            requests.append(RankRequest(prefs, top=top or profile.max_papers,
+                                        exclude=frozenset(sent), min_score=profile.min_score))
+        picks: list[list[Pick]] = [[] for _ in profiles]
+        for since, members in groups.items():
+            ranked = rank_many(self.corpus, self.candidates(since),
+                               [requests[i] for i in members])
+            for i, chosen in zip(members, ranked, strict=True):
+                picks[i] = chosen
         self.timings["rank"] += time.perf_counter() - started
         return picks
 
@@ -433,16 +449,17 @@ class EditionRun:
         finally:
             self.timings["render"] += time.perf_counter() - started
 
-    def _draft(self, profile: Profile, slot: datetime, now: datetime) -> Edition:
-        """A new edition for (subscriber, slot) with its picks, not yet recorded."""
-        picks = self.choose_picks(profile, now=now)
+    def _drafts(self, due: Sequence[tuple[Profile, datetime]], now: datetime) -> list[Edition]:
+        """A new edition for each (profile, slot) with its picks, not yet recorded."""
+        ranked = self.choose_picks_many([p for p, _ in due], now=now)
+        domain = mail_domain(self.settings.mail)
         # Nothing good enough: the profile says whether to skip or to send a short note.
-        worth_sending = bool(picks) or profile.when_nothing == "note"
-        return Edition(
-            subscriber_id=profile.subscriber_id, slot=slot,
-            state=EditionState.PENDING if worth_sending else EditionState.EMPTY,
-            message_id=message_id(profile.subscriber_id, slot, mail_domain(self.settings.mail)),
-            picks=tuple(picks))
+        return [Edition(subscriber_id=profile.subscriber_id, slot=slot,
+                        state=(EditionState.PENDING if picks or profile.when_nothing == "note"
+                               else EditionState.EMPTY),
+                        message_id=message_id(profile.subscriber_id, slot, domain),
+                        picks=tuple(picks))
+                for (profile, slot), picks in zip(due, ranked, strict=True)]
 
     def _claim_editions(self, due: Sequence[tuple[Profile, datetime]], now: datetime
                         ) -> list[Edition]:
@@ -459,7 +476,7 @@ class EditionRun:
             self.store.supersede_failed_many([(p.subscriber_id, slot) for p, slot in new],
                                              now=now)
             self.prefetch([p for p, _ in new])  # after superseding: their papers are free
-        drafts = [self._draft(p, slot, now) for p, slot in new]
+        drafts = self._drafts(new, now)
         with self._ledger():
             for edition in self.store.create_editions(drafts, candidates_until=now, now=now):
                 found[(edition.subscriber_id, edition.slot)] = edition
@@ -555,10 +572,12 @@ class EditionRun:
             if dry_run:
                 keys = [(p.subscriber_id, slot) for _, p, slot in due]
                 recorded = self.store.get_editions(keys)
-                self.prefetch([p for (_, p, _), key in zip(due, keys, strict=True)
-                               if key not in recorded])
-                editions = [recorded.get(key) or self._draft(p, slot, now)
-                            for key, (_, p, slot) in zip(keys, due, strict=True)]
+                unrecorded = [(p, slot) for key, (_, p, slot) in zip(keys, due, strict=True)
+                              if key not in recorded]
+                self.prefetch([p for p, _ in unrecorded])
+                drafted = iter(self._drafts(unrecorded, now))
+                editions = [recorded[key] if key in recorded else next(drafted)
+                            for key in keys]
             else:
                 editions = self._claim_editions([(p, slot) for _, p, slot in due], now)
             sendable = []

@@ -12,15 +12,18 @@ Pure computation over records. Evidence, each scored against the stored corpus:
 Each kind is put on one scale (standard deviations above a typical stored paper) and
 averaged; muted and required keywords and followed authors are hard rules; the top is
 chosen with maximal marginal relevance, so near-copies do not fill the email.
+
+Many profiles are ranked together (`rank_many`): each evidence is scored for a batch of
+profiles in a few array operations, and the queries profiles share (topics, liked papers,
+feedback candidates) are scored once per set of candidates.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import accumulate
 from typing import Any
 
@@ -53,9 +56,13 @@ REASON_TERMS = 3
 SIMILARITY_MAX_PAPERS = 2000
 SIMILARITY_PAIRS_PER_PROFILE = 4000
 MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keywords met so far
-# Per Candidates: the query rows and scores of candidates used as feedback so far (the same
-# few candidates are the first pass's best for many profiles).
-FEEDBACK_CACHE_BYTES = 16_000_000
+# Per Candidates: the scores of queries met so far (the same topics, the same few candidates
+# as feedback for many profiles).
+QUERY_CACHE_BYTES = 32_000_000
+# Profiles ranked together: up to RANK_BATCH, fewer when the candidates are many (each
+# profile's queries are rows of scores on every candidate and reference row).
+RANK_BATCH = 64
+RANK_BATCH_CELLS = 200_000
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]
 
@@ -91,6 +98,14 @@ class SparseRows:
                    np.concatenate([p.rows + o for p, o in zip(parts, offsets[:-1], strict=True)]),
                    np.concatenate([p.terms for p in parts]),
                    np.concatenate([p.values for p in parts]))
+
+    def split(self) -> list[SparseRows]:
+        """Each row on its own."""
+        bounds = np.searchsorted(self.rows, np.arange(self.count + 1))
+        zeros = np.zeros(int(np.diff(bounds).max(initial=0)), dtype=self.rows.dtype)
+        return [SparseRows(1, zeros[:end - start], self.terms[start:end],
+                           self.values[start:end])
+                for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def to_csr(self, n_terms: int) -> sparse.csr_matrix:
         """The same rows as a scipy matrix (the same arrays a row selection would hold)."""
@@ -236,57 +251,57 @@ def _phrase_pattern(phrases: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class _TermQuery:
-    """One sparse query vector: `values[k]` for term `terms[k]`, terms ascending."""
-
-    terms: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def weighted_sum(cls, rows: SparseRows, weights: np.ndarray) -> _TermQuery:
-        """The rows times their weights, summed in float32 row after row (as scipy would)."""
-        terms, where = np.unique(rows.terms, return_inverse=True)
-        values = np.zeros(len(terms), dtype=np.float32)
-        np.add.at(values, where, rows.values * weights[rows.rows])
-        present = values != 0
-        return cls(terms[present], values[present])
-
-    def at(self, terms: np.ndarray) -> np.ndarray:
-        """The query's value for each of `terms`, 0 for those it does not hold."""
-        if len(self.terms) == 0:
-            return np.zeros(len(terms), dtype=self.values.dtype)
-        found = np.minimum(np.searchsorted(self.terms, terms), len(self.terms) - 1)
-        return np.where(self.terms[found] == terms, self.values[found],
-                        np.zeros((), dtype=self.values.dtype))
-
-
-def _matched_terms(corpus: Corpus, candidates: Candidates, chosen: Sequence[int],
-                   query: _TermQuery, phrases: Sequence[str]) -> list[list[str]]:
-    """For each chosen candidate, the terms of its row that contribute most to its match
-    with the query (looked up for all the chosen at once).
+def _matched_terms(corpus: Corpus, candidates: Candidates,
+                   asks: Sequence[tuple[Sequence[str], np.ndarray, Sequence[int]]]
+                   ) -> list[list[list[str]]]:
+    """For each ask (interest phrases, their weights, chosen candidates), for each chosen
+    candidate: the terms of its row that contribute most to its match with the phrases'
+    weighted query (looked up for every ask's picks at once).
 
     Two words that both match and form one of the query's phrases are named as that
     phrase ("dense retrieval", not "dense, retrieval").
     """
+    if not asks:
+        return []
+    n_terms = len(corpus.terms)
+    # Each ask's query: its phrases' rows times their weights, summed in float32 row after
+    # row; a cell is (ask, term).
+    queries = [corpus.transform(list(texts)) for texts, _, _ in asks]
+    cells, where = np.unique(np.concatenate([
+        j * n_terms + q.terms for j, q in enumerate(queries)]), return_inverse=True)
+    summed = np.zeros(len(cells), dtype=np.float32)
+    np.add.at(summed, where, np.concatenate([
+        q.values * weights[q.rows] for q, (_, weights, _) in zip(queries, asks, strict=True)]))
+    cells, summed = cells[summed != 0], summed[summed != 0]
+
     matrix = candidates.matrix
-    positions = np.asarray(chosen, dtype=np.int64)
+    positions = np.fromiter((i for _, _, chosen in asks for i in chosen), dtype=np.int64)
+    asker = np.repeat(np.arange(len(asks)), [len(chosen) for _, _, chosen in asks])
     starts, ends = matrix.indptr[positions], matrix.indptr[positions + 1]
     entries = _spans(starts, ends)
     terms = matrix.indices[entries]
-    contribution = matrix.data[entries] * query.at(terms)
+    owner = np.repeat(np.arange(len(positions)), ends - starts)
+    wanted = asker[owner] * n_terms + terms
+    found = np.minimum(np.searchsorted(cells, wanted), max(len(cells) - 1, 0))
+    value = (np.where(cells[found] == wanted, summed[found], np.float32(0)) if len(cells)
+             else np.zeros(len(wanted), dtype=np.float32))
+    contribution = matrix.data[entries] * value
     keep = contribution > 0
-    owner = np.repeat(np.arange(len(positions)), ends - starts)[keep]
-    kept = np.bincount(owner, minlength=len(positions)).tolist()  # matched terms per pick
-    terms, contribution = terms[keep], contribution[keep]
-    phrase_words = [(phrase, phrase.split()) for phrase in phrases]
-    named: list[list[str]] = []
-    for last, count in zip(accumulate(kept), kept, strict=True):
-        row_terms = terms[last - count:last]
-        if count > 1:
-            row_terms = row_terms[np.argsort(-contribution[last - count:last])]
-        matched = [str(corpus.terms[t]) for t in row_terms]
-        named.append(_name_terms(matched, phrase_words))
+    terms, contribution, owner = terms[keep], contribution[keep], owner[keep]
+    order = np.lexsort((-contribution, owner))  # by pick, then best first
+    terms, owner = terms[order], owner[order]
+    bounds = np.searchsorted(owner, np.arange(len(positions) + 1)).tolist()
+    names = corpus.terms[terms].tolist()
+    phrase_terms = [str(t) for t in corpus.terms[cells % n_terms]]
+    phrase_bounds = np.searchsorted(cells // n_terms, np.arange(len(asks) + 1)).tolist()
+    named: list[list[list[str]]] = []
+    pick = 0
+    for j, (_, _, chosen) in enumerate(asks):
+        phrases = [(t, t.split()) for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]
+                   if " " in t]
+        named.append([_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
+                      for k in range(pick, pick + len(chosen))])
+        pick += len(chosen)
     return named
 
 
@@ -350,10 +365,9 @@ class Candidates:
     # The candidates that mention each keyword met so far (see `_mentions`).
     mentions: dict[str, np.ndarray] = field(default_factory=dict, repr=False,
                                                         compare=False)
-    # Candidates used as feedback so far: position -> (query row, its scores; see
-    # `_feedback_rows`).
-    feedback: dict[int, tuple[SparseRows, np.ndarray]] = field(default_factory=dict,
-                                                               repr=False, compare=False)
+    # Queries scored on these candidates so far (see `_QueryBank`).
+    queries: _QueryBank = field(default_factory=lambda: _QueryBank(), repr=False,
+                                compare=False)
 
 
 class _Similarity:
@@ -366,16 +380,18 @@ class _Similarity:
         self.asked = 0
         self.table: np.ndarray | None = None
 
-    def among(self, shortlist: np.ndarray) -> np.ndarray:
-        """The similarity of every two of the shortlisted candidates."""
+    def among(self, shortlists: np.ndarray) -> np.ndarray:
+        """For each shortlist (a row of candidate positions), the similarity of every two
+        of its candidates."""
         if self.table is None:
-            self.asked += 1
+            self.asked += len(shortlists)
             n = self.matrix.shape[0]
             if n > SIMILARITY_MAX_PAPERS or self.asked * SIMILARITY_PAIRS_PER_PROFILE < n * n:
-                vectors = self.matrix[shortlist]
-                return _dense(vectors @ vectors.T)
+                vectors = [self.matrix[shortlist] for shortlist in shortlists]
+                return np.stack([_dense(v @ v.T) for v in vectors])
             self.table = _dense(self.matrix @ self.matrix.T)
-        return self.table.take(shortlist, axis=0).take(shortlist, axis=1)
+        pairs: np.ndarray = self.table[shortlists[:, :, None], shortlists[:, None, :]]
+        return pairs
 
 
 def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
@@ -481,191 +497,259 @@ def _dense(values: Any) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
+Key = tuple[str, Any]  # ("text", phrase), ("whole", paper text), ("linking" or "vector", row_id)
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """Query rows and their scores on `Candidates.scoring` (one row of `scores` each), found
+    by key."""
+
+    index: dict[Key, int]
+    rows: list[SparseRows]
+    scores: np.ndarray  # float64, (queries, scoring rows)
+
+    def columns(self, keys: Sequence[Key]) -> np.ndarray:
+        return np.fromiter((self.index[k] for k in keys), dtype=np.int64, count=len(keys))
+
+
+class _QueryBank:
+    """Query rows scored on the candidates, kept by key for the profiles ranked after: a
+    phrase (an interest, an avoided topic, a liked title), a stored paper as a liked or
+    feedback paper (its linking vector) or as a disliked one (its whole vector), a paper
+    not stored (its whole text). Profiles share most of them: the same topics, the same
+    few candidates as feedback. Up to QUERY_CACHE_BYTES of scores are kept; when a batch's
+    new queries do not fit, the bank starts afresh."""
+
+    def __init__(self) -> None:
+        self.index: dict[Key, int] = {}
+        self.rows: list[SparseRows] = []
+        self.scores = np.zeros((0, 0))  # rows for the first `len(index)` queries
+
+    def lookup(self, corpus: Corpus, candidates: Candidates,
+               wanted: Mapping[Key, Paper | None]) -> QueryScores:
+        """The scores of every wanted query (a stored paper's key maps to the paper). Valid
+        until the next lookup."""
+        width = candidates.scoring.shape[0]
+        capacity = QUERY_CACHE_BYTES // (8 * max(width, 1))
+        if len(self.scores) == 0:
+            self.scores = np.zeros((0, width))
+        if len(wanted) > capacity:  # more than the bank holds: these, this once
+            keys = list(wanted)
+            rows, scores = _score_queries(corpus, candidates, keys, wanted)
+            return QueryScores({k: i for i, k in enumerate(keys)}, rows, scores)
+        missing = [k for k in wanted if k not in self.index]
+        if len(self.index) + len(missing) > capacity:
+            self.index, self.rows = {}, []
+            missing = list(wanted)
+        if missing:
+            rows, scores = _score_queries(corpus, candidates, missing, wanted)
+            used = len(self.index)
+            if len(self.scores) < used + len(missing):
+                grown = np.empty((min(capacity, max(2 * len(self.scores), used + len(missing),
+                                                    64)), width))
+                grown[:used] = self.scores[:used]
+                self.scores = grown
+            self.scores[used:used + len(missing)] = scores
+            self.index.update((k, used + i) for i, k in enumerate(missing))
+            self.rows.extend(rows)
+        return QueryScores(self.index, self.rows, self.scores)
+
+
+def _score_queries(corpus: Corpus, candidates: Candidates, keys: Sequence[Key],
+                   sources: Mapping[Key, Paper | None]) -> tuple[list[SparseRows], np.ndarray]:
+    """The query row of each key, and its scores (`scoring @ row`, float64) as a row."""
+    found: dict[Key, SparseRows] = {}
+    for kind in ("text", "whole", "linking", "vector"):
+        of_kind = [k for k in keys if k[0] == kind]
+        if not of_kind:
+            continue
+        if kind == "text":
+            rows = corpus.transform([k[1] for k in of_kind])
+        elif kind == "whole":
+            rows = SparseRows.of(corpus.vectorizer.transform([k[1] for k in of_kind]))
+        else:
+            papers = [sources[k] for k in of_kind]
+            assert all(p is not None for p in papers)
+            rows = (corpus.linking_vectors if kind == "linking" else corpus.vectors)(
+                [p for p in papers if p is not None])
+        found.update(zip(of_kind, rows.split(), strict=True))
+    ordered = [found[k] for k in keys]
+    return ordered, _products(candidates, SparseRows.stack(ordered))
+
+
+def _products(candidates: Candidates, queries: SparseRows) -> np.ndarray:
+    """`queries @ scoring.T` (float64, a row per query), reading only the columns of the
+    queries' terms."""
+    columns = candidates.scoring_by_term
+    starts, ends = columns.indptr[queries.terms], columns.indptr[queries.terms + 1]
+    entries = _spans(starts, ends)
+    lengths = ends - starts
+    terms = columns.data[entries] * np.repeat(queries.values.astype(np.float64), lengths)
+    width = columns.shape[0]
+    cells = np.repeat(queries.rows, lengths) * width + columns.indices[entries]
+    return np.bincount(cells, weights=terms, minlength=width * queries.count
+                       ).reshape(queries.count, width)
+
+
+def _best_of(bank: QueryScores, groups: Sequence[tuple[Sequence[Key], np.ndarray | None]]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """For each group of queries (with weights, or None for 1 each), every scoring row's
+    best weighted score among them (float32); and which groups have a query at all."""
+    sizes = np.array([len(keys) for keys, _ in groups], dtype=np.int64)
+    present = sizes > 0
+    best = np.zeros((len(groups), bank.scores.shape[1]), dtype=np.float32)
+    if present.any():
+        scores = bank.scores[bank.columns([k for keys, _ in groups for k in keys])].astype(
+            np.float32)
+        if any(w is not None for _, w in groups):
+            scores *= np.concatenate([np.ones(len(keys), dtype=np.float32) if w is None else w
+                                      for keys, w in groups])[:, None]
+        starts = np.cumsum(sizes) - sizes
+        best[present] = np.maximum.reduceat(scores, starts[present], axis=0)
+    return best, present
+
+
+def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: QueryScores,
+                    groups: Sequence[tuple[Sequence[Key], np.ndarray | None]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """For each group of query rows (with weights, or None for 1 each), every scoring row's
+    cosine with `_rocchio(rows, corpus.common, weights)` (float32); and which groups have a
+    row at all.
+
+    The query is the rows' weighted unit centroid minus a share of the common direction,
+    normalised: a linear mix, so its scores mix the rows' scores and the common
+    direction's (prepared once), and the dense query is never built.
+    """
+    sizes = np.array([len(keys) for keys, _ in groups], dtype=np.int64)
+    present = sizes > 0
+    result = np.zeros((len(groups), bank.scores.shape[1]), dtype=np.float32)
+    if not present.any():
+        return result, present
+    shares = np.concatenate([
+        np.full(len(keys), 1 / len(keys)) if w is None else w.astype(np.float64) / float(w.sum())
+        for keys, w in groups if keys])
+    columns = bank.columns([k for keys, _ in groups for k in keys])
+    count = int(present.sum())
+    owners = np.repeat(np.arange(count), sizes[present])
+    rows = SparseRows.stack([bank.rows[c] for c in columns])
+    n_terms = len(corpus.terms)
+    cells, where = np.unique(owners[rows.rows] * n_terms + rows.terms, return_inverse=True)
+    centroid = np.bincount(where, weights=rows.values * shares[rows.rows])
+    cell_owner, cell_term = np.divmod(cells, n_terms)
+    length = np.sqrt(np.bincount(cell_owner, weights=centroid ** 2, minlength=count))
+    scale = np.maximum(length, 1e-9)
+    along = np.bincount(cell_owner, weights=centroid * corpus.common[cell_term],
+                        minlength=count) / scale
+    squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
+               + (ROCCHIO_BETA * candidates.common_norm) ** 2)
+    norm = np.maximum(np.sqrt(np.maximum(squared, 0.0)), 1e-9)
+    starts = np.cumsum(sizes[present]) - sizes[present]
+    mixed = np.add.reduceat(bank.scores[columns] * shares[:, None], starts, axis=0)
+    result[present] = ((mixed / scale[:, None] - ROCCHIO_BETA * candidates.common_scores)
+                       / norm[:, None])
+    return result, present
+
+
+def _standardised(scores: np.ndarray, present: np.ndarray, n: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's scores of the candidates (its first n) in standard deviations above the
+    typical stored paper (the rest: the reference rows), and which rows are informative:
+    present and not matching nothing at all (e.g. an interest made only of stop words).
+    The spread has a floor, so that a query matching almost nothing does not make one faint
+    match look huge."""
+    ahead, reference = scores[:, :n], scores[:, n:]
+    spread = reference.std(axis=1)
+    informative = present & ((ahead.max(axis=1, initial=0.0) > 0) | (spread > 0))
+    standard = ((ahead - reference.mean(axis=1)[:, None])
+                / np.maximum(spread, np.float32(MIN_SPREAD))[:, None])
+    return standard, informative
+
+
+def _mean_of(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the mean of the parts present there (each: values and a row mask), and
+    which rows have any."""
+    total = np.zeros_like(parts[0][0])
+    count = np.zeros(len(total), dtype=total.dtype)
+    for values, present in parts:
+        total += np.where(present[:, None], values, np.zeros((), dtype=total.dtype))
+        count += present
+    return total / np.maximum(count, 1)[:, None], count > 0
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One profile to rank: up to `top` picks, none of `exclude` (row ids: papers already
+    sent) nor below `min_score`."""
+
+    prefs: Preferences
+    top: int
+    exclude: frozenset[int] = frozenset()
+    min_score: float | None = None
+
+
 @dataclass
-class _Evidence:
-    """One kind of evidence, scored on the candidates and on the corpus reference rows."""
+class _Plan:
+    """One profile's request, with what may be picked and its queries by key."""
 
-    name: str
-    candidates: np.ndarray
-    reference: np.ndarray
-
-    @cached_property
-    def _spread(self) -> float:
-        return float(self.reference.std())
-
-    @property
-    def informative(self) -> bool:
-        """False when no paper matches at all (e.g. an interest made only of stop words)."""
-        return bool(self.candidates.max(initial=0.0) > 0 or self._spread > 0)
-
-    def standardised(self) -> np.ndarray:
-        """Standard deviations above the typical stored paper. The spread has a floor, so
-        that a query matching almost nothing does not make one faint match look huge."""
-        spread = max(self._spread, MIN_SPREAD)
-        return (self.candidates - float(self.reference.mean())) / spread
+    request: RankRequest
+    allowed: np.ndarray
+    interests: list[Key]
+    interest_weights: np.ndarray | None
+    liked: list[Key]  # the liked papers', then the liked titles'
+    disliked: list[Key]
+    avoid: list[Key]
+    feedback: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-class _Scorer:
-    """Scores one profile's evidence on the candidates and on the corpus reference rows
-    (prepared together in `Candidates.scoring`)."""
-
-    def __init__(self, candidates: Candidates):
-        self.candidates = candidates
-        self.n = len(candidates.papers)
-
-    def _evidence(self, name: str, scores: np.ndarray, weights: np.ndarray | None
-                  ) -> _Evidence:
-        if weights is not None:
-            scores = scores * weights
-        best = scores.max(axis=1)
-        return _Evidence(name, best[: self.n], best[self.n:])
-
-    def products(self, queries: SparseRows) -> np.ndarray:
-        """`scoring @ queries.T` (float64), reading only the columns of the queries' terms."""
-        columns = self.candidates.scoring_by_term
-        starts, ends = columns.indptr[queries.terms], columns.indptr[queries.terms + 1]
-        entries = _spans(starts, ends)
-        lengths = ends - starts
-        terms = columns.data[entries] * np.repeat(queries.values.astype(np.float64), lengths)
-        cells = columns.indices[entries] * queries.count + np.repeat(queries.rows, lengths)
-        rows = columns.shape[0]
-        return np.bincount(cells, weights=terms, minlength=rows * queries.count
-                           ).reshape(rows, queries.count)
-
-    def lexical(self, name: str, queries: SparseRows, weights: np.ndarray | None = None
-                ) -> _Evidence:
-        """Best weighted cosine between each paper and any of the query rows."""
-        return self._evidence(name, self.products(queries).astype(np.float32), weights)
-
-    def rocchio(self, name: str, rows: SparseRows, products: np.ndarray, common: np.ndarray,
-                weights: np.ndarray | None = None) -> _Evidence:
-        """Cosine with `_rocchio(rows, common, weights)`, given the rows' `products`.
-
-        The query is the rows' (weighted) unit centroid minus a share of the common
-        direction, normalised: a linear mix, so its scores mix the rows' scores and the
-        common direction's (prepared once), and the dense query is never built.
-        """
-        share = (np.full(rows.count, 1 / rows.count) if weights is None
-                 else weights.astype(np.float64) / float(weights.sum()))
-        terms, where = np.unique(rows.terms, return_inverse=True)
-        centroid = np.bincount(where, weights=rows.values * share[rows.rows],
-                               minlength=len(terms))
-        length = float(np.linalg.norm(centroid))
-        scale = max(length, 1e-9)
-        along = float(centroid @ common[terms]) / scale  # unit centroid . common
-        squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
-                   + (ROCCHIO_BETA * self.candidates.common_norm) ** 2)
-        norm = max(float(np.sqrt(max(squared, 0.0))), 1e-9)
-        scores = (products @ share / scale
-                  - ROCCHIO_BETA * self.candidates.common_scores) / norm
-        return self._evidence(name, scores[:, None].astype(np.float32), None)
-
-    def semantic(self, name: str, queries: np.ndarray, weights: np.ndarray | None = None
-                 ) -> _Evidence | None:
-        if self.candidates.scoring_embeddings is None:
-            return None
-        return self._evidence(name, self.candidates.scoring_embeddings @ queries.T, weights)
+def _paper_keys(corpus: Corpus, papers: Sequence[Paper], kind: str
+                ) -> list[tuple[Key, Paper | None]]:
+    """Stored papers by row id (`kind`: "linking" or "vector"); when any is not stored,
+    every one by its whole text (as `Corpus.vectors` does)."""
+    if all(p.row_id in corpus.rows for p in papers):
+        return [((kind, p.row_id), p) for p in papers]
+    return [(("whole", p.text), None) for p in papers]
 
 
-def _rocchio(vectors: np.ndarray, common: np.ndarray | None,
-             weights: np.ndarray | None = None) -> np.ndarray:
-    """The rows' (weighted) unit centroid, less ROCCHIO_BETA times `common` if given, at unit
-    length."""
-    centroid = np.asarray(np.average(vectors, axis=0, weights=weights)).ravel()
-    centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
-    if common is not None:
-        centroid = centroid - ROCCHIO_BETA * common
-    return (centroid / max(float(np.linalg.norm(centroid)), 1e-9)).astype(np.float32)
-
-
-@dataclass
-class _LikedQuery:
-    """The liked papers (and titles) as the rows of a query, lexical and embedded, each with
-    a weight: 1 for what the subscriber liked, FEEDBACK_WEIGHT for a candidate added by
-    pseudo-relevance feedback."""
-
-    vectors: SparseRows
-    products: np.ndarray  # scoring @ vectors
-    embedded: np.ndarray | None
-    weights: np.ndarray | None = None  # of the vectors; None: each weighs 1
-    embedded_weights: np.ndarray | None = None
-
-    def family(self, scorer: _Scorer, common: np.ndarray) -> np.ndarray | None:
-        """The liked family: the lexical Rocchio query and the embedding centroid."""
-        semantic = None
-        if self.embedded is not None:
-            semantic = scorer.semantic(
-                "liked~", _rocchio(self.embedded, None, self.embedded_weights)[None, :])
-        return _family([scorer.rocchio("liked", self.vectors, self.products, common,
-                                       self.weights), semantic])
-
-    def with_feedback(self, corpus: Corpus, candidates: Candidates, scorer: _Scorer,
-                      positions: np.ndarray) -> _LikedQuery:
-        """The query with the candidates at `positions` added, each at FEEDBACK_WEIGHT."""
-        added, added_products = _feedback_rows(corpus, candidates, scorer, positions)
-        feedback = np.full(len(positions), FEEDBACK_WEIGHT)
-        embedded, embedded_weights = self.embedded, self.embedded_weights
-        if embedded is not None and candidates.embeddings is not None:
-            embedded_weights = np.r_[_or_ones(embedded_weights, len(embedded)), feedback]
-            embedded = np.vstack([embedded, candidates.embeddings[positions]])
-        return _LikedQuery(
-            SparseRows.stack([self.vectors, added]),
-            np.hstack([self.products, added_products]), embedded,
-            np.r_[_or_ones(self.weights, self.vectors.count), feedback], embedded_weights)
-
-
-def _feedback_rows(corpus: Corpus, candidates: Candidates, scorer: _Scorer,
-                   positions: np.ndarray) -> tuple[SparseRows, np.ndarray]:
-    """The candidates at `positions` as rows of a liked-papers query, and the rows' scores
-    (`scoring @ rows.T`); kept per candidate while they fit in FEEDBACK_CACHE_BYTES."""
-    cache = candidates.feedback
-    missing = list(dict.fromkeys(int(i) for i in positions if int(i) not in cache))
-    if missing:
-        rows = corpus.linking_vectors([candidates.papers[i] for i in missing])
-        products = scorer.products(rows)
-        if (len(cache) + len(missing)) * products[:, 0].nbytes > FEEDBACK_CACHE_BYTES:
-            if len(missing) < len(positions):  # no room: all of them afresh, this once
-                rows = corpus.linking_vectors([candidates.papers[i] for i in positions])
-                products = scorer.products(rows)
-            return rows, products
-        for k, position in enumerate(missing):
-            entries = rows.rows == k
-            row = SparseRows(1, np.zeros(int(entries.sum()), dtype=rows.rows.dtype),
-                             rows.terms[entries], rows.values[entries])
-            cache[position] = (row, products[:, k].copy())
-    kept = [cache[int(i)] for i in positions]
-    return (SparseRows.stack([row for row, _ in kept]),
-            np.stack([column for _, column in kept], axis=1))
-
-
-def _or_ones(weights: np.ndarray | None, count: int) -> np.ndarray:
-    return np.ones(count) if weights is None else weights
-
-
-def _family(parts: Sequence[_Evidence | None]) -> np.ndarray | None:
-    """The mean standardised score of the evidence that is there."""
-    present = [p.standardised() for p in parts if p is not None and p.informative]
-    return np.mean(present, axis=0) if present else None
-
-
-def _classifier(candidates: Candidates, liked: SparseRows | None, disliked: SparseRows | None
-                ) -> _Evidence | None:
-    """A linear classifier of liked against disliked papers, once there are enough of both."""
-    if (liked is None or disliked is None or liked.count < CLASSIFIER_MIN
-            or disliked.count < CLASSIFIER_MIN):
-        return None
-    train = SparseRows.stack([liked, disliked]).to_csr(candidates.scoring.shape[1])
-    labels = np.r_[np.ones(liked.count), np.zeros(disliked.count)]
-    model = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000,
-                      random_state=0)  # the same picks every run
-    # Tf-idf rows are finite and the parameters fixed: sklearn's checks would cost more
-    # than learning from a dozen papers.
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        model.fit(train, labels)
-    # What model.decision_function computes, without checking its input again.
-    scores = (candidates.scoring @ model.coef_.ravel() + model.intercept_).astype(np.float32)
+def _plan(corpus: Corpus, candidates: Candidates, request: RankRequest,
+          wanted: dict[Key, Paper | None]) -> _Plan | None:
+    """The request's plan, its queries added to `wanted`; None if nothing may be picked."""
+    prefs, profile = request.prefs, request.prefs.profile
     n = len(candidates.papers)
-    return _Evidence("classifier", scores[:n], scores[n:])
+    if request.top <= 0:
+        return None
+    allowed = np.ones(n, dtype=bool)
+    for row_id in (*request.exclude, *(p.row_id for p in prefs.liked),
+                   *(p.row_id for p in prefs.disliked)):
+        position = candidates.index.get(row_id)
+        if position is not None:
+            allowed[position] = False
+    if profile.mute:
+        allowed &= ~_mentions(candidates, profile.mute)
+    if profile.require:
+        allowed &= _mentions(candidates, profile.require)
+    if not allowed.any():
+        return None
+    interests: list[tuple[Key, Paper | None]] = [(("text", i.text), None)
+                                                 for i in profile.interests]
+    weights = None
+    if profile.interests:
+        weights = np.array([i.weight for i in profile.interests], dtype=np.float32)
+        weights = weights / max(float(weights.max()), 1e-9)
+    liked = _paper_keys(corpus, prefs.liked, "linking") + [
+        (("text", t), None) for t in prefs.liked_titles]
+    disliked = _paper_keys(corpus, prefs.disliked, "vector")
+    avoid: list[tuple[Key, Paper | None]] = [(("text", a), None) for a in profile.avoid]
+    for key, source in (*interests, *liked, *disliked, *avoid):
+        wanted.setdefault(key, source)
+    return _Plan(request, allowed, [k for k, _ in interests], weights, [k for k, _ in liked],
+                 [k for k, _ in disliked], [k for k, _ in avoid])
+
+
+def _candidate_key(corpus: Corpus, paper: Paper) -> tuple[Key, Paper | None]:
+    if paper.row_id in corpus.rows:
+        return ("linking", paper.row_id), paper
+    return ("whole", paper.text), None
 
 
 def rank_papers(
@@ -682,112 +766,226 @@ def rank_papers(
     Scores are standard deviations above a typical stored paper; none below `min_score`
     is picked. Papers liked or disliked, muted, or in `exclude` (already sent) never are.
     """
-    profile = prefs.profile
+    return rank_many(corpus, candidates, [RankRequest(prefs, top, exclude, min_score)])[0]
+
+
+def rank_many(corpus: Corpus, candidates: Candidates, requests: Sequence[RankRequest]
+              ) -> list[list[Pick]]:
+    """`rank_papers` for many profiles: the picks of each request, in order. Profiles are
+    scored together, a few dozen at a time, so that each step is a few array operations
+    for all of them rather than many small ones for each; each profile's picks are those
+    it gets ranked alone."""
+    if not candidates.papers:
+        return [[] for _ in requests]
+    width = candidates.scoring.shape[0]
+    # Each profile has a handful of queries, each a row of `width` scores.
+    size = max(1, min(RANK_BATCH, RANK_BATCH_CELLS // max(width, 1)))
+    picks: list[list[Pick]] = []
+    for start in range(0, len(requests), size):
+        picks.extend(_rank_batch(corpus, candidates, requests[start:start + size]))
+    return picks
+
+
+def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankRequest]
+                ) -> list[list[Pick]]:
+    """The picks of a few dozen requests, each evidence scored for all of them at once: a
+    row per profile, a column per candidate (and reference row)."""
     n = len(candidates.papers)
-    if n == 0 or top <= 0:
-        return []
-    allowed = np.ones(n, dtype=bool)
-    for row_id in (*exclude, *(p.row_id for p in prefs.liked),
-                   *(p.row_id for p in prefs.disliked)):
-        position = candidates.index.get(row_id)
-        if position is not None:
-            allowed[position] = False
-    if profile.mute:
-        allowed &= ~_mentions(candidates, profile.mute)
-    if profile.require:
-        allowed &= _mentions(candidates, profile.require)
-    if not allowed.any():
-        return []
-    scorer = _Scorer(candidates)
-    transform = corpus.transform
+    wanted: dict[Key, Paper | None] = {}
+    planned = [_plan(corpus, candidates, r, wanted) for r in requests]
+    plans = [p for p in planned if p is not None]
+    if not plans:
+        return [[] for _ in requests]
+    bank = candidates.queries.lookup(corpus, candidates, wanted)
+    allowed = np.stack([p.allowed for p in plans])
 
-    families: list[tuple[str, np.ndarray]] = []
-    interest_query = None
-    interest_phrases: list[str] = []
-    if profile.interests:
-        texts = [i.text for i in profile.interests]
-        weights = np.array([i.weight for i in profile.interests], dtype=np.float32)
-        weights = weights / max(float(weights.max()), 1e-9)
-        queries = transform(texts)
-        interest_query = _TermQuery.weighted_sum(queries, weights)
-        interest_phrases = [term for term in map(str, corpus.terms[interest_query.terms])
-                            if " " in term]
-        embedded = corpus.embed(texts)
-        family = _family([scorer.lexical("interests", queries, weights),
-                          scorer.semantic("interests~", embedded, weights)
-                          if embedded is not None else None])
-        if family is not None:
-            families.append(("interests", family))
+    lexical, present = _best_of(bank, [(p.interests, p.interest_weights) for p in plans])
+    embedded = [corpus.embed([i.text for i in p.request.prefs.profile.interests])
+                for p in plans]
+    interests = _mean_of([
+        _standardised(lexical, present, n),
+        _standardised(*_semantic(candidates, [
+            None if e is None else (e, p.interest_weights)
+            for p, e in zip(plans, embedded, strict=True)]), n)])
 
-    liked = corpus.vectors(prefs.liked) if prefs.liked else None
-    disliked = corpus.vectors(prefs.disliked) if prefs.disliked else None
-    liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
-    like_sims = None
-    liked_query: _LikedQuery | None = None
-    feedback = np.zeros(0, dtype=np.int64)  # candidates added to the liked papers' query
-    feedback_sims = np.zeros((n, 0), dtype=np.float32)
-    if liked_names:
-        parts = [corpus.linking_vectors(prefs.liked)] if prefs.liked else []
-        if prefs.liked_titles:
-            parts.append(transform(list(prefs.liked_titles)))
-        vectors = SparseRows.stack(parts)
-        liked_query = _LikedQuery(vectors, scorer.products(vectors), corpus.paper_embeddings(
-            prefs.liked, prefs.liked_titles))
-        family = liked_query.family(scorer, corpus.common)
-        if family is not None:
-            families.append(("liked", family))
-        like_sims = liked_query.products[:n].astype(np.float32)
-        if liked_query.embedded is not None and candidates.embeddings is not None:
-            like_sims = like_sims + candidates.embeddings @ liked_query.embedded.T
+    liked_embedded = [corpus.paper_embeddings(p.request.prefs.liked,
+                                              p.request.prefs.liked_titles)
+                      if p.liked else None for p in plans]
+    liked = _liked_family(corpus, candidates, bank, plans, liked_embedded, feedback=False)
 
-    classifier = _classifier(candidates, liked, disliked)
-    if classifier is not None:
-        families.append(("classifier", classifier.standardised()))
+    classifier = np.zeros((len(plans), candidates.scoring.shape[0]), dtype=np.float32)
+    learned = np.zeros(len(plans), dtype=bool)
+    for j, plan in enumerate(plans):
+        scores = _classifier(corpus, candidates, plan.request.prefs)
+        if scores is not None:
+            classifier[j], learned[j] = scores, True
+    classified = (_standardised(classifier, learned, n)[0], learned)
 
-    penalty = np.zeros(n)
-    if disliked is not None:
-        penalty += PENALTY_WEIGHT * np.maximum(
-            scorer.lexical("disliked", disliked).standardised(), 0)
-    if profile.avoid:
-        penalty += PENALTY_WEIGHT * np.maximum(scorer.lexical(
-            "avoid", transform(list(profile.avoid))).standardised(), 0)
-    score = (np.mean([f for _, f in families], axis=0) if families else np.zeros(n)) - penalty
-    if liked_query is not None and FEEDBACK_PAPERS > 0 and "liked" in dict(families):
+    penalty = np.zeros((len(plans), n))
+    for keys in ([p.disliked for p in plans], [p.avoid for p in plans]):
+        resembles, present = _best_of(bank, [(k, None) for k in keys])
+        if present.any():
+            standard = _standardised(resembles, present, n)[0]
+            penalty += np.where(present[:, None],
+                                PENALTY_WEIGHT * np.maximum(standard, np.float32(0)), 0.0)
+
+    family, any_family = _mean_of([interests, liked, classified])
+    score = family - penalty
+
+    if FEEDBACK_PAPERS > 0 and liked[1].any():
         # Pseudo-relevance feedback: the best candidates of this first pass join the liked
         # papers at a lower weight, and the liked papers' evidence is scored again.
-        pool = np.flatnonzero(allowed)
-        feedback = pool[np.argsort(-score[pool], kind="stable")[:FEEDBACK_PAPERS]]
-        expanded = liked_query.with_feedback(corpus, candidates, scorer, feedback)
-        family = expanded.family(scorer, corpus.common)
-        feedback_sims = expanded.products[:n, liked_query.vectors.count:].astype(np.float32)
-        if candidates.embeddings is not None:
-            feedback_sims = feedback_sims + candidates.embeddings @ candidates.embeddings[
-                feedback].T
-        feedback_sims[feedback, np.arange(len(feedback))] = -np.inf  # not like itself
-        if family is not None:
-            families = [(name, family if name == "liked" else f) for name, f in families]
-            score = np.mean([f for _, f in families], axis=0) - penalty
-    followed = frozenset(normalise_title(a) for a in profile.authors)
-    by_followed = np.zeros(n, dtype=bool)
-    for name in followed:
-        positions = candidates.by_author.get(name)
-        if positions is not None:
-            by_followed[positions] = True
-    if not families:
-        # Nothing scores the papers: only followed authors' papers can be picked.
-        allowed &= by_followed
-        if not allowed.any():
-            return []
-    floor = -np.inf if min_score is None else min_score
-    eligible = allowed & ((score > floor) | by_followed)  # followed authors: a hard rule
-    order_by = score + FOLLOWED_FIRST * by_followed
-    chosen = _diverse_top(order_by, eligible, candidates, top)
+        order = np.argsort(np.where(allowed, -score, np.inf), axis=1, kind="stable")
+        for j in np.flatnonzero(liked[1]).tolist():
+            plans[j].feedback = order[j, :min(FEEDBACK_PAPERS, int(allowed[j].sum()))]
+        for plan in plans:
+            for position in plan.feedback.tolist():
+                key, source = _candidate_key(corpus, candidates.papers[position])
+                wanted.setdefault(key, source)
+        bank = candidates.queries.lookup(corpus, candidates, wanted)  # the first may be gone
+        again = _liked_family(corpus, candidates, bank, plans, liked_embedded, feedback=True)
+        redone = again[1] & liked[1]
+        liked = (np.where(redone[:, None], again[0], liked[0]), liked[1])
+        family, any_family = _mean_of([interests, liked, classified])
+        score = np.where(redone[:, None], family - penalty, score)
 
-    by_family = dict(families)
-    author_display = {normalise_title(a): a for a in profile.authors}
-    matched_terms = (_matched_terms(corpus, candidates, chosen, interest_query,
-                                    interest_phrases)
-                     if "interests" in by_family and interest_query is not None else None)
+    followed = [frozenset(normalise_title(a) for a in p.request.prefs.profile.authors)
+                for p in plans]
+    by_followed = np.zeros(allowed.shape, dtype=bool)
+    for j, names in enumerate(followed):
+        for name in names:
+            positions = candidates.by_author.get(name)
+            if positions is not None:
+                by_followed[j, positions] = True
+    # Nothing scores a profile's papers: only followed authors' papers can be picked.
+    allowed &= any_family[:, None] | by_followed
+    floors = np.array([-np.inf if p.request.min_score is None else p.request.min_score
+                       for p in plans])
+    eligible = allowed & ((score > floors[:, None]) | by_followed)  # followed: a hard rule
+    chosen = _diverse_top(score + FOLLOWED_FIRST * by_followed, eligible, candidates,
+                          [p.request.top for p in plans])
+    asks: dict[int, tuple[list[str], np.ndarray, list[int]]] = {}
+    for j, plan in enumerate(plans):
+        if interests[1][j] and plan.interest_weights is not None and chosen[j]:
+            asks[j] = ([i.text for i in plan.request.prefs.profile.interests],
+                       plan.interest_weights, chosen[j])
+    matched = dict(zip(asks, _matched_terms(corpus, candidates, list(asks.values())),
+                       strict=True))
+
+    picks: list[list[Pick]] = []
+    for j, plan in enumerate(plans):
+        by_family = {name: values[j] for name, (values, present) in
+                     (("interests", interests), ("liked", liked), ("classifier", classified))
+                     if present[j]}
+        picks.append(_picks(corpus, candidates, bank, plan, chosen[j], score[j], by_family,
+                            followed[j], matched.get(j), liked_embedded[j]))
+    made = iter(picks)
+    return [[] if p is None else next(made) for p in planned]
+
+
+def _semantic(candidates: Candidates,
+              queries: Sequence[tuple[np.ndarray, np.ndarray | None] | None]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """For each profile's embedded queries (with weights), or None: every scoring row's
+    best weighted cosine with them; and which profiles have any."""
+    width = candidates.scoring.shape[0]
+    scores = np.zeros((len(queries), width), dtype=np.float32)
+    present = np.zeros(len(queries), dtype=bool)
+    if candidates.scoring_embeddings is None:
+        return scores, present
+    for j, query in enumerate(queries):
+        if query is not None:
+            vectors, weights = query
+            cosines = candidates.scoring_embeddings @ vectors.T
+            scores[j] = (cosines if weights is None else cosines * weights).max(axis=1)
+            present[j] = True
+    return scores, present
+
+
+def _rocchio(vectors: np.ndarray, common: np.ndarray | None,
+             weights: np.ndarray | None = None) -> np.ndarray:
+    """The rows' (weighted) unit centroid, less ROCCHIO_BETA times `common` if given, at unit
+    length."""
+    centroid = np.asarray(np.average(vectors, axis=0, weights=weights)).ravel()
+    centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
+    if common is not None:
+        centroid = centroid - ROCCHIO_BETA * common
+    return (centroid / max(float(np.linalg.norm(centroid)), 1e-9)).astype(np.float32)
+
+
+def _liked_family(corpus: Corpus, candidates: Candidates, bank: QueryScores,
+                  plans: Sequence[_Plan], embedded: Sequence[np.ndarray | None], *,
+                  feedback: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The liked papers' evidence: the lexical Rocchio query and the embedding centroid,
+    standardised and averaged; with `feedback`, each plan's feedback candidates join its
+    liked papers at FEEDBACK_WEIGHT."""
+    n = len(candidates.papers)
+    groups: list[tuple[Sequence[Key], np.ndarray | None]] = []
+    centroids: list[tuple[np.ndarray, None] | None] = []
+    for plan, vectors in zip(plans, embedded, strict=True):
+        if not plan.liked or (feedback and not len(plan.feedback)):
+            groups.append(([], None))
+            centroids.append(None)
+            continue
+        keys, weights, vector_weights = list(plan.liked), None, None
+        if feedback:
+            added = np.full(len(plan.feedback), FEEDBACK_WEIGHT)
+            keys += [_candidate_key(corpus, candidates.papers[i])[0] for i in plan.feedback]
+            weights = np.r_[np.ones(len(plan.liked)), added]
+            if vectors is not None and candidates.embeddings is not None:
+                vector_weights = np.r_[np.ones(len(vectors)), added]
+                vectors = np.vstack([vectors, candidates.embeddings[plan.feedback]])
+        groups.append((keys, weights))
+        centroids.append(None if vectors is None else
+                         (_rocchio(vectors, None, vector_weights)[None, :], None))
+    lexical, present = _rocchio_scores(corpus, candidates, bank, groups)
+    return _mean_of([_standardised(lexical, present, n),
+                     _standardised(*_semantic(candidates, centroids), n)])
+
+
+def _classifier(corpus: Corpus, candidates: Candidates, prefs: Preferences
+                ) -> np.ndarray | None:
+    """A linear classifier of liked against disliked papers, once there are enough of
+    both: its scores on the scoring rows (float32)."""
+    if len(prefs.liked) < CLASSIFIER_MIN or len(prefs.disliked) < CLASSIFIER_MIN:
+        return None
+    liked, disliked = corpus.vectors(prefs.liked), corpus.vectors(prefs.disliked)
+    train = SparseRows.stack([liked, disliked]).to_csr(candidates.scoring.shape[1])
+    labels = np.r_[np.ones(liked.count), np.zeros(disliked.count)]
+    model = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000,
+                      random_state=0)  # the same picks every run
+    # Tf-idf rows are finite and the parameters fixed: sklearn's checks would cost more
+    # than learning from a dozen papers.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        model.fit(train, labels)
+    # What model.decision_function computes, without checking its input again.
+    scores: np.ndarray = candidates.scoring @ model.coef_.ravel() + model.intercept_
+    return scores.astype(np.float32)
+
+
+def _picks(corpus: Corpus, candidates: Candidates, bank: QueryScores, plan: _Plan,
+           chosen: Sequence[int], score: np.ndarray, by_family: dict[str, np.ndarray],
+           followed: frozenset[str], matched_terms: list[list[str]] | None,
+           liked_embedded: np.ndarray | None) -> list[Pick]:
+    """One profile's chosen candidates as picks, each with its score and reasons."""
+    prefs = plan.request.prefs
+    at = np.asarray(chosen, dtype=np.int64)
+    liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
+    like_sims = feedback_sims = None
+    if "liked" in by_family and len(at):
+        # How much each pick resembles each liked paper, and each feedback candidate.
+        like_sims = bank.scores[bank.columns(plan.liked)][:, at].T.astype(np.float32)
+        feedback_keys = [_candidate_key(corpus, candidates.papers[i])[0]
+                         for i in plan.feedback.tolist()]
+        feedback_sims = bank.scores[bank.columns(feedback_keys)][:, at].T.astype(np.float32)
+        if liked_embedded is not None and candidates.embeddings is not None:
+            like_sims = like_sims + candidates.embeddings[at] @ liked_embedded.T
+        if candidates.embeddings is not None and len(plan.feedback):
+            feedback_sims = feedback_sims + (candidates.embeddings[at]
+                                             @ candidates.embeddings[plan.feedback].T)
+        feedback_sims[at[:, None] == plan.feedback[None, :]] = -np.inf  # not like itself
+
+    author_display = {normalise_title(a): a for a in prefs.profile.authors}
     picks: list[Pick] = []
     for k, i in enumerate(chosen):
         reasons: list[str] = []
@@ -795,17 +993,16 @@ def rank_papers(
         if by:
             reasons.append("by " + ", ".join(author_display[a] for a in by))
         told: list[tuple[float, str]] = []
-        if matched_terms is not None:
-            terms = matched_terms[k]
-            if terms:
-                told.append((float(by_family["interests"][i]), "matches: " + ", ".join(terms)))
-        if "liked" in by_family and like_sims is not None:
-            closest = int(like_sims[i].argmax())
+        if matched_terms is not None and matched_terms[k]:
+            told.append((float(by_family["interests"][i]),
+                         "matches: " + ", ".join(matched_terms[k])))
+        if like_sims is not None and feedback_sims is not None:
+            closest = int(like_sims[k].argmax())
             nearest = liked_names[closest]
-            if like_sims[i, closest] <= 0 < feedback_sims[i].max(initial=0.0):
+            if like_sims[k, closest] <= 0 < feedback_sims[k].max(initial=0.0):
                 # Nothing in common with a liked paper: it came in through feedback, by
                 # resembling a pick that is like them; name that pick.
-                nearest = candidates.papers[int(feedback[feedback_sims[i].argmax()])].title
+                nearest = candidates.papers[int(plan.feedback[feedback_sims[k].argmax()])].title
             told.append((float(by_family["liked"][i]), f"like: {_short(nearest)}"))
         if "classifier" in by_family:
             told.append((float(by_family["classifier"][i]),
@@ -819,20 +1016,27 @@ def rank_papers(
 
 
 def _diverse_top(score: np.ndarray, eligible: np.ndarray, candidates: Candidates,
-                 top: int) -> list[int]:
-    """Maximal marginal relevance: each next pick trades score against resemblance to the
-    picks already made, so near-copies of one paper do not fill the list."""
-    order = np.flatnonzero(eligible)
-    if len(order) == 0:
-        return []
-    shortlist = order[np.argsort(-score[order], kind="stable")[: max(top * 5, 50)]]
-    similarity = candidates.similarity.among(shortlist)
-    chosen: list[int] = []
-    penalty = np.zeros(len(shortlist), dtype=np.float32)
-    base = score[shortlist]  # a copy: a chosen paper's base becomes -inf
-    for _ in range(min(top, len(shortlist))):
-        best = int(np.argmax(base - DIVERSITY * penalty))
-        chosen.append(int(shortlist[best]))
-        base[best] = -np.inf
-        penalty = np.maximum(penalty, similarity[best])
-    return chosen
+                 tops: Sequence[int]) -> list[list[int]]:
+    """Maximal marginal relevance, for each row (a profile's scores and the candidates it
+    may get): each next pick trades score against resemblance to the picks already made,
+    so near-copies of one paper do not fill the list."""
+    lengths = np.minimum([max(top * 5, 50) for top in tops], eligible.sum(axis=1))
+    width = int(lengths.max(initial=0))
+    if width == 0:
+        return [[] for _ in tops]
+    # Each row's shortlist: its best eligible candidates, best first (ties: first first).
+    shortlists = np.argsort(np.where(eligible, -score, np.inf), axis=1, kind="stable"
+                            )[:, :width]
+    rows = np.arange(len(tops))
+    listed = np.arange(width)[None, :] < lengths[:, None]
+    base = np.where(listed, np.take_along_axis(score, shortlists, axis=1), -np.inf)
+    similarity = candidates.similarity.among(shortlists)
+    penalty = np.zeros(base.shape, dtype=np.float32)
+    steps = np.minimum(tops, lengths)
+    chosen = np.zeros((len(tops), int(steps.max())), dtype=np.int64)
+    for step in range(chosen.shape[1]):
+        best = np.argmax(base - DIVERSITY * penalty, axis=1)
+        chosen[:, step] = shortlists[rows, best]
+        base[rows, best] = -np.inf
+        penalty = np.maximum(penalty, similarity[rows, best])
+    return [chosen[j, :steps[j]].tolist() for j in rows.tolist()]

@@ -157,26 +157,54 @@ def test_storing_an_embedding_twice_is_harmless(store, papers):
     assert list(store.embeddings([papers[0].row_id], "m")) == [papers[0].row_id]
 
 
-def test_fast_scores_equal_the_plain_matrix_products(store, papers):
-    """Scores read from the columns of the queries' terms, and the liked-papers query
-    scored without building it, are the products their definitions say."""
+def _scored(corpus, candidates, groups):
+    """Liked-paper groups (papers, weights) as `_rocchio_scores` scores them, through the
+    query bank, and the plain candidates-and-reference matrix."""
     import numpy as np
 
-    from digest.rank import SparseRows, _rocchio, _Scorer
+    from digest.rank import _candidate_key, _rocchio_scores
+
+    wanted = {}
+    keyed = []
+    for group, weights in groups:
+        keys = []
+        for paper in group:
+            key, source = _candidate_key(corpus, paper)
+            wanted[key] = source
+            keys.append(key)
+        keyed.append((keys, weights))
+    bank = candidates.queries.lookup(corpus, candidates, wanted)
+    scores, present = _rocchio_scores(corpus, candidates, bank, keyed)
+    return bank, scores, present, candidates.scoring.toarray().astype(np.float64)
+
+
+def test_fast_scores_equal_the_plain_matrix_products(store, papers):
+    """Scores read from the columns of the queries' terms, and liked-papers queries scored
+    without building them (several profiles at once, with and without weights), are the
+    products their definitions say."""
+    import numpy as np
+
+    from digest.rank import SparseRows, _products, _rocchio
 
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers[:40])
-    scorer = _Scorer(candidates)
-    scoring = candidates.scoring.toarray().astype(np.float64)
     liked = corpus.vectors(papers[40:45])
     queries = SparseRows.stack([liked, corpus.transform(["dense retrieval", "vision"])])
     dense = queries.to_csr(len(corpus.terms)).toarray()
-    np.testing.assert_allclose(scorer.products(queries), scoring @ dense.T, atol=1e-6)
+    scoring = candidates.scoring.toarray().astype(np.float64)
+    np.testing.assert_allclose(_products(candidates, queries), dense @ scoring.T, atol=1e-6)
 
-    rocchio = scorer.rocchio("liked", liked, scorer.products(liked), corpus.common)
-    query = _rocchio(liked.to_csr(len(corpus.terms)).toarray(), corpus.common)
-    np.testing.assert_allclose(np.r_[rocchio.candidates, rocchio.reference], scoring @ query,
-                               atol=1e-5)
+    weights = np.array([1, 1, 1, 0.5, 0.5, 0.5])
+    groups = [(papers[40:45], None), ([], None), (papers[45:51], weights),
+              (papers[41:42], None)]
+    bank, scores, present, scoring = _scored(corpus, candidates, groups)
+    assert present.tolist() == [True, False, True, True]
+    assert not scores[1].any()
+    for row, (group, weights) in zip(scores, groups, strict=True):
+        if group:
+            rows = corpus.linking_vectors(group).to_csr(len(corpus.terms)).toarray()
+            query = _rocchio(rows, corpus.common, weights)
+            np.testing.assert_allclose(row, scoring @ query, atol=1e-5)
 
 
 def test_picks_are_the_same_from_the_similarity_table(store, papers, monkeypatch):
@@ -207,25 +235,6 @@ def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
     assert list(candidates.mentions) == ["retrieval"]
     assert rank_papers(corpus, prefs, candidates, top=10) == first
     assert not any("retrieval" in p.paper.text.lower() for p in first)
-
-
-def test_weighted_liked_query_scores_equal_its_definition(store, papers):
-    """Liked papers and feedback candidates weigh differently in the Rocchio query; the
-    fast scores are still the product with the query its definition builds."""
-    import numpy as np
-
-    from digest.rank import _rocchio, _Scorer
-
-    corpus = build_corpus(papers)
-    candidates = prepare_candidates(corpus, papers[:40])
-    scorer = _Scorer(candidates)
-    scoring = candidates.scoring.toarray().astype(np.float64)
-    rows = corpus.linking_vectors(papers[40:46])
-    weights = np.array([1, 1, 1, 0.5, 0.5, 0.5])
-    rocchio = scorer.rocchio("liked", rows, scorer.products(rows), corpus.common, weights)
-    query = _rocchio(rows.to_csr(len(corpus.terms)).toarray(), corpus.common, weights)
-    np.testing.assert_allclose(np.r_[rocchio.candidates, rocchio.reference], scoring @ query,
-                               atol=1e-5)
 
 
 def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):
@@ -286,9 +295,9 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     assert reason.startswith("like: graph neural networks for molecule docking")
 
 
-def test_picks_are_the_same_with_feedback_kept_or_not(store, papers, monkeypatch):
-    """Candidates used as feedback are kept for the next profiles while there is room;
-    kept or worked out afresh, the picks are the same."""
+def test_picks_are_the_same_with_queries_kept_or_not(store, papers, monkeypatch):
+    """Queries (phrases, liked papers, candidates used as feedback) are kept for the next
+    profiles while there is room; kept or worked out afresh, the picks are the same."""
     import digest.rank
 
     profiles = [_profile(liked=(papers[i].title, papers[i + 1].title)) for i in range(0, 12, 2)]
@@ -307,8 +316,44 @@ def test_picks_are_the_same_with_feedback_kept_or_not(store, papers, monkeypatch
         return ranked
 
     kept = titles()
-    column = 8 * 2 * len(papers)  # a candidate's scores: on every candidate and reference row
-    for room in [0, 6 * column]:  # nothing kept; a few kept, then the others afresh
-        monkeypatch.setattr(digest.rank, "FEEDBACK_CACHE_BYTES", room)
+    row = 8 * 2 * len(papers)  # a query's scores: on every candidate and reference row
+    for room in [0, 6 * row, 40 * row]:  # none kept; fewer than a profile has; a few
+        monkeypatch.setattr(digest.rank, "QUERY_CACHE_BYTES", room)
         assert titles() == kept
     assert all(kept)
+
+
+def test_profiles_ranked_together_get_what_each_gets_alone(store, papers, monkeypatch):
+    """`rank_many` scores a batch of profiles with one set of array operations; every
+    profile's picks, scores and reasons are the ones it gets ranked alone, whatever the
+    batch's size and whoever else is in it."""
+    import digest.rank
+    from digest.rank import RankRequest, rank_many
+
+    titles = [p.title for p in papers]
+    profiles = [
+        _profile(interests=(Interest("dense retrieval"), Interest("vision", weight=3))),
+        _profile(),  # nothing to go on
+        _profile(liked=(titles[3], titles[8], "Sparse autoencoders for vision transformers")),
+        _profile(interests=(Interest("language models"),), mute=("retrieval",),
+                 avoid=("reinforcement learning",), min_score=1.0),
+        _profile(liked=tuple(titles[:6]), disliked=tuple(titles[-6:])),  # a classifier
+        _profile(interests=(Interest("tabular data"),), require=("tabular",)),
+        _profile(liked=(titles[2],), disliked=(titles[5],), authors=("nobody at all",)),
+        _profile(interests=(Interest("the of and"),)),  # stop words only
+        _profile(require=("no paper says this",), interests=(Interest("retrieval"),)),
+    ]
+    corpus = build_corpus(papers)
+    requests = []
+    for i, profile in enumerate(profiles * 2):
+        prefs, _ = resolve_preferences(store, profile)
+        exclude = frozenset(p.row_id for p in papers[i:i + 3]) if i % 3 == 0 else frozenset()
+        requests.append(RankRequest(prefs, top=[10, 3, 0, 25][i % 4], exclude=exclude,
+                                    min_score=profile.min_score))
+    alone = [rank_papers(corpus, r.prefs, prepare_candidates(corpus, papers), top=r.top,
+                         exclude=r.exclude, min_score=r.min_score) for r in requests]
+    assert sum(map(bool, alone)) >= 8
+    assert any("learned from your 6 liked and 6 disliked" in p.reason for p in alone[4])
+    for batch in [64, 4, 1]:
+        monkeypatch.setattr(digest.rank, "RANK_BATCH", batch)
+        assert rank_many(corpus, prepare_candidates(corpus, papers), requests) == alone
