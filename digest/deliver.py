@@ -28,6 +28,7 @@ from digest.errors import (
 from digest.identity import ascii_address
 from digest.models import OutgoingEmail
 from digest.ratelimit import smtp_limiter
+from digest.render import seven_bit
 
 log = logging.getLogger(__name__)
 _CONNECT_PREFIX = re.compile(r"^Error connecting to \S+ on port \d+: ")
@@ -136,7 +137,8 @@ class SmtpMailer:
         log.debug("smtp.connected server=%s security=%s pipelining=%s", self.where,
                   s.security, pipelining)
         return _Wire(client.transport, pipelining=pipelining,
-                     sizes=client.supports_extension("size"), timeout=s.timeout_s)
+                     sizes=client.supports_extension("size"),
+                     eight_bit=client.supports_extension("8bitmime"), timeout=s.timeout_s)
 
     async def send(self, email: OutgoingEmail) -> str:
         """Send one message; returns the server's reply. Raises DeliveryError."""
@@ -156,7 +158,8 @@ class SmtpMailer:
                     if wire is not None:
                         wire.abort()
                     wire = await self._connect()
-                reply = await wire.transaction(sender, recipients, email.data)
+                reply = await wire.transaction(sender, recipients, email.data,
+                                               eight_bit=email.eight_bit)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if wire is not None:
                     if await wire.reset():  # a refusal: the connection serves the next one
@@ -222,9 +225,10 @@ class _Wire(asyncio.Protocol):
     """
 
     def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, sizes: bool,
-                 timeout: float | None):
+                 eight_bit: bool = False, timeout: float | None):
         self.pipelining = pipelining
         self.sizes = sizes  # the server takes SIZE= on MAIL FROM (RFC 1870)
+        self.eight_bit = eight_bit  # the server takes BODY=8BITMIME (RFC 6152)
         self.timeout = timeout
         self._transport = cast(asyncio.WriteTransport, transport)
         self._buffer = bytearray()
@@ -329,12 +333,17 @@ class _Wire(asyncio.Protocol):
                 break
         return replies
 
-    async def transaction(self, sender: bytes, recipients: list[bytes], data: bytes
-                          ) -> aiosmtplib.SMTPResponse:
-        """Send one message; the server's final reply. Raises aiosmtplib's exceptions."""
+    async def transaction(self, sender: bytes, recipients: list[bytes], data: bytes, *,
+                          eight_bit: bool = False) -> aiosmtplib.SMTPResponse:
+        """Send one message (`eight_bit`: with 8bit parts); the server's final reply.
+        Raises aiosmtplib's exceptions."""
+        if eight_bit and not self.eight_bit:
+            data = seven_bit(data)  # the server takes 7-bit messages only
         message = wire_data(data)
-        size = b" SIZE=%d" % len(message) if self.sizes else b""
-        commands = [b"MAIL FROM:<" + sender + b">" + size + b"\r\n",
+        params = b" SIZE=%d" % len(message) if self.sizes else b""
+        if eight_bit and self.eight_bit:
+            params += b" BODY=8BITMIME"
+        commands = [b"MAIL FROM:<" + sender + b">" + params + b"\r\n",
                     *(b"RCPT TO:<" + r + b">\r\n" for r in recipients), b"DATA\r\n"]
         replies = await self._replies_to(commands)
         closing = next((r for r in replies if r.code == 421), None)

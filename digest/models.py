@@ -165,6 +165,9 @@ class OutgoingEmail:
     data: bytes
     message_id: str
     label: str = "message"  # names the .eml file of a dry run
+    # A part is 8bit (RFC 6152): sent with BODY=8BITMIME to a server that takes it, and
+    # converted to quoted-printable (`render.seven_bit`) for one that does not.
+    eight_bit: bool = False
 
     @property
     def email(self) -> EmailMessage:

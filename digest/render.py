@@ -250,9 +250,11 @@ def render_edition(
            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")] if unsubscribe else []),
         ("X-Digest-Edition", f"{profile.subscriber_id} {slot.isoformat()}"),
     ]
-    data = serialise(headers, text, html)
+    # A signed message goes in 7-bit forms only: a relay that converted an 8bit part for a
+    # server that does not take 8BITMIME would break the signature (RFC 6376, 5.3).
+    data, eight_bit = _serialised(headers, text, html, dkim is None)
     return OutgoingEmail(recipients=(recipient,), data=dkim.sign(data) if dkim else data,
-                         message_id=edition_id,
+                         message_id=edition_id, eight_bit=eight_bit,
                          label=f"{profile.subscriber_id} {slot.isoformat()}")
 
 
@@ -548,16 +550,25 @@ def _encoded_words(name: str, value: str) -> str:
     return "\r\n ".join(words)
 
 
-def _body(text: str) -> tuple[str, bytes]:
+def _body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
     """A part's transfer encoding and its bytes with CRLF lines: as it is ("7bit") when it
-    is ASCII with no line over 998 characters, otherwise quoted-printable."""
+    is ASCII with no line over 998 characters; with `eight_bit`, in UTF-8 as it is ("8bit",
+    RFC 6152) when no line is over 998 bytes; otherwise quoted-printable. NUL goes in none
+    but quoted-printable."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if text.isascii() and max(map(len, text.split("\n")), default=0) <= 998:
-        return "7bit", text.replace("\n", "\r\n").encode("ascii")
+    lines = text.split("\n")
+    if "\0" not in text:
+        longest = max(map(len, lines), default=0)
+        if text.isascii():
+            if longest <= 998:
+                return "7bit", text.replace("\n", "\r\n").encode("ascii")
+        elif eight_bit and (longest <= 998 // 4 or max(
+                len(line.encode("utf-8")) for line in lines if len(line) > 998 // 4) <= 998):
+            return "8bit", text.replace("\n", "\r\n").encode("utf-8")
     # Line by line, each line remembered: quoted-printable encodes every line on its own,
     # and most lines (a paper's title, authors, abstract) are in many emails of a run.
-    return "quoted-printable", b"\r\n".join(map(_quoted_printable_line, text.split("\n")))
+    return "quoted-printable", b"\r\n".join(map(_quoted_printable_line, lines))
 
 
 def _quoted_printable_line(line: str) -> bytes:
@@ -575,19 +586,29 @@ def _quoted_printable(line: str) -> bytes:
     return binascii.b2a_qp(line.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
-def serialise(headers: Sequence[tuple[str, str]], text: str, html: str) -> bytes:
+def serialise(headers: Sequence[tuple[str, str]], text: str, html: str, *,
+              eight_bit: bool = False) -> bytes:
     """A multipart/alternative message (plain text, then HTML), both parts UTF-8, as bytes
-    with CRLF lines.
+    with CRLF lines; with `eight_bit`, parts that are not ASCII go as 8bit where they can
+    (see `_body`), for a server that takes 8BITMIME.
 
     Built directly rather than through `email.message.EmailMessage`, which re-parses and
     re-folds every header and costs more than the rest of rendering put together. The
     boundary is 96 random bits (no text can hold it by chance) after "=_", which
     quoted-printable text can never contain (it writes "=" as "=3D").
     """
+    return _serialised(headers, text, html, eight_bit)[0]
+
+
+def _serialised(headers: Sequence[tuple[str, str]], text: str, html: str, eight_bit: bool
+                ) -> tuple[bytes, bool]:
+    """`serialise`, and whether a part went as 8bit."""
     boundary = f"=_digest_{secrets.token_hex(12)}"
     parts = []
+    used = False
     for kind, content in (("plain", text), ("html", html)):
-        encoding, body = _body(content)
+        encoding, body = _body(content, eight_bit)
+        used |= encoding == "8bit"
         parts += [f'--{boundary}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
                   f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode(), body, b"\r\n"]
     return b"".join([
@@ -596,4 +617,26 @@ def serialise(headers: Sequence[tuple[str, str]], text: str, html: str) -> bytes
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
         *parts,
         f"--{boundary}--\r\n".encode(),
-    ])
+    ]), used
+
+
+_EIGHT_BIT_PART = b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+
+
+def seven_bit(data: bytes) -> bytes:
+    """A message `serialise` wrote with 8bit parts, those parts in quoted-printable
+    instead: what goes to a server that does not take 8BITMIME."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb'boundary="([^"]+)"', head)
+    if found is None:
+        raise ValueError("not a message serialise wrote")
+    delimiter = b"--" + found.group(1)
+    pieces = body.split(delimiter)
+    for i, piece in enumerate(pieces):
+        part_head, marker, content = piece.partition(_EIGHT_BIT_PART)
+        if marker:  # content: the part's lines, then the CRLF before the next delimiter
+            lines = content[:-2].decode("utf-8").split("\r\n")
+            pieces[i] = b"".join([
+                part_head, b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
+                b"\r\n".join(map(_quoted_printable_line, lines)), b"\r\n"])
+    return head + b"\r\n\r\n" + delimiter.join(pieces)

@@ -26,6 +26,7 @@ class Received:
     recipients: tuple[str, ...]
     data: bytes
     peer: str = ""  # the client's "host:port": one per connection
+    mail_options: tuple[str, ...] = ()  # MAIL FROM's parameters, e.g. "BODY=8BITMIME"
 
     @property
     def message(self) -> EmailMessage:
@@ -43,6 +44,7 @@ class _Handler:
     respond: Callable[[Received], str]
     pipelining: bool = True
     recipient: Callable[[str], str] | None = None
+    eight_bit: bool = True
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,6 +53,8 @@ class _Handler:
         session.host_name = hostname
         if self.pipelining:  # aiosmtpd reads pipelined commands in turn, as RFC 2920 asks
             responses.insert(-1, "250-PIPELINING")
+        if not self.eight_bit:
+            responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
         return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -65,7 +69,7 @@ class _Handler:
         content = envelope.original_content or b""
         peer = ":".join(map(str, session.peer)) if isinstance(session.peer, tuple) else ""
         item = Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(content),
-                        peer)
+                        peer, tuple(envelope.mail_options))
         reply = self.respond(item)
         if reply == DROP:  # hang up without a reply, as a crashing relay would
             if server.transport is not None:
@@ -84,16 +88,17 @@ class SmtpSink:
                  respond: Callable[[Received], str] = lambda _message: ACCEPT,
                  tls_context: ssl.SSLContext | None = None, pipelining: bool = True,
                  recipient: Callable[[str], str] | None = None,
-                 implicit_tls: ssl.SSLContext | None = None):
+                 implicit_tls: ssl.SSLContext | None = None, eight_bit: bool = True):
         """`respond` gives the reply to each message, e.g. "451 try later" to refuse it;
         `recipient` the reply to each RCPT TO address ("250 OK" if not given); with
         `tls_context` the server offers STARTTLS; with `implicit_tls` it speaks TLS from
-        the first byte (port 465 style); `pipelining` offers PIPELINING."""
+        the first byte (port 465 style); `pipelining` offers PIPELINING, `eight_bit`
+        8BITMIME."""
         self.host = host
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.port = 0
-        self._handler = _Handler(respond, pipelining, recipient)
+        self._handler = _Handler(respond, pipelining, recipient, eight_bit)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None

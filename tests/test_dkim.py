@@ -48,6 +48,8 @@ def test_emails_are_signed_and_verify(tmp_path, key):
                       email="ana@example.org")
     email = render_edition(make_environment(), profile, [Pick(paper, 1.0, "why")], slot=NOW,
                            mail=mail, now=NOW, dkim=DkimSigner(mail))
+    # Signed, it travels in 7-bit forms only (quoted-printable), which no relay converts.
+    assert not email.eight_bit and email.data.isascii()
     assert email.data.startswith(b"DKIM-Signature: ")
     assert b"d=lab.example" in email.data and b"s=mail2026" in email.data
     looked_up = []

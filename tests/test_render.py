@@ -109,18 +109,30 @@ def test_one_line_never_leaves_a_line_break(value):
     assert not any(ch in one_line(value) for ch in "\r\n\x0b\x0c\x85\u2028\u2029")
 
 
-@given(st.text(), st.text())
-def test_serialised_parts_decode_to_what_was_rendered(text, html):
-    data = serialise([("Subject", "x"), ("To", "ana@example.org")], text, html)
-    parsed = message_from_bytes(data, policy=default)
-    plain, rich = (part.get_content() for part in parsed.iter_parts())
+@given(st.text(), st.text() | st.text(min_size=250).map(lambda t: t * 4), st.booleans())
+def test_serialised_parts_decode_to_what_was_rendered(text, html, eight_bit):
+    """In 7-bit forms, or with 8bit parts, and those converted for a server without
+    8BITMIME: the parts read back as rendered, and no line is over 998 bytes."""
+    from digest.render import seven_bit
+
+    data = serialise([("Subject", "x"), ("To", "ana@example.org")], text, html,
+                     eight_bit=eight_bit)
+    forms = [data]
+    if eight_bit:
+        forms.append(seven_bit(data))
+        assert forms[-1].isascii()
+    else:
+        assert data.isascii()
 
     def lines(value: str) -> str:  # SMTP carries CRLF lines; the parser gives back "\n"
         return value.replace("\r\n", "\n").replace("\r", "\n")
 
-    assert lines(plain).rstrip("\n") == lines(text).rstrip("\n")
-    assert lines(rich).rstrip("\n") == lines(html).rstrip("\n")
-    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    for form in forms:
+        parsed = message_from_bytes(form, policy=default)
+        plain, rich = (part.get_content() for part in parsed.iter_parts())
+        assert lines(plain).rstrip("\n") == lines(text).rstrip("\n")
+        assert lines(rich).rstrip("\n") == lines(html).rstrip("\n")
+        assert all(len(line) <= 998 for line in form.split(b"\r\n"))
 
 
 def test_non_ascii_subject_and_names_are_encoded_words():
@@ -128,14 +140,29 @@ def test_non_ascii_subject_and_names_are_encoded_words():
                                profile=_profile("Zoë Ångström")))
     assert message["Subject"] == "Papers for Wed 25 Nov: Ragnarök: über alles, naïve"
     assert message["To"].addresses[0].display_name == "Zoë Ångström"
-    raw = _render([_pick("Ragnarök")]).as_bytes()
-    assert raw.isascii()
+    email = render_edition(make_environment(), _profile(), [_pick("Ragnarök")], slot=NOW,
+                           mail=MAIL, now=NOW)
+    head, _, body = email.data.partition(b"\r\n\r\n")
+    assert head.isascii()  # the parts are 8bit, for a server that takes 8BITMIME
+    assert email.eight_bit and not body.isascii()
 
 
 def test_ascii_parts_travel_as_they_are_and_others_in_quoted_printable():
     data = serialise([("Subject", "x")], "plain words\nline two", "<p>café</p>")
     assert b"Content-Transfer-Encoding: 7bit\r\n\r\nplain words\r\nline two" in data
     assert b"Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>caf=C3=A9</p>" in data
+
+
+def test_with_8bitmime_others_travel_as_utf8_unless_a_line_is_too_long_or_holds_nul():
+    def encodings(text: str, html: str) -> list[bytes]:
+        data = serialise([("Subject", "x")], text, html, eight_bit=True)
+        return re.findall(rb"Content-Transfer-Encoding: (\S+)", data)
+
+    assert encodings("plain words", "<p>café</p>") == [b"7bit", b"8bit"]
+    assert encodings("é" * 499, "é" * 500) == [b"8bit", b"quoted-printable"]  # 998, 1000 B
+    assert encodings("nul\x00é", "nul\x00") == [b"quoted-printable", b"quoted-printable"]
+    data = serialise([("Subject", "x")], "", "<p>café</p>", eight_bit=True)
+    assert "Content-Transfer-Encoding: 8bit\r\n\r\n<p>café</p>".encode() in data
 
 
 def test_a_line_break_in_a_header_is_refused():

@@ -312,3 +312,38 @@ def test_commands_are_pipelined_when_offered():
     assert outcomes == ["250 OK"]
     assert any(re.fullmatch(rb"MAIL FROM:<digest@test\.example>\r\nRCPT TO:<r0@example\.org>"
                             rb"\r\nDATA\r\n", b) for b in batches)
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_8bit_parts_go_as_8bitmime_where_offered_and_quoted_printable_where_not(offered):
+    """A rendered edition with a non-ASCII paper: to a server offering 8BITMIME it goes as
+    it is, with BODY=8BITMIME; to one that does not, its 8bit parts are converted to
+    quoted-printable and the message is all ASCII. Either way the parts read the same."""
+    from pathlib import Path
+
+    from digest.config import MailSettings
+    from digest.models import Paper, Pick, Profile
+    from digest.render import make_environment, render_edition
+
+    from .conftest import NOW
+
+    paper = Paper(key="1", title="Ragnarök: über alles", abstract="Naïve café — façade.",
+                  first_seen=NOW, authors=("Zoë Müller",), row_id=1)
+    email = render_edition(make_environment(),
+                           Profile(subscriber_id="ana", path=Path("ana.yaml"), name="Ana",
+                                   email="ana@example.org"),
+                           [Pick(paper, 1.0, "matches: café")], slot=NOW,
+                           mail=MailSettings(from_address="digest@test.example"), now=NOW)
+    assert email.eight_bit
+    with SmtpSink(eight_bit=offered) as sink:
+        outcomes = asyncio.run(_send_each(_settings(sink.port), [email]))
+        (received,) = sink.received
+    assert isinstance(outcomes[0], str) and outcomes[0].startswith("250")
+    assert ("BODY=8BITMIME" in received.mail_options) == offered
+    assert (received.data == email.data) == offered
+    assert received.data.isascii() == (not offered)
+    for kind in ("plain", "html"):
+        sent = received.message.get_body((kind,)).get_content()
+        assert sent == email.email.get_body((kind,)).get_content()
+    plain = received.message.get_body(("plain",)).get_content()
+    assert "Ragnarök: über alles" in plain and "Zoë Müller" in plain
