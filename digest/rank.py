@@ -47,6 +47,7 @@ FEEDBACK_PAPERS = 5
 FEEDBACK_WEIGHT = 0.5
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
 REFERENCE_ROWS = 2000
+EMBEDDED_TEXTS = 20_000  # per Corpus: embeddings of phrases kept (1.5 kB each with MiniLM)
 MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
 REASON_TERMS = 3
 # MMR compares each profile's shortlist of candidates. Up to SIMILARITY_MAX_PAPERS
@@ -137,6 +138,7 @@ class Corpus:
     embedding_mean: np.ndarray | None = None
     embed_text: EmbedText | None = None  # for interest phrases and unknown liked titles
     _queries: dict[str, SparseRows] = field(default_factory=dict)
+    _embedded: dict[str, np.ndarray] = field(default_factory=dict)  # text -> `embed` row
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
         """Tf-idf rows of query texts; the same phrase in many profiles is done once."""
@@ -191,10 +193,18 @@ class Corpus:
         return np.vstack(parts) if parts else None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray | None:
-        """Centred unit embeddings of new texts, or None without the embeddings extra."""
+        """Centred unit embeddings of new texts, or None without the embeddings extra. A
+        text (a phrase many profiles share) is embedded once, up to EMBEDDED_TEXTS kept."""
         if self.embed_text is None or self.embedding_mean is None or not texts:
             return None
-        return _unit(self.embed_text(texts) - self.embedding_mean)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embedded]
+        if missing:
+            if len(self._embedded) + len(missing) > EMBEDDED_TEXTS:
+                self._embedded.clear()
+                missing = list(dict.fromkeys(texts))
+            vectors = _unit(self.embed_text(missing) - self.embedding_mean)
+            self._embedded.update(zip(missing, vectors, strict=True))
+        return np.stack([self._embedded[t] for t in texts])
 
 
 def _unit(matrix: np.ndarray) -> np.ndarray:
@@ -800,6 +810,10 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     allowed = np.stack([p.allowed for p in plans])
 
     lexical, present = _best_of(bank, [(p.interests, p.interest_weights) for p in plans])
+    # With the embeddings extra: the batch's phrases in one call to the model.
+    corpus.embed([text for p in plans for text in
+                  [i.text for i in p.request.prefs.profile.interests]
+                  + list(p.request.prefs.liked_titles)])
     embedded = [corpus.embed([i.text for i in p.request.prefs.profile.interests])
                 for p in plans]
     interests = _mean_of([

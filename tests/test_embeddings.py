@@ -69,3 +69,28 @@ def test_embeddings_are_computed_once_and_used_in_ranking(store, seeds, settings
     picks = run.choose_picks(replace(profile), now=NOW, everything=True, top=5)
     assert len(picks) == 5
     assert any("demonstration" in p.paper.text.lower() for p in picks[:3])
+
+
+@needs_extra
+def test_profiles_ranked_together_with_embeddings_get_what_each_gets_alone(store, seeds,
+                                                                          settings):
+    """With the extra, a batch's phrases go to the model in one call, each embedded once;
+    every profile's picks are those it gets ranked alone."""
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
+    papers = store.papers()
+    embedder = Counting(load_embedder("on"))
+    run = EditionRun(store, settings.model_copy(update={"rank": RankSettings(embeddings="on")}),
+                     embedder=embedder)
+    base = Profile(subscriber_id="t", path=Path("t.yaml"), name="T", email="t@example.org")
+    topics = ["learning from demonstrations in context", "retrieval", "vision transformers"]
+    profiles = [replace(base, subscriber_id=f"p{i}",
+                        interests=tuple(Interest(t) for t in topics[i % 3:i % 3 + 2]),
+                        liked=(papers[i].title, "An unstored paper on robot grasping")
+                        if i % 2 else ())
+                for i in range(8)]
+    assert run.corpus.embeddings is not None
+    before = embedder.encoded
+    together = run.choose_picks_many(profiles, now=NOW, everything=True, top=5)
+    assert embedder.encoded - before == len(topics) + 1  # each phrase once, in one batch
+    alone = [run.choose_picks(p, now=NOW, everything=True, top=5) for p in profiles]
+    assert together == alone and all(together)
