@@ -654,8 +654,12 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: QueryScores,
     squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
                + (ROCCHIO_BETA * candidates.common_norm) ** 2)
     norm = np.maximum(np.sqrt(np.maximum(squared, 0.0)), 1e-9)
-    starts = np.cumsum(sizes[present]) - sizes[present]
-    mixed = np.add.reduceat(bank.scores[columns] * shares[:, None], starts, axis=0)
+    # Each group's rows' scores mixed by their shares: a sparse (groups x queries) matrix
+    # times the bank's scores, adding the rows in order as a sum of products would.
+    mixing = sparse.csr_matrix(
+        (shares, columns, np.r_[0, np.cumsum(sizes[present])]),
+        shape=(count, len(bank.scores)))
+    mixed = mixing @ bank.scores
     result[present] = ((mixed / scale[:, None] - ROCCHIO_BETA * candidates.common_scores)
                        / norm[:, None])
     return result, present
