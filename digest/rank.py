@@ -507,19 +507,19 @@ def _dense(values: Any) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
-Key = tuple[str, Any]  # ("text", phrase), ("whole", paper text), ("linking" or "vector", row_id)
+_Key = tuple[str, Any]  # ("text", phrase), ("whole", paper text), ("linking" or "vector", row_id)
 
 
 @dataclass(frozen=True)
-class QueryScores:
+class _QueryScores:
     """Query rows and their scores on `Candidates.scoring` (one row of `scores` each), found
     by key."""
 
-    index: dict[Key, int]
+    index: dict[_Key, int]
     rows: list[SparseRows]
     scores: np.ndarray  # float64, (queries, scoring rows)
 
-    def columns(self, keys: Sequence[Key]) -> np.ndarray:
+    def columns(self, keys: Sequence[_Key]) -> np.ndarray:
         return np.fromiter((self.index[k] for k in keys), dtype=np.int64, count=len(keys))
 
 
@@ -532,22 +532,22 @@ class _QueryBank:
     new queries do not fit, the bank starts afresh."""
 
     def __init__(self) -> None:
-        self.index: dict[Key, int] = {}
+        self.index: dict[_Key, int] = {}
         self.rows: list[SparseRows] = []
         self.scores = np.zeros((0, 0))  # rows for the first `len(index)` queries
 
     def lookup(self, corpus: Corpus, candidates: Candidates,
-               wanted: Mapping[Key, Paper | None]) -> QueryScores:
+               wanted: Mapping[_Key, Paper | None]) -> _QueryScores:
         """The scores of every wanted query (a stored paper's key maps to the paper). Valid
         until the next lookup."""
         width = candidates.scoring.shape[0]
         capacity = QUERY_CACHE_BYTES // (8 * max(width, 1))
-        if len(self.scores) == 0:
+        if self.scores.shape[1] != width:  # the first lookup: rows as wide as the candidates'
             self.scores = np.zeros((0, width))
         if len(wanted) > capacity:  # more than the bank holds: these, this once
             keys = list(wanted)
             rows, scores = _score_queries(corpus, candidates, keys, wanted)
-            return QueryScores({k: i for i, k in enumerate(keys)}, rows, scores)
+            return _QueryScores({k: i for i, k in enumerate(keys)}, rows, scores)
         missing = [k for k in wanted if k not in self.index]
         if len(self.index) + len(missing) > capacity:
             self.index, self.rows = {}, []
@@ -563,13 +563,13 @@ class _QueryBank:
             self.scores[used:used + len(missing)] = scores
             self.index.update((k, used + i) for i, k in enumerate(missing))
             self.rows.extend(rows)
-        return QueryScores(self.index, self.rows, self.scores)
+        return _QueryScores(self.index, self.rows, self.scores)
 
 
-def _score_queries(corpus: Corpus, candidates: Candidates, keys: Sequence[Key],
-                   sources: Mapping[Key, Paper | None]) -> tuple[list[SparseRows], np.ndarray]:
+def _score_queries(corpus: Corpus, candidates: Candidates, keys: Sequence[_Key],
+                   sources: Mapping[_Key, Paper | None]) -> tuple[list[SparseRows], np.ndarray]:
     """The query row of each key, and its scores (`scoring @ row`, float64) as a row."""
-    found: dict[Key, SparseRows] = {}
+    found: dict[_Key, SparseRows] = {}
     for kind in ("text", "whole", "linking", "vector"):
         of_kind = [k for k in keys if k[0] == kind]
         if not of_kind:
@@ -602,16 +602,24 @@ def _products(candidates: Candidates, queries: SparseRows) -> np.ndarray:
                        ).reshape(queries.count, width)
 
 
-def _best_of(bank: QueryScores, groups: Sequence[tuple[Sequence[Key], np.ndarray | None]]
-             ) -> tuple[np.ndarray, np.ndarray]:
+_Groups = Sequence[tuple[Sequence[_Key], np.ndarray | None]]  # queries and their weights
+
+
+def _flattened(bank: _QueryScores, groups: _Groups) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Each group's number of queries, which groups have any, and every group's queries'
+    rows in the bank, one group after the other."""
+    sizes = np.array([len(keys) for keys, _ in groups], dtype=np.int64)
+    return sizes, sizes > 0, bank.columns([k for keys, _ in groups for k in keys])
+
+
+def _best_of(bank: _QueryScores, groups: _Groups) -> tuple[np.ndarray, np.ndarray]:
     """For each group of queries (with weights, or None for 1 each), every scoring row's
     best weighted score among them (float32); and which groups have a query at all."""
-    sizes = np.array([len(keys) for keys, _ in groups], dtype=np.int64)
-    present = sizes > 0
+    sizes, present, columns = _flattened(bank, groups)
     best = np.zeros((len(groups), bank.scores.shape[1]), dtype=np.float32)
     if present.any():
-        scores = bank.scores[bank.columns([k for keys, _ in groups for k in keys])].astype(
-            np.float32)
+        scores = bank.scores[columns].astype(np.float32)
         if any(w is not None for _, w in groups):
             scores *= np.concatenate([np.ones(len(keys), dtype=np.float32) if w is None else w
                                       for keys, w in groups])[:, None]
@@ -620,9 +628,8 @@ def _best_of(bank: QueryScores, groups: Sequence[tuple[Sequence[Key], np.ndarray
     return best, present
 
 
-def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: QueryScores,
-                    groups: Sequence[tuple[Sequence[Key], np.ndarray | None]]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
+                    groups: _Groups) -> tuple[np.ndarray, np.ndarray]:
     """For each group of query rows (with weights, or None for 1 each), every scoring row's
     cosine with `_rocchio(rows, corpus.common, weights)` (float32); and which groups have a
     row at all.
@@ -631,15 +638,13 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: QueryScores,
     normalised: a linear mix, so its scores mix the rows' scores and the common
     direction's (prepared once), and the dense query is never built.
     """
-    sizes = np.array([len(keys) for keys, _ in groups], dtype=np.int64)
-    present = sizes > 0
+    sizes, present, columns = _flattened(bank, groups)
     result = np.zeros((len(groups), bank.scores.shape[1]), dtype=np.float32)
     if not present.any():
         return result, present
     shares = np.concatenate([
         np.full(len(keys), 1 / len(keys)) if w is None else w.astype(np.float64) / float(w.sum())
         for keys, w in groups if keys])
-    columns = bank.columns([k for keys, _ in groups for k in keys])
     count = int(present.sum())
     owners = np.repeat(np.arange(count), sizes[present])
     rows = SparseRows.stack([bank.rows[c] for c in columns])
@@ -708,16 +713,16 @@ class _Plan:
 
     request: RankRequest
     allowed: np.ndarray
-    interests: list[Key]
+    interests: list[_Key]
     interest_weights: np.ndarray | None
-    liked: list[Key]  # the liked papers', then the liked titles'
-    disliked: list[Key]
-    avoid: list[Key]
+    liked: list[_Key]  # the liked papers', then the liked titles'
+    disliked: list[_Key]
+    avoid: list[_Key]
     feedback: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _paper_keys(corpus: Corpus, papers: Sequence[Paper], kind: str
-                ) -> list[tuple[Key, Paper | None]]:
+                ) -> list[tuple[_Key, Paper | None]]:
     """Stored papers by row id (`kind`: "linking" or "vector"); when any is not stored,
     every one by its whole text (as `Corpus.vectors` does)."""
     if all(p.row_id in corpus.rows for p in papers):
@@ -726,7 +731,7 @@ def _paper_keys(corpus: Corpus, papers: Sequence[Paper], kind: str
 
 
 def _plan(corpus: Corpus, candidates: Candidates, request: RankRequest,
-          wanted: dict[Key, Paper | None]) -> _Plan | None:
+          wanted: dict[_Key, Paper | None]) -> _Plan | None:
     """The request's plan, its queries added to `wanted`; None if nothing may be picked."""
     prefs, profile = request.prefs, request.prefs.profile
     n = len(candidates.papers)
@@ -744,7 +749,7 @@ def _plan(corpus: Corpus, candidates: Candidates, request: RankRequest,
         allowed &= _mentions(candidates, profile.require)
     if not allowed.any():
         return None
-    interests: list[tuple[Key, Paper | None]] = [(("text", i.text), None)
+    interests: list[tuple[_Key, Paper | None]] = [(("text", i.text), None)
                                                  for i in profile.interests]
     weights = None
     if profile.interests:
@@ -753,14 +758,14 @@ def _plan(corpus: Corpus, candidates: Candidates, request: RankRequest,
     liked = _paper_keys(corpus, prefs.liked, "linking") + [
         (("text", t), None) for t in prefs.liked_titles]
     disliked = _paper_keys(corpus, prefs.disliked, "vector")
-    avoid: list[tuple[Key, Paper | None]] = [(("text", a), None) for a in profile.avoid]
+    avoid: list[tuple[_Key, Paper | None]] = [(("text", a), None) for a in profile.avoid]
     for key, source in (*interests, *liked, *disliked, *avoid):
         wanted.setdefault(key, source)
     return _Plan(request, allowed, [k for k, _ in interests], weights, [k for k, _ in liked],
                  [k for k, _ in disliked], [k for k, _ in avoid])
 
 
-def _candidate_key(corpus: Corpus, paper: Paper) -> tuple[Key, Paper | None]:
+def _candidate_key(corpus: Corpus, paper: Paper) -> tuple[_Key, Paper | None]:
     if paper.row_id in corpus.rows:
         return ("linking", paper.row_id), paper
     return ("whole", paper.text), None
@@ -805,7 +810,7 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     """The picks of a few dozen requests, each evidence scored for all of them at once: a
     row per profile, a column per candidate (and reference row)."""
     n = len(candidates.papers)
-    wanted: dict[Key, Paper | None] = {}
+    wanted: dict[_Key, Paper | None] = {}
     planned = [_plan(corpus, candidates, r, wanted) for r in requests]
     plans = [p for p in planned if p is not None]
     if not plans:
@@ -931,14 +936,14 @@ def _rocchio(vectors: np.ndarray, common: np.ndarray | None,
     return (centroid / max(float(np.linalg.norm(centroid)), 1e-9)).astype(np.float32)
 
 
-def _liked_family(corpus: Corpus, candidates: Candidates, bank: QueryScores,
+def _liked_family(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
                   plans: Sequence[_Plan], embedded: Sequence[np.ndarray | None], *,
                   feedback: bool) -> tuple[np.ndarray, np.ndarray]:
     """The liked papers' evidence: the lexical Rocchio query and the embedding centroid,
     standardised and averaged; with `feedback`, each plan's feedback candidates join its
     liked papers at FEEDBACK_WEIGHT."""
     n = len(candidates.papers)
-    groups: list[tuple[Sequence[Key], np.ndarray | None]] = []
+    groups: list[tuple[Sequence[_Key], np.ndarray | None]] = []
     centroids: list[tuple[np.ndarray, None] | None] = []
     for plan, vectors in zip(plans, embedded, strict=True):
         if not plan.liked or (feedback and not len(plan.feedback)):
@@ -981,7 +986,7 @@ def _classifier(corpus: Corpus, candidates: Candidates, prefs: Preferences
     return scores.astype(np.float32)
 
 
-def _picks(corpus: Corpus, candidates: Candidates, bank: QueryScores, plan: _Plan,
+def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Plan,
            chosen: Sequence[int], score: np.ndarray, by_family: dict[str, np.ndarray],
            followed: frozenset[str], matched_terms: list[list[str]] | None,
            liked_embedded: np.ndarray | None) -> list[Pick]:
