@@ -159,7 +159,7 @@ class SmtpMailer:
                         wire.abort()
                     wire = await self._connect()
                 reply = await wire.transaction(sender, recipients, email.data,
-                                               eight_bit=email.eight_bit)
+                                               eight_bit=email.eight_bit, crlf=email.crlf)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if wire is not None:
                     if await wire.reset():  # a refusal: the connection serves the next one
@@ -200,13 +200,15 @@ def _envelope_address(address: str) -> bytes:
     return raw
 
 
-def wire_data(data: bytes) -> bytes:
+def wire_data(data: bytes, *, crlf: bool = False) -> bytes:
     """A message as DATA carries it: CRLF lines, each leading "." doubled (RFC 5321 4.5.2),
-    ending in CRLF "." CRLF. Rendered messages have CRLF lines already, which three byte
-    counts confirm, so the usual regular expression over the whole message is skipped."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _LINE_ENDING.sub(b"\r\n", data)
+    ending in CRLF "." CRLF. `crlf`: its lines are known to be CRLF lines (rendered
+    messages); otherwise three byte counts tell, and only where they do not agree does a
+    regular expression go over the whole message."""
+    if not crlf:
+        ends = data.count(b"\r\n")
+        if data.count(b"\n") != ends or data.count(b"\r") != ends:
+            data = _LINE_ENDING.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if data.startswith(b"."):
@@ -298,17 +300,24 @@ class _Wire(asyncio.Protocol):
         while not self._replies:
             if self._lost is not None:
                 raise self._lost
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            # A timer that fails the wait, rather than asyncio.wait_for, which costs a
+            # second future and its callbacks on each of the two waits of every message.
+            timer = (loop.call_later(self.timeout, self._time_out, waiter)
+                     if self.timeout is not None else None)
             try:
-                await asyncio.wait_for(self._waiter, self.timeout)
-            except TimeoutError:
-                silent = aiosmtplib.SMTPReadTimeoutError("timed out waiting for a reply")
-                self._fail(silent)
-                raise silent from None
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         self._owed -= 1
         return self._replies.popleft()
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self._fail(aiosmtplib.SMTPReadTimeoutError("timed out waiting for a reply"))
 
     async def _replies_to(self, commands: list[bytes]) -> list[aiosmtplib.SMTPResponse]:
         """The replies to MAIL, RCPT..., DATA, up to the first that leaves no point in
@@ -334,12 +343,13 @@ class _Wire(asyncio.Protocol):
         return replies
 
     async def transaction(self, sender: bytes, recipients: list[bytes], data: bytes, *,
-                          eight_bit: bool = False) -> aiosmtplib.SMTPResponse:
-        """Send one message (`eight_bit`: with 8bit parts); the server's final reply.
-        Raises aiosmtplib's exceptions."""
+                          eight_bit: bool = False, crlf: bool = False
+                          ) -> aiosmtplib.SMTPResponse:
+        """Send one message (`eight_bit`: with 8bit parts; `crlf`: known to be in CRLF
+        lines); the server's final reply. Raises aiosmtplib's exceptions."""
         if eight_bit and not self.eight_bit:
             data = seven_bit(data)  # the server takes 7-bit messages only
-        message = wire_data(data)
+        message = wire_data(data, crlf=crlf)
         params = b" SIZE=%d" % len(message) if self.sizes else b""
         if eight_bit and self.eight_bit:
             params += b" BODY=8BITMIME"

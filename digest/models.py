@@ -168,6 +168,9 @@ class OutgoingEmail:
     # A part is 8bit (RFC 6152): sent with BODY=8BITMIME to a server that takes it, and
     # converted to quoted-printable (`render.seven_bit`) for one that does not.
     eight_bit: bool = False
+    # Every line ends in CRLF and no CR or LF stands alone (as `render` writes messages):
+    # the SMTP code need not check.
+    crlf: bool = False
 
     @property
     def email(self) -> EmailMessage:

@@ -254,7 +254,7 @@ def render_edition(
     # server that does not take 8BITMIME would break the signature (RFC 6376, 5.3).
     data, eight_bit = _serialised(headers, text, html, dkim is None)
     return OutgoingEmail(recipients=(recipient,), data=dkim.sign(data) if dkim else data,
-                         message_id=edition_id, eight_bit=eight_bit,
+                         message_id=edition_id, eight_bit=eight_bit, crlf=dkim is None,
                          label=f"{profile.subscriber_id} {slot.isoformat()}")
 
 

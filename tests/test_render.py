@@ -112,7 +112,8 @@ def test_one_line_never_leaves_a_line_break(value):
 @given(st.text(), st.text() | st.text(min_size=250).map(lambda t: t * 4), st.booleans())
 def test_serialised_parts_decode_to_what_was_rendered(text, html, eight_bit):
     """In 7-bit forms, or with 8bit parts, and those converted for a server without
-    8BITMIME: the parts read back as rendered, and no line is over 998 bytes."""
+    8BITMIME: the parts read back as rendered, no line is over 998 bytes, and every line
+    ends in CRLF with no CR or LF alone (rendered emails say so: `OutgoingEmail.crlf`)."""
     from digest.render import seven_bit
 
     data = serialise([("Subject", "x"), ("To", "ana@example.org")], text, html,
@@ -133,6 +134,7 @@ def test_serialised_parts_decode_to_what_was_rendered(text, html, eight_bit):
         assert lines(plain).rstrip("\n") == lines(text).rstrip("\n")
         assert lines(rich).rstrip("\n") == lines(html).rstrip("\n")
         assert all(len(line) <= 998 for line in form.split(b"\r\n"))
+        assert form.count(b"\r\n") == form.count(b"\n") == form.count(b"\r")
 
 
 def test_non_ascii_subject_and_names_are_encoded_words():

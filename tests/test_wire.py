@@ -52,6 +52,8 @@ async def _send_each(settings: SmtpSettings, emails: list[OutgoingEmail]
 def test_wire_data_is_what_aiosmtplib_would_send(data: bytes):
     expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
     assert wire_data(data) == expected
+    lines = normalize_message_line_endings(data)  # as a rendered email's: told, not checked
+    assert wire_data(lines, crlf=True) == wire_data(lines) == expected
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
