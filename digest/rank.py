@@ -320,16 +320,19 @@ def _name_terms(matched: list[str], phrases: Sequence[tuple[str, list[str]]]) ->
     it forms with other matched words."""
     present = set(matched)
     chosen: list[str] = []
+    said: set[str] = set()  # the chosen terms, and the words of each
     for term in matched:
-        if " " not in term:
+        if " " not in term and phrases:
             whole = next((p for p, words in phrases if term in words
                           and all(w in present for w in words)), None)
             term = whole or term
-        if any(term == c or (term in c.split()) for c in chosen):
+        if term in said:
             continue  # already said, alone or inside a phrase
         chosen.append(term)
         if len(chosen) == REASON_TERMS:
             break
+        said.add(term)
+        said.update(term.split())
     return chosen
 
 
@@ -1008,32 +1011,39 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
                                              @ candidates.embeddings[plan.feedback].T)
         feedback_sims[at[:, None] == plan.feedback[None, :]] = -np.inf  # not like itself
 
+    # Each pick's figures, taken out of the arrays at once.
+    family = {name: values[at].tolist() for name, values in by_family.items()}
+    nearest: list[str] = []
+    if like_sims is not None and feedback_sims is not None and len(at):
+        closest = like_sims.argmax(axis=1)
+        alike = like_sims[np.arange(len(at)), closest].tolist()
+        via = feedback_sims.max(axis=1, initial=0.0).tolist()
+        through = (plan.feedback[feedback_sims.argmax(axis=1)].tolist()
+                   if feedback_sims.shape[1] else [])
+        for k, liked in enumerate(closest.tolist()):
+            # Nothing in common with a liked paper: it came in through feedback, by
+            # resembling a pick that is like them; name that pick.
+            nearest.append(candidates.papers[through[k]].title if alike[k] <= 0 < via[k]
+                           else liked_names[liked])
+    classifier_reason = (f"learned from your {len(prefs.liked)} liked and "
+                         f"{len(prefs.disliked)} disliked papers")
     author_display = {normalise_title(a): a for a in prefs.profile.authors}
     picks: list[Pick] = []
-    for k, i in enumerate(chosen):
+    for k, (i, value) in enumerate(zip(chosen, score[at].tolist(), strict=True)):
         reasons: list[str] = []
-        by = sorted(candidates.authors[i] & followed)
+        by = sorted(candidates.authors[i] & followed) if followed else ()
         if by:
             reasons.append("by " + ", ".join(author_display[a] for a in by))
         told: list[tuple[float, str]] = []
         if matched_terms is not None and matched_terms[k]:
-            told.append((float(by_family["interests"][i]),
-                         "matches: " + ", ".join(matched_terms[k])))
-        if like_sims is not None and feedback_sims is not None:
-            closest = int(like_sims[k].argmax())
-            nearest = liked_names[closest]
-            if like_sims[k, closest] <= 0 < feedback_sims[k].max(initial=0.0):
-                # Nothing in common with a liked paper: it came in through feedback, by
-                # resembling a pick that is like them; name that pick.
-                nearest = candidates.papers[int(plan.feedback[feedback_sims[k].argmax()])].title
-            told.append((float(by_family["liked"][i]), f"like: {_short(nearest)}"))
-        if "classifier" in by_family:
-            told.append((float(by_family["classifier"][i]),
-                         f"learned from your {len(prefs.liked)} liked and "
-                         f"{len(prefs.disliked)} disliked papers"))
+            told.append((family["interests"][k], "matches: " + ", ".join(matched_terms[k])))
+        if nearest:
+            told.append((family["liked"][k], f"like: {_short(nearest[k])}"))
+        if "classifier" in family:
+            told.append((family["classifier"][k], classifier_reason))
         reasons.extend(text for weight, text in sorted(told, key=lambda r: -r[0])
                        if weight > 0)
-        picks.append(Pick(candidates.papers[i], round(float(score[i]), 4),
+        picks.append(Pick(candidates.papers[i], round(value, 4),
                           "; ".join(reasons) or "related to your profile"))
     return picks
 
