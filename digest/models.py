@@ -62,6 +62,12 @@ class Paper:
         """Title and abstract, the text the ranker reads."""
         return f"{self.title}. {self.abstract}"
 
+    def __hash__(self) -> int:
+        # By the key alone (equal papers have equal keys), which is cheap: the generated
+        # hash would hash every field, the authors' tuple anew each time, and papers are
+        # looked up by value in every email (their display strings are remembered).
+        return hash(self.key)
+
 
 @dataclass(frozen=True)
 class Interest:

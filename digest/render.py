@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import lru_cache, partial
@@ -111,6 +111,8 @@ _WRAP_ENV = Environment()
 
 def one_line(value: str) -> str:
     """The value with every line break folded into a space, for use in a header."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value  # no break, no other white space than single spaces: as it is
     return " ".join(_BREAKS.sub(" ", value).split())
 
 
@@ -178,7 +180,24 @@ def edition_subject(profile: Profile, picks: Sequence[Pick], day: datetime) -> s
     top = one_line(picks[0].paper.title) if picks else "nothing new today"
     if len(top) > SUBJECT_TITLE_CHARS:
         top = top[: SUBJECT_TITLE_CHARS - 1].rstrip() + "…"
-    return f"Papers for {day:%a %d %b}: {top}"
+    return f"Papers for {_day_names(day.date())[0]}: {top}"
+
+
+@lru_cache(maxsize=64)
+def _day_names(day: date) -> tuple[str, str]:
+    """The day as the subject ("Wed 25 Nov") and the heading ("Wednesday 25 November
+    2026") name it; a run's emails share a few days."""
+    return f"{day:%a %d %b}", f"{day:%A %d %B %Y}"
+
+
+@lru_cache(maxsize=16)
+def _date_header(now: datetime) -> str:
+    return format_datetime(now)  # the same for every email of a run
+
+
+@lru_cache(maxsize=16)
+def _from_header(name: str, address: str) -> str:
+    return formataddr((one_line(name), ascii_address(address)), charset="utf-8")
 
 
 def render_edition(
@@ -218,7 +237,7 @@ def render_edition(
     count = len(views)
     context = {
         "subject": subject,
-        "heading": f"Papers for {local_day:%A %d %B %Y}",
+        "heading": f"Papers for {_day_names(local_day.date())[1]}",
         "lede": (f"{profile.name}, here {'is' if count == 1 else 'are'} {count} new "
                  f"paper{'' if count == 1 else 's'} picked for your interests." if count else
                  f"{profile.name}, nothing that arrived since your last email matched your "
@@ -233,8 +252,7 @@ def render_edition(
     }
     text = text_part(env, context, prepared=prepared)
     html = html_part(env, context, prepared=prepared)
-    sender = formataddr((one_line(mail.from_name), ascii_address(mail.from_address)),
-                        charset="utf-8")
+    sender = _from_header(mail.from_name, mail.from_address)
     recipient = ascii_address(profile.email)
     edition_id = message_id(profile.subscriber_id, slot, mail_domain(mail))
     headers = [
@@ -242,7 +260,7 @@ def render_edition(
         ("From", sender),
         ("To", formataddr((one_line(profile.name), recipient), charset="utf-8")),
         *([("Reply-To", mail.reply_to)] if mail.reply_to else []),
-        ("Date", format_datetime(now)),
+        ("Date", _date_header(now)),
         ("Message-ID", edition_id),
         ("List-Id", f"<{one_line(mail.list_id)}>"),
         ("Auto-Submitted", "auto-generated"),

@@ -104,9 +104,13 @@ def test_operator_template_overrides_and_extends_the_default(tmp_path):
     assert "Papers for Wednesday" in html  # the rest comes from the default templates
 
 
-@given(st.text())
+@given(st.text() | st.text(st.sampled_from(list(" ab\t\n\xa0\u2003\x85"))))
 def test_one_line_never_leaves_a_line_break(value):
+    from digest.render import _BREAKS
+
     assert not any(ch in one_line(value) for ch in "\r\n\x0b\x0c\x85\u2028\u2029")
+    # What it returns unchanged (most values) is what folding would give.
+    assert one_line(value) == " ".join(_BREAKS.sub(" ", value).split())
 
 
 @given(st.text(), st.text() | st.text(min_size=250).map(lambda t: t * 4), st.booleans())
