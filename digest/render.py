@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -293,7 +293,7 @@ def html_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = 
     html = stencil.assemble(context) if stencil is not None else None
     if html is None:
         html = _INLINER.inline(env.get_template(_HTML.template).render(context))
-    return html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def text_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = True) -> str:
@@ -399,15 +399,26 @@ class _Pieces:
             before += literal
         return cls(tuple(literals), tuple(found))
 
+    @cached_property
+    def _steps(self) -> tuple[tuple[str, _Write | None, str], ...]:
+        """(field, how it is written, None: as it is; the literal after it) per hole."""
+        return tuple((name, None if write is _verbatim else write, literal)
+                     for (name, write), literal in zip(self.holes, self.literals[1:],
+                                                       strict=True))
+
     def fill(self, out: list[str], values: Mapping[str, Any]) -> bool:
         """Append the text with `values` in its holes; False if a value cannot be."""
-        out.append(self.literals[0])
-        for (name, write), literal in zip(self.holes, self.literals[1:], strict=True):
-            value = write(str(values[name]))
-            if value is None:
-                return False
-            out.append(value)
-            out.append(literal)
+        append = out.append
+        append(self.literals[0])
+        for name, write, literal in self._steps:
+            text = str(values[name])
+            if write is not None:
+                written = write(text)
+                if written is None:
+                    return False
+                text = written
+            append(text)
+            append(literal)
         return True
 
 
