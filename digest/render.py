@@ -293,7 +293,7 @@ def html_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = 
     html = stencil.assemble(context) if stencil is not None else None
     if html is None:
         html = _INLINER.inline(env.get_template(_HTML.template).render(context))
-    return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return _ascii_html(html)
 
 
 def text_part(env: Environment, context: Mapping[str, Any], *, prepared: bool = True) -> str:
@@ -316,14 +316,20 @@ _Write = Callable[[str], "str | None"]  # a value as it goes into its hole; None
 
 
 def _escape(value: str, attribute: bool) -> str | None:
-    """`value` as the inliner would write it in text or an attribute; None where parsing
-    would change it (NUL is dropped, CR becomes LF): such an email is rendered in full."""
+    """`value` as the inliner would write it in text or an attribute, in ASCII (as
+    `html_part` writes the whole part); None where parsing would change it (NUL is dropped,
+    CR becomes LF): such an email is rendered in full."""
     if "\x00" in value or "\r" in value:
         return None
     for char, reference in _ATTRIBUTE_ESCAPES if attribute else _TEXT_ESCAPES:
         if char in value:
             value = value.replace(char, reference)
-    return value
+    return _ascii_html(value)
+
+
+def _ascii_html(text: str) -> str:
+    """HTML with every character beyond ASCII written as a reference (&#233;)."""
+    return text if text.isascii() else text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def _html_text(value: str) -> str | None:
@@ -397,6 +403,8 @@ class _Pieces:
             found.append((holes.names[int(index)], write))
             literals.append(literal)
             before += literal
+        if html:  # in ASCII, as `html_part` gives it (each value is, by its write)
+            literals = [_ascii_html(literal) for literal in literals]
         return cls(tuple(literals), tuple(found))
 
     @cached_property
