@@ -1041,11 +1041,16 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
             told.append((family["liked"][k], f"like: {_short(nearest[k])}"))
         if "classifier" in family:
             told.append((family["classifier"][k], classifier_reason))
-        reasons.extend(text for weight, text in sorted(told, key=lambda r: -r[0])
-                       if weight > 0)
+        if len(told) > 1:
+            told.sort(key=_heaviest_first)
+        reasons += [text for weight, text in told if weight > 0]
         picks.append(Pick(candidates.papers[i], round(value, 4),
                           "; ".join(reasons) or "related to your profile"))
     return picks
+
+
+def _heaviest_first(told: tuple[float, str]) -> float:
+    return -told[0]
 
 
 def _diverse_top(score: np.ndarray, eligible: np.ndarray, candidates: Candidates,
