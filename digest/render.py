@@ -92,18 +92,27 @@ def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words
 def _wrap(s: str, width: int, break_long_words: bool, wrapstring: str,
           break_on_hyphens: bool) -> str:
     words = s.split(" ")
-    if "-" in s or " ".join(s.split()) != s or max(map(len, words)) > width or not s:
-        return str(do_wordwrap(_WRAP_ENV, s, width, break_long_words, wrapstring,
-                               break_on_hyphens))
+    if " ".join(s.split()) != s or max(map(len, words)) > width or not s:
+        return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
     lines, line = [], words[0]
     for word in words[1:]:  # what textwrap does with words and single spaces
         if len(line) + 1 + len(word) <= width:
             line = f"{line} {word}"
         else:
+            if break_on_hyphens and "-" in word:
+                # textwrap may break it after a hyphen, leaving a part on this line. A
+                # hyphenated word that fits on its line is kept whole by both.
+                return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
             lines.append(line)
             line = word
     lines.append(line)
     return wrapstring.join(lines)
+
+
+def _textwrap(s: str, width: int, break_long_words: bool, wrapstring: str,
+              break_on_hyphens: bool) -> str:
+    return str(do_wordwrap(_WRAP_ENV, s, width, break_long_words, wrapstring,
+                           break_on_hyphens))
 
 
 _WRAP_ENV = Environment()

@@ -269,8 +269,13 @@ def test_an_operators_html_templates_are_always_rendered_in_full(tmp_path):
     assert "0.5</p>" in first and "9.25</p>" in other
 
 
-@given(text=st.text(st.sampled_from(list("ab -\t\n\xa0é.")), max_size=40),
-       width=st.integers(1, 12), wrapstring=st.sampled_from([None, "\n   ", "|"]))
+_HYPHENATED = st.lists(st.sampled_from(["self-supervised", "a", "bb", "x-y-z", "--", "a--b",
+                                         "e-", "-f", "graph", "é-é", "1-2", "a-"]),
+                       max_size=12).map(" ".join)
+
+
+@given(text=st.text(st.sampled_from(list("ab -\t\n\xa0é.")), max_size=40) | _HYPHENATED,
+       width=st.integers(1, 30), wrapstring=st.sampled_from([None, "\n   ", "|"]))
 def test_wordwrap_is_jinjas(text, width, wrapstring):
     from jinja2.filters import do_wordwrap
 
