@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from digest.models import Profile
 from digest.pipeline import EditionOutcome, Status
 from digest.shards import SendReport, send_all
@@ -55,3 +57,26 @@ def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write
     assert len(report.shown) == 25  # a small run shows every outcome
     again = send_all(settings, paths, now=NOW, processes=2)
     assert again.counts[Status.ALREADY_SENT] == 25 and len(smtp_sink.received) == 25
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smtp_sink,
+                                                           write_profile, monkeypatch,
+                                                           processes):
+    """`send_all` takes what lives as long as the run out of the collector's full passes
+    (gc.freeze), in its workers and while it runs; its caller gets memory back as it was."""
+    import gc
+
+    from digest import shards
+    from digest.pipeline import ingest_files
+    from digest.store import Store
+
+    store = Store.open(settings.db_url)
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    store.close()
+    monkeypatch.setattr(shards, "SHARD", 2)  # with processes=2: two shards, two workers
+    paths = [write_profile(f"g{i}", interests=["dense retrieval"]) for i in range(3)]
+    assert gc.get_freeze_count() == 0
+    report = send_all(settings, paths, now=NOW, processes=processes)
+    assert report.counts[Status.SENT] == 3 and not report.errors
+    assert gc.get_freeze_count() == 0
