@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import multiprocessing
 import os
@@ -570,6 +571,7 @@ def run_send(root: Path, subscribers: int, papers: Sequence[dict[str, str]], sin
     print(f"[{subscribers} subscribers: set up in {setup_s:.1f} s; running digest send]",
           file=sys.stderr, flush=True)
 
+    quiet_heap()
     command = [sys.executable, "-m", "digest", "-v", "-c", str(config), "send"]
     out, err = root / "send.stdout", root / "send.stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
@@ -639,9 +641,19 @@ def smtp_source_baseline(binary: str, sink: Sink, sessions: Sequence[int], count
     return result
 
 
+def quiet_heap() -> None:
+    """Before a measurement: what this process holds so far (the generated profiles, the
+    Message-IDs a run's sink counted) out of the garbage collector's full passes, which
+    would otherwise walk it again and again while the sink's reader thread (in this
+    process) parses messages, slowing the sink more the longer the benchmark has run."""
+    gc.collect()
+    gc.freeze()
+
+
 def measure_baseline(sink: Sink, source: str | None, sessions: Sequence[int], count: int,
                      size: int) -> Baseline:
     """smtp-source into the sink if Postfix is installed, else aiosmtplib."""
+    quiet_heap()
     print(f"[baseline: {count} messages of {size} bytes]", file=sys.stderr, flush=True)
     if source is not None:
         return smtp_source_baseline(source, sink, sessions, count, size)
