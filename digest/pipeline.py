@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -342,6 +342,9 @@ class EditionRun:
     # Seconds spent in each stage (rank, render, smtp, ledger), for `digest send -v`.
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     _profile_cache: ProfileCache | None = field(init=False, default=None)
+    # Called once the corpus is built (`digest send` takes memory that lives as long as the
+    # run out of the garbage collector's full passes then: digest/shards.py).
+    on_corpus: Callable[[], None] | None = None
 
     def profile_cache(self) -> ProfileCache:
         """The parsed profiles kept in the data folder (digest/profilecache.py)."""
@@ -380,6 +383,8 @@ class EditionRun:
                 vectors = embed_papers(self.store, embedder, papers)
                 self._corpus = build_corpus(papers, embeddings=vectors,
                                             embed_text=embedder.encode)
+            if self.on_corpus is not None:
+                self.on_corpus()
         return self._corpus
 
     def candidates(self, since: datetime | None) -> Candidates:

@@ -166,7 +166,9 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
         store = Store.open(settings.db_url)
         try:
             run = EditionRun(store, settings)
-            with _frozen(run):
+            with _frozen() as frozen:
+                if frozen:  # the corpus lives as long as the run too
+                    run.on_corpus = gc.freeze
                 return run_shard(run, paths, now=now, show_all=show_all)
         finally:
             store.close()
@@ -210,36 +212,26 @@ def _start_worker(settings: Settings) -> None:
             os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     _worker_run = EditionRun(Store.open(settings.db_url), settings)
-    _freeze(_worker_run, worker=True)  # for the worker's life: it ends with the run
-
-
-def _freeze(run: EditionRun | None = None, *, worker: bool = False) -> bool:
-    """Take all that is in memory (the modules, and `run`'s corpus of stored papers, built
-    here) out of the garbage collector's full passes (`gc.freeze`): it lives as long as the
-    run, and each full pass would walk all of it again (six such passes were a tenth of a
-    4,000-edition run's time). False, and nothing done, if something froze memory already
-    (but in a `worker`, whose parent froze its memory before the fork).
-    """
-    if gc.get_freeze_count() and not worker:
-        return False
-    if run is not None:
-        try:
-            run.corpus  # noqa: B018 - built here, once
-        except Exception:  # noqa: BLE001 - said where the run needs the corpus, as before
-            log.debug("corpus.deferred", exc_info=True)
-    gc.freeze()
-    return True
+    # For the worker's life (it ends with the run): the memory inherited from the parent
+    # stays frozen, and the corpus joins it once built.
+    _worker_run.on_corpus = gc.freeze
 
 
 @contextmanager
-def _frozen(run: EditionRun | None = None) -> Iterator[None]:
-    """`_freeze` while a run sends, the memory given back to the collector afterwards."""
-    froze = _freeze(run)
+def _frozen() -> Iterator[bool]:
+    """While a run sends: all that is in memory (the modules; then what the run freezes,
+    its corpus) taken out of the garbage collector's full passes (`gc.freeze`). It lives as
+    long as the run, and each full pass would walk all of it again: six such passes were a
+    tenth of a 4,000-edition run's time. Given back to the collector afterwards. Yields
+    whether it froze: not if something else froze memory already, which is left alone."""
+    if gc.get_freeze_count():
+        yield False
+        return
+    gc.freeze()
     try:
-        yield
+        yield True
     finally:
-        if froze:
-            gc.unfreeze()
+        gc.unfreeze()
 
 
 def _worker_shard(paths: list[Path], now: datetime, show_all: bool) -> SendReport:
