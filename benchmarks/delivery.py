@@ -644,8 +644,8 @@ def smtp_source_baseline(binary: str, sink: Sink, sessions: Sequence[int], count
 def quiet_heap() -> None:
     """Before a measurement: what this process holds so far (the generated profiles, the
     Message-IDs a run's sink counted) out of the garbage collector's full passes, which
-    would otherwise walk it again and again while the sink's reader thread (in this
-    process) parses messages, slowing the sink more the longer the benchmark has run."""
+    would otherwise walk it again and again while the sink's reader thread, in this
+    process, parses the messages being measured."""
     gc.collect()
     gc.freeze()
 

@@ -1042,15 +1042,11 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
         if "classifier" in family:
             told.append((family["classifier"][k], classifier_reason))
         if len(told) > 1:
-            told.sort(key=_heaviest_first)
+            told.sort(key=lambda r: -r[0])
         reasons += [text for weight, text in told if weight > 0]
         picks.append(Pick(candidates.papers[i], round(value, 4),
                           "; ".join(reasons) or "related to your profile"))
     return picks
-
-
-def _heaviest_first(told: tuple[float, str]) -> float:
-    return -told[0]
 
 
 def _diverse_top(score: np.ndarray, eligible: np.ndarray, candidates: Candidates,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from functools import cached_property, lru_cache, partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -349,10 +349,6 @@ def _html_attribute(value: str) -> str | None:
     return _escape(value, attribute=True)
 
 
-def _verbatim(value: str) -> str:
-    return value
-
-
 class _Hole(str):
     """A placeholder value while a stencil is made: its text names the field, and the
     `wordwrap` filter, given one, says in the text how it would have wrapped it."""
@@ -389,15 +385,16 @@ class _Pieces:
     """Part of a stencil: literal text with holes between, each a field and how its value
     is written there."""
 
-    literals: tuple[str, ...]  # one more than holes
-    holes: tuple[tuple[str, _Write], ...]
+    first: str  # the literal before the first hole
+    # Per hole: its field, how its value is written (None: as it is), the literal after it.
+    steps: tuple[tuple[str, _Write | None, str], ...]
 
     @classmethod
     def parse(cls, text: str, holes: _Holes, html: bool) -> _Pieces:
         split = holes.pattern.split(text)
-        literals, found, before = [split[0]], [], split[0]
+        steps, before = [], split[0]
         for index, wrap, literal in zip(split[1::3], split[2::3], split[3::3], strict=True):
-            write: _Write
+            write: _Write | None = None
             if html:
                 if wrap is not None:
                     raise ValueError("the HTML templates wrap a value")
@@ -407,27 +404,17 @@ class _Pieces:
                 write = _html_attribute if inside else _html_text
             elif wrap is not None:
                 write = partial(_wrap_value, holes.wraps[int(wrap)])
-            else:
-                write = _verbatim
-            found.append((holes.names[int(index)], write))
-            literals.append(literal)
+            # HTML in ASCII, as `html_part` gives it (each value is, by its write).
+            steps.append((holes.names[int(index)], write,
+                          _ascii_html(literal) if html else literal))
             before += literal
-        if html:  # in ASCII, as `html_part` gives it (each value is, by its write)
-            literals = [_ascii_html(literal) for literal in literals]
-        return cls(tuple(literals), tuple(found))
-
-    @cached_property
-    def _steps(self) -> tuple[tuple[str, _Write | None, str], ...]:
-        """(field, how it is written, None: as it is; the literal after it) per hole."""
-        return tuple((name, None if write is _verbatim else write, literal)
-                     for (name, write), literal in zip(self.holes, self.literals[1:],
-                                                       strict=True))
+        return cls(_ascii_html(split[0]) if html else split[0], tuple(steps))
 
     def fill(self, out: list[str], values: Mapping[str, Any]) -> bool:
         """Append the text with `values` in its holes; False if a value cannot be."""
         append = out.append
-        append(self.literals[0])
-        for name, write, literal in self._steps:
+        append(self.first)
+        for name, write, literal in self.steps:
             text = str(values[name])
             if write is not None:
                 written = write(text)

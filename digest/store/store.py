@@ -736,10 +736,7 @@ class _DriverStatement:
         rows = list(rows)
         if not rows:
             return
-        columns = [[convert] * len(rows) if i < 0 else [row[i] for row in rows]
-                   if convert is None else [convert(row[i]) for row in rows]
-                   for i, convert in plan]  # column by column: far fewer steps per value
-        values = list(zip(*columns, strict=True))
+        values = _driver_values(rows, plan)
         if names is None:
             conn.exec_driver_sql(sql, values)
         else:
@@ -772,14 +769,23 @@ class _DriverInsert:
                 f"({', '.join(map(quote, self._columns))}) VALUES ")
         tail = f" ON CONFLICT DO NOTHING RETURNING {', '.join(map(quote, self._returning))}"
         found: list[tuple[Any, ...]] = []
+        plan = list(enumerate(converts))
         for chunk in _chunks(rows, self.ROWS):
-            columns = [[row[i] for row in chunk] if convert is None
-                       else [convert(row[i]) for row in chunk]
-                       for i, convert in enumerate(converts)]
-            values = [value for row in zip(*columns, strict=True) for value in row]
+            values = [value for row in _driver_values(chunk, plan) for value in row]
             sql = head + ", ".join([row_marks] * len(chunk)) + tail
             found.extend(tuple(row) for row in conn.exec_driver_sql(sql, tuple(values)))
         return found
+
+
+def _driver_values(rows: Sequence[tuple[Any, ...]], plan: Sequence[tuple[int, Any]]
+                   ) -> list[tuple[Any, ...]]:
+    """Each row's parameters as the driver takes them: per (index, conversion) of `plan`,
+    the row's value converted (None: as it is), or a constant where the index is -1. Done
+    column by column: far fewer steps per value than row by row."""
+    columns = [[convert] * len(rows) if i < 0 else [row[i] for row in rows]
+               if convert is None else [convert(row[i]) for row in rows]
+               for i, convert in plan]
+    return list(zip(*columns, strict=True))
 
 
 def _param(name: str, column: ColumnElement[Any]) -> Any:
