@@ -307,24 +307,30 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     named: list[list[list[str]]] = []
     pick = 0
     for j, (_, _, chosen) in enumerate(asks):
-        phrases = [(t, t.split()) for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]
-                   if " " in t]
+        phrases: dict[str, list[tuple[str, list[str]]]] = {}  # word -> the phrases with it
+        for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]:
+            if " " in t:
+                words = t.split()
+                for word in dict.fromkeys(words):
+                    phrases.setdefault(word, []).append((t, words))
         named.append([_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
                       for k in range(pick, pick + len(chosen))])
         pick += len(chosen)
     return named
 
 
-def _name_terms(matched: list[str], phrases: Sequence[tuple[str, list[str]]]) -> list[str]:
+def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]]
+                ) -> list[str]:
     """The first few matched terms, a word named by the query phrase (with its words) that
-    it forms with other matched words."""
+    it forms with other matched words: the first of the phrases with it (`phrases[word]`,
+    each with its words) whose words all matched."""
     present = set(matched)
     chosen: list[str] = []
     said: set[str] = set()  # the chosen terms, and the words of each
     for term in matched:
         if " " not in term and phrases:
-            whole = next((p for p, words in phrases if term in words
-                          and all(w in present for w in words)), None)
+            whole = next((p for p, words in phrases.get(term, ())
+                          if all(w in present for w in words)), None)
             term = whole or term
         if term in said:
             continue  # already said, alone or inside a phrase
@@ -462,14 +468,26 @@ def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
     return either
 
 
+# Lower-case letters that a case-insensitive regex takes for another lower-case letter
+# (the long s for "s", the Greek final sigma for the medial one, ...): where a text holds
+# one, its words cannot be looked up as they are written.
+_CASE_TWINS = frozenset(
+    chr(c) for pair in re._casefix._EXTRA_CASES.items()  # type: ignore[attr-defined]
+    for c in (pair[0], *pair[1]) if c > 127)
+_WORD = re.compile(r"\w+")
+
+
 class LoweredTexts:
     """Texts in lower case, also joined into one string: which of them hold a word is then
-    found by one scan in C rather than a test of each text."""
+    found by one scan in C rather than a test of each text; and, made when first asked
+    for, which texts hold each whole word."""
 
     def __init__(self, texts: Sequence[str]):
         self.texts = list(texts)
         self._joined = "\x00".join(self.texts)
         self._starts = list(accumulate((len(t) + 1 for t in self.texts[:-1]), initial=0))
+        self._words: dict[str, list[int]] | None = None
+        self._twinned: list[int] = []
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -489,18 +507,59 @@ class LoweredTexts:
             at = joined.find(needle, starts[i + 1])  # on to the next text
         return found
 
+    @property
+    def twinned(self) -> list[int]:
+        """The positions of the texts holding a letter of `_CASE_TWINS`: whether such a
+        text mentions a word is for a case-insensitive match to say."""
+        self._index()
+        return self._twinned
+
+    def with_word(self, word: str) -> list[int]:
+        """The positions of the texts, `twinned` ones aside, that hold `word` (a run of
+        word characters in lower case) as a whole word, as it is written."""
+        return self._index().get(word, [])
+
+    def _index(self) -> dict[str, list[int]]:
+        if self._words is None:
+            self._words = {}
+            for i, text in enumerate(self.texts):
+                if not _CASE_TWINS.isdisjoint(text):
+                    self._twinned.append(i)
+                    continue
+                for found in set(_WORD.findall(text)):
+                    self._words.setdefault(found, []).append(i)
+        return self._words
+
 
 def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
     """A mask of the (lower-case) texts that mention any phrase as whole words."""
     hits = np.zeros(len(texts), dtype=bool)
-    needles = {w.lower() for phrase in phrases for w in phrase.split()[:1]}
-    # Texts holding a phrase's first word; the regex (made only if there are any: most
-    # keywords are in none of a day's papers) confirms whole words.
-    holding = sorted({i for needle in needles for i in texts.holding(needle)})
-    pattern = _phrase_pattern(phrases) if holding else None
-    if pattern is not None:
-        for i in holding:
-            if pattern.search(texts.texts[i]):
+    pattern = _phrase_pattern(phrases)
+    if pattern is None:
+        return hits
+    for phrase in phrases:
+        spaced = " ".join(phrase.split())
+        key = spaced.lower()
+        first = _WORD.match(key)
+        search: Sequence[int]
+        if not key:
+            continue
+        if not _CASE_TWINS.isdisjoint(key) or len(key) != len(spaced):
+            search = range(len(texts))  # a case-insensitive match may differ in any text
+        elif first is None:  # the phrase begins with a sign: the texts holding its first word
+            search = [*texts.holding(key.split()[0]), *texts.twinned]
+        else:
+            # The texts holding the phrase's first word as a whole word: a phrase of one
+            # word is then found; other phrases, and texts where a case-insensitive match
+            # may differ from the word as written, are confirmed by the regex.
+            holding = texts.with_word(first.group())
+            if first.end() == len(key):
+                hits[holding] = True
+                search = texts.twinned
+            else:
+                search = [*holding, *texts.twinned]
+        for i in search:
+            if not hits[i] and pattern.search(texts.texts[i]):
                 hits[i] = True
     return hits
 

@@ -588,20 +588,32 @@ def _body(text: str, eight_bit: bool = False) -> tuple[str, bytes]:
     is ASCII with no line over 998 characters; with `eight_bit`, in UTF-8 as it is ("8bit",
     RFC 6152) when no line is over 998 bytes; otherwise quoted-printable. NUL goes in none
     but quoted-printable."""
-    if "\r" in text:
+    data = text.encode("utf-8")
+    if b"\r" in data:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    if "\0" not in text:
-        longest = max(map(len, lines), default=0)
-        if text.isascii():
-            if longest <= 998:
-                return "7bit", text.replace("\n", "\r\n").encode("ascii")
-        elif eight_bit and (longest <= 998 // 4 or max(
-                len(line.encode("utf-8")) for line in lines if len(line) > 998 // 4) <= 998):
-            return "8bit", text.replace("\n", "\r\n").encode("utf-8")
+        data = text.encode("utf-8")
+    if b"\0" not in data:
+        ascii = data.isascii()
+        if ascii or eight_bit:
+            data = data.replace(b"\n", b"\r\n")
+            if _lines_fit(data):
+                return "7bit" if ascii else "8bit", data
     # Line by line, each line remembered: quoted-printable encodes every line on its own,
     # and most lines (a paper's title, authors, abstract) are in many emails of a run.
-    return "quoted-printable", b"\r\n".join(map(_quoted_printable_line, lines))
+    return "quoted-printable", b"\r\n".join(map(_quoted_printable_line, text.split("\n")))
+
+
+def _lines_fit(data: bytes, limit: int = 998) -> bool:
+    """Whether no line of `data` (CRLF lines) is over `limit` bytes, its CRLF aside: each
+    `limit` + 2 bytes from a line's start hold a line feed, found from the end of the span
+    (so that a line-by-line walk is not needed)."""
+    start = 0
+    while len(data) - start > limit:
+        end = data.rfind(b"\n", start, start + limit + 2)
+        if end < 0:
+            return False
+        start = end + 1
+    return True
 
 
 def _quoted_printable_line(line: str) -> bytes:

@@ -6,6 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from digest.models import Interest, Profile
 from digest.pipeline import ingest_files, resolve_preferences
@@ -235,6 +237,27 @@ def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
     assert list(candidates.mentions) == ["retrieval"]
     assert rank_papers(corpus, prefs, candidates, top=10) == first
     assert not any("retrieval" in p.paper.text.lower() for p in first)
+
+
+_MENTION_TEXT = st.text(alphabet=st.sampled_from(
+    list("abs ik-") + ["\u017f", "\u0131", "\u03c3", "\u03c2", "\u00e9", "\u0130", "_", "2"]),
+    max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_MENTION_TEXT, min_size=1, max_size=6),
+       phrase=_MENTION_TEXT.filter(lambda t: t.strip()))
+def test_a_keyword_is_found_where_its_whole_word_regex_matches(texts, phrase):
+    """The word index behind keyword rules finds exactly the texts the case-insensitive
+    whole-word pattern matches, letters a regex takes for others ("s" and the long s,
+    the two Greek sigmas, dotless i) included."""
+    from digest.rank import LoweredTexts, _find_mentions, _phrase_pattern
+
+    lowered = [t.lower() for t in texts]
+    pattern = _phrase_pattern([phrase])
+    assert pattern is not None
+    expected = [bool(pattern.search(t)) for t in lowered]
+    assert _find_mentions(LoweredTexts(lowered), [phrase]).tolist() == expected
 
 
 def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):

@@ -171,6 +171,24 @@ def test_with_8bitmime_others_travel_as_utf8_unless_a_line_is_too_long_or_holds_
     assert "Content-Transfer-Encoding: 8bit\r\n\r\n<p>café</p>".encode() in data
 
 
+@given(st.lists(st.tuples(st.integers(990, 1002), st.sampled_from(["a", "é", "\x00"]),
+                          st.sampled_from(["\n", "\r\n", "\r"])), max_size=5),
+       st.booleans())
+def test_a_part_goes_as_it_is_exactly_when_its_lines_fit(lines, eight_bit):
+    """A part travels as it is when it is ASCII (or may go 8bit), holds no NUL and no line
+    is over 998 bytes; lines of about that size, of one- and two-byte letters."""
+    from digest.render import _body
+
+    text = "".join(letter * (size // len(letter.encode())) + end
+                   for size, letter, end in lines)
+    raw = text.replace("\r\n", "\n").replace("\r", "\n").encode()
+    fits = "\x00" not in text and max(map(len, raw.split(b"\n"))) <= 998
+    encoding, _ = _body(text, eight_bit)
+    expected = ("7bit" if fits and raw.isascii() else "8bit" if fits and eight_bit
+                else "quoted-printable")
+    assert encoding == expected
+
+
 def test_a_line_break_in_a_header_is_refused():
     with pytest.raises(ValueError, match="line break"):
         serialise([("Subject", "a\r\nBcc: x@example.org")], "", "")
