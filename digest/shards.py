@@ -215,6 +215,16 @@ def _start_worker(settings: Settings) -> None:
     # For the worker's life (it ends with the run): the memory inherited from the parent
     # stays frozen, and the corpus joins it once built.
     _worker_run.on_corpus = gc.freeze
+    young, *older = gc.get_threshold()  # as the parent's while it sends, started afresh too
+    gc.set_threshold(max(young, YOUNG_GENERATION), *older)
+
+
+# While a send runs: the young generation is collected after this many allocations (not
+# Python's 700). A send's objects mostly live for a batch; at 700 the collector walked
+# them again and again: a one-process 10,000-edition send spent 0.52 s of 10.6 in 994
+# young, 89 middle and 7 full passes; at 20,000, 0.08 s in 18 young passes, at no cost in
+# peak memory.
+YOUNG_GENERATION = 20_000
 
 
 @contextmanager
@@ -222,15 +232,20 @@ def _frozen() -> Iterator[bool]:
     """While a run sends: all that is in memory (the modules; then what the run freezes,
     its corpus) taken out of the garbage collector's full passes (`gc.freeze`). It lives as
     long as the run, and each full pass would walk all of it again: six such passes were a
-    tenth of a 4,000-edition run's time. Given back to the collector afterwards. Yields
-    whether it froze: not if something else froze memory already, which is left alone."""
+    tenth of a 4,000-edition run's time. The young generation collected less often
+    (`YOUNG_GENERATION`); workers forked meanwhile inherit both. Given back to the
+    collector afterwards. Yields whether it froze: not if something else froze memory
+    already, which is left alone."""
     if gc.get_freeze_count():
         yield False
         return
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], YOUNG_GENERATION), *thresholds[1:])
     try:
         yield True
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 

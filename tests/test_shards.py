@@ -62,10 +62,12 @@ def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smtp_sink,
                                                            write_profile, monkeypatch,
-                                                           processes):
+                                                           processes, tmp_path):
     """`send_all` takes what lives as long as the run out of the collector's full passes
-    (gc.freeze), in its workers and while it runs; its caller gets memory back as it was."""
+    (gc.freeze), in its workers and while it runs, and collects young objects less often;
+    its caller gets the collector back as it was."""
     import gc
+    import os
 
     from digest import shards
     from digest.pipeline import ingest_files
@@ -76,7 +78,21 @@ def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smt
     store.close()
     monkeypatch.setattr(shards, "SHARD", 2)  # with processes=2: two shards, two workers
     paths = [write_profile(f"g{i}", interests=["dense retrieval"]) for i in range(3)]
+    seen = tmp_path / "collector"
+    seen.mkdir()
+    run_shard = shards.run_shard
+
+    def noting(*args, **kwargs):  # in whichever process runs a shard
+        (seen / str(os.getpid())).write_text(
+            f"{gc.get_threshold()[0]} {gc.get_freeze_count() > 0}")
+        return run_shard(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "run_shard", noting)
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
     report = send_all(settings, paths, now=NOW, processes=processes)
     assert report.counts[Status.SENT] == 3 and not report.errors
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
+    # While it ran, every process running shards collected its young objects less often.
+    assert {f.read_text() for f in seen.iterdir()} == {f"{shards.YOUNG_GENERATION} True"}
