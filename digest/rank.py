@@ -95,9 +95,9 @@ class SparseRows:
         if len(parts) == 1:
             return parts[0]
         offsets = np.cumsum([0, *(p.count for p in parts)])
-        return cls(int(offsets[-1]),
-                   np.concatenate([p.rows + o for p, o in zip(parts, offsets[:-1], strict=True)]),
-                   np.concatenate([p.terms for p in parts]),
+        rows = np.concatenate([p.rows for p in parts]).astype(np.int64, copy=False)
+        rows += np.repeat(offsets[:-1], [len(p.rows) for p in parts])
+        return cls(int(offsets[-1]), rows, np.concatenate([p.terms for p in parts]),
                    np.concatenate([p.values for p in parts]))
 
     def split(self) -> list[SparseRows]:
@@ -276,12 +276,13 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     n_terms = len(corpus.terms)
     # Each ask's query: its phrases' rows times their weights, summed in float32 row after
     # row; a cell is (ask, term).
-    queries = [corpus.transform(list(texts)) for texts, _, _ in asks]
-    cells, where = np.unique(np.concatenate([
-        j * n_terms + q.terms for j, q in enumerate(queries)]), return_inverse=True)
+    queries = corpus.transform([text for texts, _, _ in asks for text in texts])
+    asking = np.repeat(np.arange(len(asks)), [len(texts) for texts, _, _ in asks])  # by row
+    cells, where = np.unique(asking[queries.rows] * n_terms + queries.terms,
+                             return_inverse=True)
     summed = np.zeros(len(cells), dtype=np.float32)
-    np.add.at(summed, where, np.concatenate([
-        q.values * weights[q.rows] for q, (_, weights, _) in zip(queries, asks, strict=True)]))
+    weights = np.concatenate([weights for _, weights, _ in asks])
+    np.add.at(summed, where, queries.values * weights[queries.rows])
     cells, summed = cells[summed != 0], summed[summed != 0]
 
     matrix = candidates.matrix
@@ -291,6 +292,11 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     entries = _spans(starts, ends)
     terms = matrix.indices[entries]
     owner = np.repeat(np.arange(len(positions)), ends - starts)
+    # Only the entries of terms some query has can match: the rest (most) go first.
+    queried = np.zeros(n_terms, dtype=bool)
+    queried[cells % n_terms] = True
+    useful = queried[terms]
+    entries, terms, owner = entries[useful], terms[useful], owner[useful]
     wanted = asker[owner] * n_terms + terms
     found = np.minimum(np.searchsorted(cells, wanted), max(len(cells) - 1, 0))
     value = (np.where(cells[found] == wanted, summed[found], np.float32(0)) if len(cells)
