@@ -91,21 +91,23 @@ def _cached_wordwrap(env: Environment, s: str, width: int = 79, break_long_words
 @lru_cache(maxsize=65536)
 def _wrap(s: str, width: int, break_long_words: bool, wrapstring: str,
           break_on_hyphens: bool) -> str:
-    words = s.split(" ")
-    if " ".join(s.split()) != s or max(map(len, words)) > width or not s:
+    if not s or " ".join(s.split()) != s:
         return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
-    lines, line = [], words[0]
-    for word in words[1:]:  # what textwrap does with words and single spaces
-        if len(line) + 1 + len(word) <= width:
-            line = f"{line} {word}"
-        else:
-            if break_on_hyphens and "-" in word:
-                # textwrap may break it after a hyphen, leaving a part on this line. A
-                # hyphenated word that fits on its line is kept whole by both.
-                return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
-            lines.append(line)
-            line = word
-    lines.append(line)
+    # What textwrap does with words and single spaces: each line as many words as fit,
+    # so it ends at the last space within `width` + 1 characters.
+    lines = []
+    rest = s
+    while len(rest) > width:
+        cut = rest.rfind(" ", 0, width + 1)
+        if cut < 0:  # a word longer than a line, which textwrap breaks
+            return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
+        lines.append(rest[:cut])
+        rest = rest[cut + 1:]
+        if break_on_hyphens and "-" in rest.partition(" ")[0]:
+            # textwrap may break the word beginning a line after a hyphen, leaving a
+            # part on the line before. A hyphenated word within a line is kept whole.
+            return _textwrap(s, width, break_long_words, wrapstring, break_on_hyphens)
+    lines.append(rest)
     return wrapstring.join(lines)
 
 
