@@ -640,6 +640,7 @@ class EditionRun:
             replies.clear()
 
         queue = iter(work)
+        finished = _Finished()
         try:
             while True:
                 for i, profile, slot, edition in queue:
@@ -650,6 +651,7 @@ class EditionRun:
                         continue
                     email = self.render(profile, edition.picks, slot=slot, now=now)
                     task = asyncio.create_task(mailer.send(email))
+                    finished.watch(task)
                     running[task] = (i, profile, slot, edition, email)
                     if len(running) >= self.settings.smtp.connections:
                         break
@@ -660,8 +662,7 @@ class EditionRun:
                 # in time to record the oldest waiting reply within RECORD_WITHIN_S.
                 wait = (max(RECORD_WITHIN_S - (time.monotonic() - oldest), 0.0)
                         if replies else None)
-                done, _ = await asyncio.wait(running, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done = await finished.wait(wait)
                 if done and not replies:
                     oldest = time.monotonic()
                 failure: BaseException | None = None
@@ -718,6 +719,46 @@ class EditionRun:
         return (EditionOutcome(profile, Status.FAILED, slot, edition.picks, str(exc),
                                retry=retry, email=email),
                 Attempt(edition, EditionState.FAILED, str(exc), retryable=retry))
+
+
+class _Finished:
+    """Tasks as they finish: what `asyncio.wait(tasks, return_when=FIRST_COMPLETED)` tells,
+    without adding a callback to every running task and taking it off again at each wait
+    (there is a wait for about every message sent)."""
+
+    def __init__(self) -> None:
+        self._done: list[asyncio.Task[str]] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def watch(self, task: asyncio.Task[str]) -> None:
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[str]) -> None:
+        self._done.append(task)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, within: float | None) -> list[asyncio.Task[str]]:
+        """The watched tasks that finished since the last call, in the order they did;
+        if none has, waits for one up to `within` seconds (None: without limit)."""
+        if not self._done:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = (loop.call_later(within, _release, waiter) if within is not None
+                     else None)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        done, self._done = self._done, []
+        return done
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _settled(profile: Profile, slot: datetime, edition: Edition) -> EditionOutcome | None:
