@@ -62,7 +62,7 @@ MENTIONS_CACHE_BYTES = 8_000_000  # per Candidates: masks of the keywords met so
 QUERY_CACHE_BYTES = 32_000_000
 # Profiles ranked together: up to RANK_BATCH, fewer when the candidates are many (each
 # profile's queries are rows of scores on every candidate and reference row).
-RANK_BATCH = 64
+RANK_BATCH = 128
 RANK_BATCH_CELLS = 200_000
 
 EmbedText = Callable[[Sequence[str]], np.ndarray]

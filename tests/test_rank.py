@@ -377,6 +377,6 @@ def test_profiles_ranked_together_get_what_each_gets_alone(store, papers, monkey
                          exclude=r.exclude, min_score=r.min_score) for r in requests]
     assert sum(map(bool, alone)) >= 8
     assert any("learned from your 6 liked and 6 disliked" in p.reason for p in alone[4])
-    for batch in [64, 4, 1]:
+    for batch in [digest.rank.RANK_BATCH, 4, 1]:
         monkeypatch.setattr(digest.rank, "RANK_BATCH", batch)
         assert rank_many(corpus, prepare_candidates(corpus, papers), requests) == alone
