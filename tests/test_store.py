@@ -3,6 +3,7 @@ and the same results from both."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import event, insert
@@ -119,3 +120,29 @@ def test_retryable_editions_come_oldest_first_whatever_the_engine(store):
         store.record_attempt(edition, state=EditionState.FAILED, reply="451 later",
                              retryable=True, now=NOW + timedelta(minutes=n))
     assert [e.subscriber_id for e in store.retryable_editions()] == ["s1", "s2", "s3"]
+
+
+def test_a_subscriber_row_is_written_only_when_the_profile_changes(store):
+    """Every run saves each subscriber; a row is rewritten (and `updated_at` moved) only
+    when its email, name, path or active flag differ."""
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from digest.models import Profile
+    from digest.store.schema import subscribers
+
+    def row() -> tuple:
+        with store.engine.connect() as conn:
+            return tuple(conn.execute(select(subscribers.c.email, subscribers.c.name,
+                                             subscribers.c.active,
+                                             subscribers.c.updated_at)).one())
+
+    ana = Profile(subscriber_id="ana", path=Path("/p/ana.yaml"), name="Ana",
+                  email="ana@example.org")
+    store.save_subscribers([ana], NOW)
+    store.save_subscribers([ana], NOW + timedelta(days=1))
+    assert row() == ("ana@example.org", "Ana", True, NOW)
+    store.save_subscribers([replace(ana, email="ana@example.net", active=False)],
+                           NOW + timedelta(days=2))
+    assert row() == ("ana@example.net", "Ana", False, NOW + timedelta(days=2))

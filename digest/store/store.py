@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -836,8 +837,11 @@ def _save_subscribers_statement(dialect: Dialect) -> ClauseElement:
     columns = [subscribers_table.c[name] for name in _SUBSCRIBER_NAMES]
     statement = _upsert_for(dialect, subscribers_table).values(
         {c: _param(c.name, c) for c in columns})
+    # A row is written only when the profile says something new (most runs, nothing):
+    # `updated_at` is when it last changed.
     upsert: ClauseElement = statement.on_conflict_do_update(
-        index_elements=["id"], set_={c.name: statement.excluded[c.name] for c in columns[1:]})
+        index_elements=["id"], set_={c.name: statement.excluded[c.name] for c in columns[1:]},
+        where=or_(*(c.is_distinct_from(statement.excluded[c.name]) for c in columns[1:-1])))
     return upsert
 
 
