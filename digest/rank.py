@@ -546,10 +546,10 @@ def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
     for phrase in phrases:
         spaced = " ".join(phrase.split())
         key = spaced.lower()
-        first = _WORD.match(key)
-        search: Sequence[int]
         if not key:
             continue
+        first = _WORD.match(key)
+        search: Sequence[int]
         if not _CASE_TWINS.isdisjoint(key) or len(key) != len(spaced):
             search = range(len(texts))  # a case-insensitive match may differ in any text
         elif first is None:  # the phrase begins with a sign: the texts holding its first word
