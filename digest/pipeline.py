@@ -332,10 +332,11 @@ class EditionRun:
     _candidates: OrderedDict[datetime | None, Candidates] = field(default_factory=OrderedDict)
     claimer: str = field(default_factory=sender_identity)
     _found: dict[str, Paper] | None = None
-    # Every liked or disliked reference looked up in this run, and the stored paper it
-    # names (None: none). A run ranks against the papers stored when it began (its
-    # corpus), so what a reference named then holds for the run; profiles share many.
-    _named: dict[str, Paper | None] = field(default_factory=dict)
+    # The stored paper each liked or disliked reference named when first looked up in
+    # this run (profiles share many): papers stored later do not change what it names
+    # (an arXiv id is unique; of papers with one title, the oldest is taken). One that
+    # named none is looked up again each time, as its paper may be stored meanwhile.
+    _named: dict[str, Paper] = field(default_factory=dict)
     _sent: dict[str, set[int]] = field(default_factory=dict)
     _since: dict[str, datetime | None] = field(default_factory=dict)
     links: Links | None = field(init=False, default=None)  # from [web] and DIGEST_SECRET
@@ -361,11 +362,10 @@ class EditionRun:
         at once, so that ranking thousands of profiles does not query the store for each."""
         refs = list(dict.fromkeys(r for p in profiles for r in (*p.liked, *p.disliked)))
         ids = [p.subscriber_id for p in profiles]
-        new = [r for r in refs if r not in self._named]
-        if new:
-            found = self.store.find_papers(new)
-            self._named.update((r, found.get(r)) for r in new)
-        self._found = {r: paper for r in refs if (paper := self._named[r]) is not None}
+        unknown = [r for r in refs if r not in self._named]
+        if unknown:
+            self._named.update(self.store.find_papers(unknown))
+        self._found = {r: self._named[r] for r in refs if r in self._named}
         self._sent = self.store.sent_paper_ids_many(ids)
         self._since = self.store.candidates_since_many(ids)
 

@@ -474,13 +474,29 @@ def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
     return either
 
 
-# Lower-case letters that a case-insensitive regex takes for another lower-case letter
-# (the long s for "s", the Greek final sigma for the medial one, ...): where a text holds
-# one, its words cannot be looked up as they are written.
-_CASE_TWINS = frozenset(
-    chr(c) for pair in re._casefix._EXTRA_CASES.items()  # type: ignore[attr-defined]
-    for c in (pair[0], *pair[1]) if c > 127)
+def _case_twins() -> frozenset[str] | None:
+    """Lower-case letters that a case-insensitive regex takes for another lower-case
+    letter (the long s for "s", the Greek final sigma for the medial one, ...): where a
+    text holds one, its words cannot be looked up as they are written. None if this
+    Python does not say (its `re` module's private table): then no text beyond ASCII is."""
+    try:
+        from re._casefix import _EXTRA_CASES  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return frozenset(chr(c) for pair in _EXTRA_CASES.items()
+                     for c in (pair[0], *pair[1]) if c > 127)
+
+
+_CASE_TWINS = _case_twins()
 _WORD = re.compile(r"\w+")
+# Candidate sets up to this many texts get an index of their words for keyword rules;
+# bigger ones (`digest rank` over a whole store) are scanned instead.
+WORD_INDEX_TEXTS = 20_000
+
+
+def _twinned(text: str) -> bool:
+    """Whether `text` holds a letter of `_CASE_TWINS`."""
+    return not text.isascii() and (_CASE_TWINS is None or not _CASE_TWINS.isdisjoint(text))
 
 
 class LoweredTexts:
@@ -493,7 +509,7 @@ class LoweredTexts:
         self._joined = "\x00".join(self.texts)
         self._starts = list(accumulate((len(t) + 1 for t in self.texts[:-1]), initial=0))
         self._words: dict[str, list[int]] | None = None
-        self._twinned: list[int] = []
+        self._twinned: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -517,24 +533,21 @@ class LoweredTexts:
     def twinned(self) -> list[int]:
         """The positions of the texts holding a letter of `_CASE_TWINS`: whether such a
         text mentions a word is for a case-insensitive match to say."""
-        self._index()
+        if self._twinned is None:
+            self._twinned = [i for i, text in enumerate(self.texts) if _twinned(text)]
         return self._twinned
 
     def with_word(self, word: str) -> list[int]:
         """The positions of the texts, `twinned` ones aside, that hold `word` (a run of
         word characters in lower case) as a whole word, as it is written."""
-        return self._index().get(word, [])
-
-    def _index(self) -> dict[str, list[int]]:
         if self._words is None:
             self._words = {}
+            twinned = set(self.twinned)
             for i, text in enumerate(self.texts):
-                if not _CASE_TWINS.isdisjoint(text):
-                    self._twinned.append(i)
-                    continue
-                for found in set(_WORD.findall(text)):
-                    self._words.setdefault(found, []).append(i)
-        return self._words
+                if i not in twinned:
+                    for found in set(_WORD.findall(text)):
+                        self._words.setdefault(found, []).append(i)
+        return self._words.get(word, [])
 
 
 def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
@@ -550,9 +563,11 @@ def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
             continue
         first = _WORD.match(key)
         search: Sequence[int]
-        if not _CASE_TWINS.isdisjoint(key) or len(key) != len(spaced):
+        if _twinned(key) or len(key) != len(spaced):
             search = range(len(texts))  # a case-insensitive match may differ in any text
-        elif first is None:  # the phrase begins with a sign: the texts holding its first word
+        elif first is None or len(texts) > WORD_INDEX_TEXTS:
+            # A phrase beginning with a sign, or too many texts to index: the texts
+            # holding its first word (and those a case-insensitive match may differ in).
             search = [*texts.holding(key.split()[0]), *texts.twinned]
         else:
             # The texts holding the phrase's first word as a whole word: a phrase of one

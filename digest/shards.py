@@ -224,7 +224,8 @@ def _start_worker(settings: Settings) -> None:
     # The parent's setting while it sends (a forked worker has it already; one started
     # afresh, with PyTorch loaded, does not).
     young, *older = gc.get_threshold()
-    gc.set_threshold(max(young, YOUNG_GENERATION), *older)
+    if young:  # 0: automatic collection is off, and stays so
+        gc.set_threshold(max(young, YOUNG_GENERATION), *older)
 
 
 
@@ -242,7 +243,8 @@ def _frozen() -> Iterator[bool]:
         return
     gc.freeze()
     thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], YOUNG_GENERATION), *thresholds[1:])
+    if thresholds[0]:  # 0: automatic collection is off, and stays so
+        gc.set_threshold(max(thresholds[0], YOUNG_GENERATION), *thresholds[1:])
     try:
         yield True
     finally:

@@ -246,18 +246,28 @@ _MENTION_TEXT = st.text(alphabet=st.sampled_from(
 
 @settings(max_examples=300, deadline=None)
 @given(texts=st.lists(_MENTION_TEXT, min_size=1, max_size=6),
-       phrase=_MENTION_TEXT.filter(lambda t: t.strip()))
-def test_a_keyword_is_found_where_its_whole_word_regex_matches(texts, phrase):
-    """The word index behind keyword rules finds exactly the texts the case-insensitive
-    whole-word pattern matches, letters a regex takes for others ("s" and the long s,
-    the two Greek sigmas, dotless i) included."""
+       phrase=_MENTION_TEXT.filter(lambda t: t.strip()), indexed=st.booleans(),
+       twins_known=st.booleans())
+def test_a_keyword_is_found_where_its_whole_word_regex_matches(texts, phrase, indexed,
+                                                               twins_known):
+    """Keyword rules find exactly the texts the case-insensitive whole-word pattern
+    matches, letters a regex takes for others ("s" and the long s, the two Greek sigmas,
+    dotless i) included: through the word index, by scanning (too many texts to index),
+    and where Python's table of such letters is not there."""
+    import digest.rank
     from digest.rank import LoweredTexts, _find_mentions, _phrase_pattern
 
     lowered = [t.lower() for t in texts]
     pattern = _phrase_pattern([phrase])
     assert pattern is not None
     expected = [bool(pattern.search(t)) for t in lowered]
-    assert _find_mentions(LoweredTexts(lowered), [phrase]).tolist() == expected
+    limit, twins = digest.rank.WORD_INDEX_TEXTS, digest.rank._CASE_TWINS
+    try:
+        digest.rank.WORD_INDEX_TEXTS = limit if indexed else 0
+        digest.rank._CASE_TWINS = twins if twins_known else None
+        assert _find_mentions(LoweredTexts(lowered), [phrase]).tolist() == expected
+    finally:
+        digest.rank.WORD_INDEX_TEXTS, digest.rank._CASE_TWINS = limit, twins
 
 
 def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):
