@@ -12,6 +12,7 @@ import logging
 import re
 import ssl
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, cast
@@ -219,6 +220,20 @@ def wire_data(data: bytes, *, crlf: bool = False) -> bytes:
     return data + b".\r\n"
 
 
+async def wait_timed(waiter: asyncio.Future[None], within: float | None,
+                     expire: Callable[[asyncio.Future[None]], None]) -> None:
+    """Await `waiter`; if it is not done within `within` seconds (None: no limit),
+    `expire(waiter)` is called, which should end it. A timer rather than asyncio.wait_for,
+    which costs a second future and its callbacks, on waits made for every message."""
+    timer = (asyncio.get_running_loop().call_later(within, expire, waiter)
+             if within is not None else None)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 class _Wire(asyncio.Protocol):
     """One open SMTP connection, past its greeting, EHLO, TLS and login, sending mail.
 
@@ -303,18 +318,11 @@ class _Wire(asyncio.Protocol):
         while not self._replies:
             if self._lost is not None:
                 raise self._lost
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            # A timer that fails the wait, rather than asyncio.wait_for, which costs a
-            # second future and its callbacks on each of the two waits of every message.
-            timer = (loop.call_later(self.timeout, self._time_out, waiter)
-                     if self.timeout is not None else None)
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                await wait_timed(waiter, self.timeout, self._time_out)
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         self._owed -= 1
         return self._replies.popleft()
 

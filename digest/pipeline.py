@@ -29,7 +29,7 @@ import numpy as np
 from jinja2 import Environment, TemplateError, TemplateSyntaxError
 
 from digest.config import Settings
-from digest.deliver import Mailer
+from digest.deliver import Mailer, wait_timed
 from digest.embed import Embedder, load_embedder
 from digest.errors import (
     ConfigError,
@@ -750,16 +750,11 @@ class _Finished:
         """The watched tasks that finished since the last call, in the order they did;
         if none has, waits for one up to `within` seconds (None: without limit)."""
         if not self._done:
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            timer = (loop.call_later(within, _release, waiter) if within is not None
-                     else None)
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                await wait_timed(waiter, within, _release)
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         done, self._done = self._done, []
         return done
 
