@@ -100,6 +100,7 @@ class Daemon:
         self._broken: dict[Path, tuple[int, int] | None] = {}  # logged once per version
         self.inbox = InboxWatcher(self.settings.inbox_dir, self.settings.daemon.inbox_settle_s)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        _quiet_cancelled_jobs()
         self.queue: asyncio.Queue[tuple[str, datetime | None] | None] = asyncio.Queue()
         self._queued: set[tuple[str, datetime | None]] = set()
         self.stopping = asyncio.Event()
@@ -489,6 +490,23 @@ class Daemon:
         log.info("daemon.stopped editions_sent=%d editions_to_workers=%d", self.sent,
                  self.enqueued)
         return self.exit_status
+
+
+class _CancelledJob(logging.Filter):
+    """Drops APScheduler's error for a job it cancelled: its executor cancels the jobs
+    still running when the scheduler shuts down (the daemon is stopping), then logs each
+    as "Error running job" with a traceback. A job cut short by a stop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info is not None
+                    and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+def _quiet_cancelled_jobs() -> None:
+    """`_CancelledJob` on the logger of the scheduler's executor, once per process."""
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    if not any(isinstance(f, _CancelledJob) for f in executor_log.filters):
+        executor_log.addFilter(_CancelledJob())
 
 
 async def _off_loop(func: Callable[[], T], timeout_s: float) -> T:

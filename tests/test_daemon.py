@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -295,3 +295,27 @@ def test_sigterm_lets_the_email_in_flight_finish_and_a_second_exits_at_once(
         else:
             assert process.handle.wait(timeout=5) == 128 + signal.SIGTERM
             release.set()
+
+
+def test_a_job_cut_short_by_a_stop_logs_no_traceback(daemon_settings, caplog):
+    """The scheduler cancels the jobs still running when the daemon stops; APScheduler
+    would log each as an error with its traceback, which a stop is not."""
+    daemon = Daemon(lambda: daemon_settings, clock=Clock(NOW))
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async def stop_while_it_runs() -> None:
+        daemon.scheduler.add_job(slow, id="slow", next_run_time=datetime.now(UTC))
+        daemon.scheduler.start()
+        await asyncio.wait_for(started.wait(), 10)
+        daemon.scheduler.shutdown(wait=False)
+        await asyncio.sleep(0.1)  # the cancelled job's callback runs
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(stop_while_it_runs())
+    daemon.store.close()
+    assert started.is_set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
