@@ -120,7 +120,10 @@ def test_failed_edition_is_retried_after_its_back_off(daemon_settings, store, se
         late = await retry_at(NOW + timedelta(seconds=wait + 1))
         return early, late
 
-    assert asyncio.run(both()) == (0, 1)
+    try:
+        assert asyncio.run(both()) == (0, 1)
+    finally:
+        daemon.store.close()  # and with it the heartbeat its sending started
     assert store.last_edition("ana").state is EditionState.SENT
     assert len(smtp_sink.received) == 1
 
