@@ -281,8 +281,8 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     cells, where = np.unique(asking[queries.rows] * n_terms + queries.terms,
                              return_inverse=True)
     summed = np.zeros(len(cells), dtype=np.float32)
-    weights = np.concatenate([weights for _, weights, _ in asks])
-    np.add.at(summed, where, queries.values * weights[queries.rows])
+    row_weights = np.concatenate([weights for _, weights, _ in asks])
+    np.add.at(summed, where, queries.values * row_weights[queries.rows])
     cells, summed = cells[summed != 0], summed[summed != 0]
 
     matrix = candidates.matrix

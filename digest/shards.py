@@ -223,10 +223,16 @@ def _start_worker(settings: Settings) -> None:
     _worker_run.on_corpus = gc.freeze
     # The parent's setting while it sends (a forked worker has it already; one started
     # afresh, with PyTorch loaded, does not).
-    young, *older = gc.get_threshold()
-    if young:  # 0: automatic collection is off, and stays so
-        gc.set_threshold(max(young, YOUNG_GENERATION), *older)
+    _fewer_young_passes()
 
+
+def _fewer_young_passes() -> tuple[int, ...]:
+    """The young generation collected every `YOUNG_GENERATION` allocations at least, unless
+    automatic collection is off (0), which stays so; returns the thresholds before."""
+    thresholds = gc.get_threshold()
+    if thresholds[0]:
+        gc.set_threshold(max(thresholds[0], YOUNG_GENERATION), *thresholds[1:])
+    return thresholds
 
 
 @contextmanager
@@ -242,9 +248,7 @@ def _frozen() -> Iterator[bool]:
         yield False
         return
     gc.freeze()
-    thresholds = gc.get_threshold()
-    if thresholds[0]:  # 0: automatic collection is off, and stays so
-        gc.set_threshold(max(thresholds[0], YOUNG_GENERATION), *thresholds[1:])
+    thresholds = _fewer_young_passes()
     try:
         yield True
     finally:
