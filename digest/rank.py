@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import sklearn
+import Stemmer
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.svm import LinearSVC
 
 from digest.identity import normalise_title
@@ -137,6 +138,7 @@ class Corpus:
     embeddings: np.ndarray | None = None  # centred, unit rows aligned with `matrix`
     embedding_mean: np.ndarray | None = None
     embed_text: EmbedText | None = None  # for interest phrases and unknown liked titles
+    words: Words | None = None  # the tokenizer (None when no stored paper has a word)
     _queries: dict[str, SparseRows] = field(default_factory=dict)
     _embedded: dict[str, np.ndarray] = field(default_factory=dict)  # text -> `embed` row
 
@@ -212,25 +214,60 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
     return np.asarray(matrix / np.maximum(norms, 1e-9), dtype=np.float32)
 
 
+# Words of two or more characters that hold a letter: "3D" and "6G" count, "2024" does not.
+_WORD = re.compile(r"(?u)\b(?:[a-zA-Z][a-zA-Z0-9\-]+|\d+[a-zA-Z][a-zA-Z0-9\-]*)\b")
+
+
+class Words:
+    """The tf-idf model's tokenizer: the words of a lowercased text, English stop words left
+    out, each as its Snowball stem, so that "robots", "robotic" and "robot" are one term and
+    an interest in "graph neural networks" matches a paper on a "graph neural network".
+
+    Stems are looked up once per distinct word (kept as long as the corpus). `surfaces`
+    goes back from stems to a text's own words, for the reasons a pick gives.
+    """
+
+    def __init__(self) -> None:
+        self._stemmer = Stemmer.Stemmer("english")
+        self._stems: dict[str, str] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        return self._stemmed([w for w in _WORD.findall(text) if w not in ENGLISH_STOP_WORDS])
+
+    def _stemmed(self, words: list[str]) -> list[str]:
+        stems = self._stems
+        try:
+            return [stems[w] for w in words]
+        except KeyError:
+            new = [w for w in dict.fromkeys(words) if w not in stems]
+            stems.update(zip(new, self._stemmer.stemWords(new), strict=True))
+            return [stems[w] for w in words]
+
+    def surfaces(self, text: str) -> dict[str, str]:
+        """Each stem of `text` -> the first of its words with that stem."""
+        words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+        return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
+
+
 def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = None,
                  embed_text: EmbedText | None = None) -> Corpus:
     """Fit the tf-idf model on `papers` (the whole store, so idf reflects the field).
 
     `embeddings` (one unit row per paper) and `embed_text` come with the extra.
     """
+    words: Words | None = Words()
     vectorizer = TfidfVectorizer(
-        stop_words="english",
+        tokenizer=words,
+        token_pattern=None,
         ngram_range=(1, 2),
         sublinear_tf=True,
-        # Words of two or more characters that hold a letter: "3D" and "6G" count, "2024"
-        # does not.
-        token_pattern=r"(?u)\b(?:[a-zA-Z][a-zA-Z0-9\-]+|\d+[a-zA-Z][a-zA-Z0-9\-]*)\b",
         dtype=np.float32,
     )
     texts = [p.text for p in papers] or [""]
     try:
         matrix = vectorizer.fit_transform(texts).tocsr()
     except ValueError:  # an empty vocabulary: no paper has a usable word
+        words = None
         vectorizer = TfidfVectorizer(analyzer=lambda _text: ["\0"], dtype=np.float32)
         matrix = vectorizer.fit_transform(texts).tocsr()
     common = np.asarray(matrix.mean(axis=0)).ravel()
@@ -243,7 +280,7 @@ def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = Non
                     rows={p.row_id: i for i, p in enumerate(papers)},
                     terms=vectorizer.get_feature_names_out(), common=common.astype(np.float32),
                     doc_freq=np.bincount(matrix.indices, minlength=matrix.shape[1]),
-                    reference=reference)
+                    reference=reference, words=words)
     if embeddings is not None and len(papers) == len(embeddings) and len(papers) > 1:
         mean = embeddings.mean(axis=0)
         corpus.embedding_mean = mean.astype(np.float32)
@@ -312,17 +349,31 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     phrase_bounds = np.searchsorted(cells // n_terms, np.arange(len(asks) + 1)).tolist()
     named: list[list[list[str]]] = []
     pick = 0
-    for j, (_, _, chosen) in enumerate(asks):
+    for j, (texts, _, chosen) in enumerate(asks):
         phrases: dict[str, list[tuple[str, list[str]]]] = {}  # word -> the phrases with it
         for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]:
             if " " in t:
                 words = t.split()
                 for word in dict.fromkeys(words):
                     phrases.setdefault(word, []).append((t, words))
-        named.append([_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
-                      for k in range(pick, pick + len(chosen))])
+        said = [_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
+                for k in range(pick, pick + len(chosen))]
+        named.append(_in_their_words(corpus, texts, said))
         pick += len(chosen)
     return named
+
+
+def _in_their_words(corpus: Corpus, texts: Sequence[str], said: list[list[str]]
+                    ) -> list[list[str]]:
+    """Matched terms (stems) put back in the words of the phrases they matched: every word
+    of a matched term is in some phrase ("robotics" where the paper says "robots")."""
+    if corpus.words is None or not any(said):
+        return said
+    surface: dict[str, str] = {}
+    for text in reversed(texts):  # the first phrase with a stem names it
+        surface.update(corpus.words.surfaces(text))
+    return [[" ".join(surface.get(w, w) for w in term.split()) for term in terms]
+            for terms in said]
 
 
 def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]]

@@ -42,6 +42,23 @@ def test_interests_pick_matching_papers_and_say_which_terms(store, papers):
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
 
 
+def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_its_own(
+        store, papers):
+    from digest.models import PaperEntry
+
+    store.add_entries([
+        PaperEntry(title="Teaching a legged robot to climb stairs",
+                   abstract="A robotic controller for stair climbing.", source="feed"),
+        PaperEntry(title="Stairs in old houses", abstract="Survey of staircases.",
+                   source="feed"),
+    ], NOW)
+    all_papers = store.papers()
+    picks = _rank(store, all_papers, _profile(interests=(Interest("legged robots"),)), top=3)
+    assert picks[0].paper.title == "Teaching a legged robot to climb stairs"
+    # The profile's words, not the stems the model matched ("leg robot").
+    assert picks[0].reason == "matches: legged robots"
+
+
 def test_liked_paper_is_never_picked_and_explains_its_neighbours(store, papers):
     liked = "Promptagator: Few-shot Dense Retrieval From 8 Examples"
     picks = _rank(store, papers, _profile(liked=(liked,)), top=5)
