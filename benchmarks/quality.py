@@ -103,6 +103,11 @@ def asl_tfidf(texts: list[str]) -> sparse.csr_matrix:
     return vectorizer.fit_transform(texts).tocsr()
 
 
+def load_topics() -> dict[str, list[dict[str, str]]]:
+    """Every topic's filed papers, by topic."""
+    return {p.stem: load_jsonl(p) for p in sorted(DATA.glob("train/*.jsonl"))}
+
+
 def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) -> list[Day]:
     filed = {normalise_title(p["title"]): p for papers in topics.values() for p in papers}
     downloads = {path.stem: {normalise_title(p["title"]): p for p in load_jsonl(path)}
@@ -128,23 +133,25 @@ def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) ->
             for name, day_papers in downloads.items()]
 
 
-Method = Callable[[Day, np.ndarray, np.ndarray, random.Random], np.ndarray]
+# A method scores the pool (rows of the store) for a subscriber's liked (seed) and disliked
+# papers; the peers' methods have no use for disliked papers.
+Method = Callable[[Day, np.ndarray, np.ndarray, np.ndarray, random.Random], np.ndarray]
 
 
-def random_scores(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
-                  ) -> np.ndarray:
+def random_scores(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+                  rng: random.Random) -> np.ndarray:
     return np.array([rng.random() for _ in pool])
 
 
-def tfidf_centroid(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
-                   ) -> np.ndarray:
+def tfidf_centroid(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+                   rng: random.Random) -> np.ndarray:
     matrix = day.tfidf
     centroid = np.asarray(matrix[seeds].mean(axis=0)).ravel()
     return np.asarray(matrix[pool] @ centroid).ravel()
 
 
-def arxiv_sanity_svm(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
-                     ) -> np.ndarray:
+def arxiv_sanity_svm(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+                     rng: random.Random) -> np.ndarray:
     labels = np.zeros(day.asl.shape[0])
     labels[seeds] = 1
     model = LinearSVC(class_weight="balanced", max_iter=10000, tol=1e-6, C=0.01)
@@ -152,8 +159,8 @@ def arxiv_sanity_svm(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.
     return model.decision_function(day.asl[pool])
 
 
-def zotero_similarity(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random
-                      ) -> np.ndarray:
+def zotero_similarity(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+                      rng: random.Random) -> np.ndarray:
     assert day.embeddings is not None
     # zotero-arxiv-daily weighs the library by recency: 1 / (1 + log10(rank + 1)).
     decay = 1 / (1 + np.log10(np.arange(len(seeds)) + 1))
@@ -163,12 +170,14 @@ def zotero_similarity(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random
 
 
 def digest_ranker(use_embeddings: bool) -> Method:
-    def run(day: Day, seeds: np.ndarray, pool: np.ndarray, rng: random.Random) -> np.ndarray:
+    def run(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+            rng: random.Random) -> np.ndarray:
         corpus = day.corpus_emb if use_embeddings else day.corpus
         assert corpus is not None
         profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
                           email="bench@example.org", min_score=-1e9)
-        prefs = Preferences(profile=profile, liked=tuple(day.papers[i] for i in seeds))
+        prefs = Preferences(profile=profile, liked=tuple(day.papers[i] for i in seeds),
+                            disliked=tuple(day.papers[i] for i in disliked))
         candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
         picks = rank_papers(corpus, prefs, candidates, top=K, min_score=None)
         scores = np.full(len(pool), -1e9)
@@ -195,15 +204,7 @@ class Score:
     seconds: float
 
 
-def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
-             only_topics: int = 0) -> tuple[dict[str, Score], str]:
-    """Run every method on the same splits; returns scores by method and a description."""
-    topics = {p.stem: load_jsonl(p) for p in sorted(DATA.glob("train/*.jsonl"))}
-    topics = {t: ps for t, ps in topics.items() if len(ps) >= MIN_TOPIC}
-    if only_topics:
-        topics = dict(list(topics.items())[:only_topics])
-    days = build_days(topics, use_embeddings)
-    have_embeddings = days[0].embeddings is not None
+def _methods(have_embeddings: bool) -> dict[str, Method]:
     methods: dict[str, Method] = {
         "random": random_scores,
         "tf-idf centroid": tfidf_centroid,
@@ -214,10 +215,31 @@ def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
     methods["digest (default)"] = digest_ranker(False)
     if have_embeddings:
         methods["digest (embeddings)"] = digest_ranker(True)
+    return methods
+
+
+def _top(method: Method, day: Day, seeds: np.ndarray, disliked: np.ndarray,
+         pool: np.ndarray, rng: random.Random) -> list[int]:
+    scores = method(day, seeds, disliked, pool, rng)
+    return [int(r) for r in pool[np.argsort(-scores, kind="stable")[:K]]]
+
+
+def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
+             only_topics: int = 0, days: list[Day] | None = None
+             ) -> tuple[dict[str, Score], str]:
+    """Run every method on the same splits; returns scores by method and a description."""
+    filed = load_topics()
+    topics = {t: ps for t, ps in filed.items() if len(ps) >= MIN_TOPIC}
+    if only_topics:
+        topics = dict(list(topics.items())[:only_topics])
+    days = days or build_days(filed, use_embeddings)
+    have_embeddings = days[0].embeddings is not None
+    methods = _methods(have_embeddings)
     # results[method][split] = (recall, ndcg) for every day x topic
     results: dict[str, dict[int, list[tuple[float, float]]]] = {m: {} for m in methods}
     timings = dict.fromkeys(methods, 0.0)
     split_rng = random.Random(seed)
+    none = np.array([], dtype=np.int64)
     for split in range(splits):
         for day in days:
             day_keys = set(day.keys)
@@ -232,9 +254,8 @@ def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
                 hidden_rows = {day.index[k] for k in hidden}
                 for name, method in methods.items():
                     tick = time.perf_counter()
-                    scores = method(day, seed_rows, pool_rows, random.Random(split))
+                    top = _top(method, day, seed_rows, none, pool_rows, random.Random(split))
                     timings[name] += time.perf_counter() - tick
-                    top = [int(r) for r in pool_rows[np.argsort(-scores, kind="stable")[:K]]]
                     found = len(set(top) & hidden_rows) / len(hidden_rows)
                     results[name].setdefault(split, []).append((found, ndcg(top, hidden_rows)))
     scores = {}
@@ -251,6 +272,63 @@ def evaluate(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
     return scores, described
 
 
+@dataclass(frozen=True)
+class LibraryScore:
+    wanted: float  # of the top K, the share that are hidden wanted papers (precision@K)
+    wanted_spread: float
+    unwanted: float  # of the top K, the share that are hidden unwanted papers
+    seconds: float
+
+
+def evaluate_library(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
+                     days: list[Day] | None = None) -> tuple[dict[str, LibraryScore], str]:
+    """The whole reader as one subscriber with a library: the papers filed under the topics
+    tags.json wants (weight > 0) are split in halves, one liked, one hidden in the day's
+    papers; so are the papers of the unwanted topics (weight <= 0; a paper under both kinds
+    counts as wanted), one half disliked, one hidden. A library spans many topics, as a
+    real user's does."""
+    filed = load_topics()
+    weights = json.loads((DATA / "tags.json").read_text(encoding="utf-8"))
+    days = days or build_days(filed, use_embeddings)
+    methods = _methods(days[0].embeddings is not None)
+    wanted_keys = sorted({normalise_title(p["title"]) for t, ps in filed.items()
+                          if weights.get(t, 0) > 0 for p in ps})
+    unwanted_keys = sorted({normalise_title(p["title"]) for ps in filed.values()
+                            for p in ps} - set(wanted_keys))
+    results: dict[str, dict[int, list[tuple[float, float]]]] = {m: {} for m in methods}
+    timings = dict.fromkeys(methods, 0.0)
+    split_rng = random.Random(seed)
+    for split in range(splits):
+        wanted, unwanted = list(wanted_keys), list(unwanted_keys)
+        split_rng.shuffle(wanted)
+        split_rng.shuffle(unwanted)
+        liked, hidden = wanted[:len(wanted) // 2], set(wanted[len(wanted) // 2:])
+        disliked, hidden_bad = unwanted[:len(unwanted) // 2], set(unwanted[len(unwanted) // 2:])
+        for day in days:
+            pool_keys = sorted((set(day.keys) - set(wanted_keys) - set(unwanted_keys))
+                               | hidden | hidden_bad)
+            pool = np.array([day.index[k] for k in pool_keys])
+            liked_rows = np.array([day.index[k] for k in liked])
+            disliked_rows = np.array([day.index[k] for k in disliked])
+            good, bad = {day.index[k] for k in hidden}, {day.index[k] for k in hidden_bad}
+            for name, method in methods.items():
+                tick = time.perf_counter()
+                top = set(_top(method, day, liked_rows, disliked_rows, pool,
+                               random.Random(split)))
+                timings[name] += time.perf_counter() - tick
+                results[name].setdefault(split, []).append(
+                    (len(top & good) / K, len(top & bad) / K))
+    scores = {}
+    for name in methods:
+        per_split = np.array([np.mean(v, axis=0) for v in results[name].values()])
+        scores[name] = LibraryScore(float(per_split[:, 0].mean()), float(per_split[:, 0].std()),
+                                    float(per_split[:, 1].mean()), timings[name])
+    described = (f"the whole reader: {len(wanted_keys) // 2} liked and {len(unwanted_keys) // 2} "
+                 f"disliked papers; hidden in each day's papers, {len(hidden)} wanted and "
+                 f"{len(hidden_bad)} unwanted ({len(days)} days x {splits} splits, seed {seed})")
+    return scores, described
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=5)
@@ -259,7 +337,9 @@ def main() -> None:
     parser.add_argument("--topics", type=int, default=0, help="only the first N topics")
     args = parser.parse_args()
     started = time.perf_counter()
-    scores, described = evaluate(args.splits, args.seed, not args.no_embeddings, args.topics)
+    days = build_days(load_topics(), not args.no_embeddings)
+    scores, described = evaluate(args.splits, args.seed, not args.no_embeddings, args.topics,
+                                 days=days)
     print(described)
     print(f"{'method':30s} {'recall@10':>16s} {'nDCG@10':>16s} {'time':>8s}")
     best = max(s.recall for name, s in scores.items()
@@ -269,6 +349,18 @@ def main() -> None:
             "digest") else ""
         print(f"{name:30s} {s.recall:8.3f} ± {s.recall_spread:.3f} {s.ndcg:8.3f} ± "
               f"{s.ndcg_spread:.3f} {s.seconds:7.1f}s{relative}")
+    library, described = evaluate_library(args.splits, args.seed, not args.no_embeddings,
+                                          days=days)
+    print()
+    print(described)
+    print(f"{'method':30s} {'wanted@10':>16s} {'unwanted@10':>12s} {'time':>8s}")
+    best = max(s.wanted for name, s in library.items()
+               if not name.startswith("digest") and name != "random")
+    for name, t in library.items():
+        relative = f"  {t.wanted / best - 1:+.0%} vs best baseline" if name.startswith(
+            "digest") else ""
+        print(f"{name:30s} {t.wanted:8.3f} ± {t.wanted_spread:.3f} {t.unwanted:12.3f} "
+              f"{t.seconds:7.1f}s{relative}")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
