@@ -9,13 +9,18 @@ store every method sees holds both days and all filed papers. Reported: recall@1
 nDCG@10 of the hidden papers, averaged over topics and both days; mean and spread
 (standard deviation) over the splits, every method on the same splits in the same run.
 
-Methods: random; tf-idf centroid of the liked papers (words and word pairs, no stemming);
-arxiv-sanity-lite (its tf-idf
-settings, a LinearSVC per user, C=0.01, balanced classes, liked papers as positives and
-every other stored paper as negative); zotero-arxiv-daily (sentence embeddings of the
-liked papers, candidates scored by time-decay-weighted similarity); and digest's own
-ranker (`digest.rank.rank_papers`, the code `digest rank` runs), lexical and with
-embeddings. Methods that need the `embeddings` extra are skipped without it.
+Methods: random; tf-idf centroid of the liked papers (words and word pairs, no
+stemming); arxiv-sanity-lite (its tf-idf settings, a LinearSVC per user, C=0.01, balanced
+classes, liked papers as positives and every other stored paper as negative);
+zotero-arxiv-daily (sentence embeddings of the liked papers, candidates scored by
+time-decay-weighted similarity); and digest's own ranker (`digest.rank.rank_papers`, the
+code `digest rank` runs), lexical and with embeddings. Methods that need the `embeddings`
+extra are skipped without it.
+
+A second table takes the whole reader as one subscriber with a library (see
+`evaluate_library`): liked papers from every wanted topic, disliked ones from every
+unwanted topic, the rest hidden in the day; it reports how many of the ten picks are
+hidden wanted papers and how many hidden unwanted ones.
 
     python benchmarks/quality.py [--splits 5] [--seed 0] [--no-embeddings]
 """

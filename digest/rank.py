@@ -50,6 +50,7 @@ FEEDBACK_WEIGHT = 0.5
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
 REFERENCE_ROWS = 2000
 EMBEDDED_TEXTS = 20_000  # per Corpus: embeddings of phrases kept (1.5 kB each with MiniLM)
+SURFACE_TEXTS = 20_000  # per Corpus: phrases whose words are kept for the reasons
 MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
 REASON_TERMS = 3
 # MMR compares each profile's shortlist of candidates. Up to SIMILARITY_MAX_PAPERS
@@ -231,6 +232,7 @@ class Words:
     def __init__(self) -> None:
         self._stemmer = Stemmer.Stemmer("english")
         self._stems: dict[str, str] = {}
+        self._surfaces: dict[str, dict[str, str]] = {}  # interest phrase -> `surfaces`
 
     def __call__(self, text: str) -> list[str]:
         return self._stemmed([w for w in _WORD.findall(text) if w not in ENGLISH_STOP_WORDS])
@@ -245,9 +247,16 @@ class Words:
             return [stems[w] for w in words]
 
     def surfaces(self, text: str) -> dict[str, str]:
-        """Each stem of `text` -> the first of its words with that stem."""
-        words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
-        return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
+        """Each stem of `text` -> the first of its words with that stem (the same phrase in
+        many profiles is read once, up to SURFACE_TEXTS phrases kept)."""
+        known = self._surfaces.get(text)
+        if known is None:
+            words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+            known = dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
+            if len(self._surfaces) >= SURFACE_TEXTS:
+                self._surfaces.clear()
+            self._surfaces[text] = known
+        return known
 
 
 def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = None,
@@ -370,11 +379,14 @@ def _in_their_words(corpus: Corpus, texts: Sequence[str], said: list[list[str]]
     of a matched term is in some phrase ("robotics" where the paper says "robots")."""
     if corpus.words is None or not any(said):
         return said
-    surface: dict[str, str] = {}
-    for text in reversed(texts):  # the first phrase with a stem names it
-        surface.update(corpus.words.surfaces(text))
-    return [[" ".join(surface.get(w, w) for w in term.split()) for term in terms]
-            for terms in said]
+    if len(texts) == 1:
+        surface = corpus.words.surfaces(texts[0])
+    else:
+        surface = {}
+        for text in reversed(texts):  # the first phrase with a stem names it
+            surface.update(corpus.words.surfaces(text))
+    return [[surface.get(t, t) if " " not in t else
+             " ".join([surface.get(w, w) for w in t.split()]) for t in terms] for terms in said]
 
 
 def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]]
