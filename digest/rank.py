@@ -788,16 +788,14 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
         np.full(len(keys), 1 / len(keys)) if w is None else w.astype(np.float64) / float(w.sum())
         for keys, w in groups if keys])
     count = int(present.sum())
-    owners = np.repeat(np.arange(count), sizes[present])
-    rows = SparseRows.stack([bank.rows[c] for c in columns])
-    n_terms = len(corpus.terms)
-    cells, where = np.unique(owners[rows.rows] * n_terms + rows.terms, return_inverse=True)
-    centroid = np.bincount(where, weights=rows.values * shares[rows.rows])
-    cell_owner, cell_term = np.divmod(cells, n_terms)
-    length = np.sqrt(np.bincount(cell_owner, weights=centroid ** 2, minlength=count))
+    rows = SparseRows.stack([bank.rows[c] for c in columns]).to_csr(len(corpus.terms))
+    # Each group's weighted centroid (a sparse row), summed by scipy's product.
+    weighing = sparse.csr_matrix((shares, np.arange(len(shares)), np.r_[0, np.cumsum(
+        sizes[present])]), shape=(count, len(shares)))
+    centroids = weighing @ rows.astype(np.float64)
+    length = np.sqrt(np.asarray(centroids.multiply(centroids).sum(axis=1)).ravel())
     scale = np.maximum(length, 1e-9)
-    along = np.bincount(cell_owner, weights=centroid * corpus.common[cell_term],
-                        minlength=count) / scale
+    along = (centroids @ corpus.common.astype(np.float64)) / scale
     squared = ((length / scale) ** 2 - 2 * ROCCHIO_BETA * along
                + (ROCCHIO_BETA * candidates.common_norm) ** 2)
     norm = np.maximum(np.sqrt(np.maximum(squared, 0.0)), 1e-9)
