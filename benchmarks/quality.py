@@ -334,6 +334,18 @@ def evaluate_library(splits: int = 5, seed: int = 0, use_embeddings: bool = True
     return scores, described
 
 
+def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]) -> None:
+    """A table: each method's cells (`rows`: name -> the figure compared, the cells), and
+    for digest's, the lead over the best baseline (random aside)."""
+    best = max(figure for name, (figure, _) in rows.items()
+               if not name.startswith("digest") and name != "random")
+    print(described)
+    print(f"{'method':30s} {header}")
+    for name, (figure, cells) in rows.items():
+        lead = f"  {figure / best - 1:+.0%} vs best baseline" if name.startswith("digest") else ""
+        print(f"{name:30s} {cells}{lead}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=5)
@@ -345,27 +357,17 @@ def main() -> None:
     days = build_days(load_topics(), not args.no_embeddings)
     scores, described = evaluate(args.splits, args.seed, not args.no_embeddings, args.topics,
                                  days=days)
-    print(described)
-    print(f"{'method':30s} {'recall@10':>16s} {'nDCG@10':>16s} {'time':>8s}")
-    best = max(s.recall for name, s in scores.items()
-               if not name.startswith("digest") and name != "random")
-    for name, s in scores.items():
-        relative = f"  {s.recall / best - 1:+.0%} vs best baseline" if name.startswith(
-            "digest") else ""
-        print(f"{name:30s} {s.recall:8.3f} ± {s.recall_spread:.3f} {s.ndcg:8.3f} ± "
-              f"{s.ndcg_spread:.3f} {s.seconds:7.1f}s{relative}")
+    _print_table(described, f"{'recall@10':>16s} {'nDCG@10':>16s} {'time':>8s}", {
+        name: (s.recall, f"{s.recall:8.3f} ± {s.recall_spread:.3f} {s.ndcg:8.3f} ± "
+                         f"{s.ndcg_spread:.3f} {s.seconds:7.1f}s")
+        for name, s in scores.items()})
     library, described = evaluate_library(args.splits, args.seed, not args.no_embeddings,
                                           days=days)
     print()
-    print(described)
-    print(f"{'method':30s} {'wanted@10':>16s} {'unwanted@10':>12s} {'time':>8s}")
-    best = max(s.wanted for name, s in library.items()
-               if not name.startswith("digest") and name != "random")
-    for name, t in library.items():
-        relative = f"  {t.wanted / best - 1:+.0%} vs best baseline" if name.startswith(
-            "digest") else ""
-        print(f"{name:30s} {t.wanted:8.3f} ± {t.wanted_spread:.3f} {t.unwanted:12.3f} "
-              f"{t.seconds:7.1f}s{relative}")
+    _print_table(described, f"{'wanted@10':>16s} {'unwanted@10':>12s} {'time':>8s}", {
+        name: (t.wanted, f"{t.wanted:8.3f} ± {t.wanted_spread:.3f} {t.unwanted:12.3f} "
+                         f"{t.seconds:7.1f}s")
+        for name, t in library.items()})
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
