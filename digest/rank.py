@@ -50,7 +50,6 @@ FEEDBACK_WEIGHT = 0.5
 CLASSIFIER_MIN = 5  # liked and disliked papers needed before a classifier is learned
 REFERENCE_ROWS = 2000
 EMBEDDED_TEXTS = 20_000  # per Corpus: embeddings of phrases kept (1.5 kB each with MiniLM)
-SURFACE_TEXTS = 20_000  # per Corpus: phrases whose words are kept for the reasons
 MIN_SPREAD = 0.01  # in cosine units: below this a query's spread says more about the query
 REASON_TERMS = 3
 # MMR compares each profile's shortlist of candidates. Up to SIMILARITY_MAX_PAPERS
@@ -232,7 +231,6 @@ class Words:
     def __init__(self) -> None:
         self._stemmer = Stemmer.Stemmer("english")
         self._stems: dict[str, str] = {}
-        self._surfaces: dict[str, dict[str, str]] = {}  # interest phrase -> `surfaces`
 
     def __call__(self, text: str) -> list[str]:
         return self._stemmed([w for w in _WORD.findall(text) if w not in ENGLISH_STOP_WORDS])
@@ -247,16 +245,9 @@ class Words:
             return [stems[w] for w in words]
 
     def surfaces(self, text: str) -> dict[str, str]:
-        """Each stem of `text` -> the first of its words with that stem (the same phrase in
-        many profiles is read once, up to SURFACE_TEXTS phrases kept)."""
-        known = self._surfaces.get(text)
-        if known is None:
-            words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
-            known = dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
-            if len(self._surfaces) >= SURFACE_TEXTS:
-                self._surfaces.clear()
-            self._surfaces[text] = known
-        return known
+        """Each stem of `text` -> the first of its words with that stem."""
+        words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+        return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
 
 
 def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = None,
@@ -359,7 +350,7 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     phrase_bounds = np.searchsorted(cells // n_terms, np.arange(len(asks) + 1)).tolist()
     named: list[list[list[str]]] = []
     pick = 0
-    for j, (texts, _, chosen) in enumerate(asks):
+    for j, (_, _, chosen) in enumerate(asks):
         phrases: dict[str, list[tuple[str, list[str]]]] = {}  # word -> the phrases with it
         for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]:
             if " " in t:
@@ -368,25 +359,28 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
                     phrases.setdefault(word, []).append((t, words))
         said = [_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
                 for k in range(pick, pick + len(chosen))]
-        named.append(_in_their_words(corpus, texts, said))
+        named.append(_in_their_words(corpus, candidates, chosen, said))
         pick += len(chosen)
     return named
 
 
-def _in_their_words(corpus: Corpus, texts: Sequence[str], said: list[list[str]]
-                    ) -> list[list[str]]:
-    """Matched terms (stems) put back in the words of the phrases they matched: every word
-    of a matched term is in some phrase ("robotics" where the paper says "robots")."""
-    if corpus.words is None or not any(said):
+def _in_their_words(corpus: Corpus, candidates: Candidates, chosen: Sequence[int],
+                    said: list[list[str]]) -> list[list[str]]:
+    """Each pick's matched terms (stems) in the words of the pick's own text: every word of
+    a matched term is in it ("robot" where the profile asked for "robots", "contrast" and
+    not "contrastive" when a paper says "in contrast")."""
+    if corpus.words is None:
         return said
-    if len(texts) == 1:
-        surface = corpus.words.surfaces(texts[0])
-    else:
-        surface = {}
-        for text in reversed(texts):  # the first phrase with a stem names it
-            surface.update(corpus.words.surfaces(text))
-    return [[surface.get(t, t) if " " not in t else
-             " ".join([surface.get(w, w) for w in t.split()]) for t in terms] for terms in said]
+    shown: list[list[str]] = []
+    for position, terms in zip(chosen, said, strict=True):
+        surface = candidates.surfaces.get(position)
+        if surface is None and terms:
+            surface = candidates.surfaces[position] = corpus.words.surfaces(
+                candidates.papers[position].text)
+        shown.append([surface.get(t, t) if " " not in t else
+                      " ".join([surface.get(w, w) for w in t.split()]) for t in terms]
+                     if surface is not None else terms)
+    return shown
 
 
 def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]]
@@ -458,6 +452,9 @@ class Candidates:
     # Queries scored on these candidates so far (see `_QueryBank`).
     queries: _QueryBank = field(default_factory=lambda: _QueryBank(), repr=False,
                                 compare=False)
+    # Position -> the paper's own word for each stem it holds, for the picks' reasons.
+    surfaces: dict[int, dict[str, str]] = field(default_factory=dict, repr=False,
+                                                compare=False)
 
 
 class _Similarity:

@@ -42,7 +42,7 @@ def test_interests_pick_matching_papers_and_say_which_terms(store, papers):
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
 
 
-def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_its_own(
+def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_the_papers(
         store, papers):
     from digest.models import PaperEntry
 
@@ -55,8 +55,9 @@ def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_its_ow
     all_papers = store.papers()
     picks = _rank(store, all_papers, _profile(interests=(Interest("legged robots"),)), top=3)
     assert picks[0].paper.title == "Teaching a legged robot to climb stairs"
-    # The profile's words, not the stems the model matched ("leg robot").
-    assert picks[0].reason == "matches: legged robots"
+    # The paper's own words, not the stems the model matched ("leg robot") nor the
+    # profile's ("robots"): the reason says what is in the paper.
+    assert picks[0].reason == "matches: legged robot"
 
 
 def test_liked_paper_is_never_picked_and_explains_its_neighbours(store, papers):
