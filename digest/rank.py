@@ -215,8 +215,10 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
     return np.asarray(matrix / np.maximum(norms, 1e-9), dtype=np.float32)
 
 
-# Words of two or more characters that hold a letter: "3D" and "6G" count, "2024" does not.
-_WORD = re.compile(r"(?u)\b(?:[a-zA-Z][a-zA-Z0-9\-]+|\d+[a-zA-Z][a-zA-Z0-9\-]*)\b")
+# Words of two or more letters or digits that hold a letter, in any script: "3D", "6G" and
+# "Ragnarök" count, "2024" does not; hyphenated words are their parts ("retrieval-augmented"
+# matches "retrieval augmented").
+_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")
 
 
 class Words:
@@ -233,7 +235,7 @@ class Words:
         self._stems: dict[str, str] = {}
 
     def __call__(self, text: str) -> list[str]:
-        return self._stemmed([w for w in _WORD.findall(text) if w not in ENGLISH_STOP_WORDS])
+        return self._stemmed([w for w in _TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS])
 
     def _stemmed(self, words: list[str]) -> list[str]:
         stems = self._stems
@@ -246,7 +248,7 @@ class Words:
 
     def surfaces(self, text: str) -> dict[str, str]:
         """Each stem of `text` -> the first of its words with that stem."""
-        words = [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+        words = [w for w in _TOKEN.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
         return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
 
 
@@ -350,7 +352,7 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
     phrase_bounds = np.searchsorted(cells // n_terms, np.arange(len(asks) + 1)).tolist()
     named: list[list[list[str]]] = []
     pick = 0
-    for j, (_, _, chosen) in enumerate(asks):
+    for j, (texts, _, chosen) in enumerate(asks):
         phrases: dict[str, list[tuple[str, list[str]]]] = {}  # word -> the phrases with it
         for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]:
             if " " in t:
@@ -359,28 +361,43 @@ def _matched_terms(corpus: Corpus, candidates: Candidates,
                     phrases.setdefault(word, []).append((t, words))
         said = [_name_terms(names[bounds[k]:bounds[k + 1]], phrases)
                 for k in range(pick, pick + len(chosen))]
-        named.append(_in_their_words(corpus, candidates, chosen, said))
+        named.append(_in_their_words(corpus, candidates, texts, chosen, said))
         pick += len(chosen)
     return named
 
 
-def _in_their_words(corpus: Corpus, candidates: Candidates, chosen: Sequence[int],
-                    said: list[list[str]]) -> list[list[str]]:
-    """Each pick's matched terms (stems) in the words of the pick's own text: every word of
-    a matched term is in it ("robot" where the profile asked for "robots", "contrast" and
-    not "contrastive" when a paper says "in contrast")."""
-    if corpus.words is None:
+def _in_their_words(corpus: Corpus, candidates: Candidates, phrases: Sequence[str],
+                    chosen: Sequence[int], said: list[list[str]]) -> list[list[str]]:
+    """Each pick's matched terms (stems) in words: the phrase's word where the pick has that
+    very word, else the pick's own ("robot" where the profile asked for "robots", "contrast"
+    and not "contrastive" when a paper says "in contrast"). Every word of a matched term is
+    in the pick and in some phrase."""
+    if corpus.words is None or not any(said):
         return said
+    asked: dict[str, str] = {}
+    for phrase in reversed(phrases):  # the first phrase with a stem names it
+        asked.update(corpus.words.surfaces(phrase))
     shown: list[list[str]] = []
     for position, terms in zip(chosen, said, strict=True):
-        surface = candidates.surfaces.get(position)
-        if surface is None and terms:
-            surface = candidates.surfaces[position] = corpus.words.surfaces(
-                candidates.papers[position].text)
-        shown.append([surface.get(t, t) if " " not in t else
-                      " ".join([surface.get(w, w) for w in t.split()]) for t in terms]
-                     if surface is not None else terms)
+        if not terms:
+            shown.append(terms)
+            continue
+        own = candidates.surfaces.get(position)
+        if own is None:
+            text = candidates.papers[position].text
+            own = candidates.surfaces[position] = (
+                corpus.words.surfaces(text), frozenset(_TOKEN.findall(text.lower())))
+        shown.append([_word(t, asked, *own) if " " not in t else
+                      " ".join([_word(w, asked, *own) for w in t.split()]) for t in terms])
     return shown
+
+
+def _word(stem: str, asked: Mapping[str, str], surface: Mapping[str, str],
+          words: frozenset[str]) -> str:
+    """A stem as the phrases word it (`asked`) if the pick has that word, else as the pick
+    does (`surface`; `words`: all the pick's words)."""
+    wanted = asked.get(stem)
+    return wanted if wanted in words else surface.get(stem, stem)
 
 
 def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]]
@@ -452,9 +469,10 @@ class Candidates:
     # Queries scored on these candidates so far (see `_QueryBank`).
     queries: _QueryBank = field(default_factory=lambda: _QueryBank(), repr=False,
                                 compare=False)
-    # Position -> the paper's own word for each stem it holds, for the picks' reasons.
-    surfaces: dict[int, dict[str, str]] = field(default_factory=dict, repr=False,
-                                                compare=False)
+    # Position -> the paper's own word for each stem it holds, and its words, for the
+    # picks' reasons.
+    surfaces: dict[int, tuple[dict[str, str], frozenset[str]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
 
 class _Similarity:

@@ -60,6 +60,15 @@ def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_the_pa
     assert picks[0].reason == "matches: legged robot"
 
 
+def test_words_are_stems_of_any_script_and_hyphenated_words_their_parts():
+    from digest.rank import Words
+
+    words = Words()
+    assert words("retrieval-augmented generation in 2024") == ["retriev", "augment", "generat"]
+    assert words("the 3d robots of ragnarök") == ["3d", "robot", "ragnarök"]
+    assert words.surfaces("Robotic arms, robots") == {"robot": "robotic", "arm": "arms"}
+
+
 def test_liked_paper_is_never_picked_and_explains_its_neighbours(store, papers):
     liked = "Promptagator: Few-shot Dense Retrieval From 8 Examples"
     picks = _rank(store, papers, _profile(liked=(liked,)), top=5)
