@@ -394,8 +394,8 @@ def _in_their_words(corpus: Corpus, candidates: Candidates, phrases: Sequence[st
 
 def _word(stem: str, asked: Mapping[str, str], surface: Mapping[str, str],
           words: frozenset[str]) -> str:
-    """A stem as the phrases word it (`asked`) if the pick has that word, else as the pick
-    does (`surface`; `words`: all the pick's words)."""
+    """A stem in the phrases' word for it (`asked`) if the pick has that very word, else in
+    the pick's own (`surface`; `words`: every word of the pick)."""
     wanted = asked.get(stem)
     return wanted if wanted in words else surface.get(stem, stem)
 
