@@ -221,6 +221,11 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 _TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")
 
 
+def _words(text: str) -> list[str]:
+    """The words of a lowercased text, English stop words left out."""
+    return [w for w in _TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS]
+
+
 class Words:
     """The tf-idf model's tokenizer: the words of a lowercased text, English stop words left
     out, each as its Snowball stem, so that "robots", "robotic" and "robot" are one term and
@@ -235,7 +240,7 @@ class Words:
         self._stems: dict[str, str] = {}
 
     def __call__(self, text: str) -> list[str]:
-        return self._stemmed([w for w in _TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS])
+        return self._stemmed(_words(text))
 
     def _stemmed(self, words: list[str]) -> list[str]:
         stems = self._stems
@@ -248,7 +253,10 @@ class Words:
 
     def surfaces(self, text: str) -> dict[str, str]:
         """Each stem of `text` -> the first of its words with that stem."""
-        words = [w for w in _TOKEN.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
+        return self.surfaces_of(_words(text.lower()))
+
+    def surfaces_of(self, words: list[str]) -> dict[str, str]:
+        """`surfaces` of a text's words (`_words` of it, lowercased)."""
         return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
 
 
@@ -384,9 +392,9 @@ def _in_their_words(corpus: Corpus, candidates: Candidates, phrases: Sequence[st
             continue
         own = candidates.surfaces.get(position)
         if own is None:
-            text = candidates.papers[position].text
-            own = candidates.surfaces[position] = (
-                corpus.words.surfaces(text), frozenset(_TOKEN.findall(text.lower())))
+            words = _words(candidates.papers[position].text.lower())
+            own = candidates.surfaces[position] = (corpus.words.surfaces_of(words),
+                                                   frozenset(words))
         shown.append([_word(t, asked, *own) if " " not in t else
                       " ".join([_word(w, asked, *own) for w in t.split()]) for t in terms])
     return shown
@@ -804,9 +812,10 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
         for keys, w in groups if keys])
     count = int(present.sum())
     rows = SparseRows.stack([bank.rows[c] for c in columns]).to_csr(len(corpus.terms))
+    bounds = np.r_[0, np.cumsum(sizes[present])]  # each group's queries among `columns`
     # Each group's weighted centroid (a sparse row), summed by scipy's product.
-    weighing = sparse.csr_matrix((shares, np.arange(len(shares)), np.r_[0, np.cumsum(
-        sizes[present])]), shape=(count, len(shares)))
+    weighing = sparse.csr_matrix((shares, np.arange(len(shares)), bounds),
+                                 shape=(count, len(shares)))
     centroids = weighing @ rows.astype(np.float64)
     length = np.sqrt(np.asarray(centroids.multiply(centroids).sum(axis=1)).ravel())
     scale = np.maximum(length, 1e-9)
@@ -816,9 +825,7 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
     norm = np.maximum(np.sqrt(np.maximum(squared, 0.0)), 1e-9)
     # Each group's rows' scores mixed by their shares: a sparse (groups x queries) matrix
     # times the bank's scores, adding the rows in order as a sum of products would.
-    mixing = sparse.csr_matrix(
-        (shares, columns, np.r_[0, np.cumsum(sizes[present])]),
-        shape=(count, len(bank.scores)))
+    mixing = sparse.csr_matrix((shares, columns, bounds), shape=(count, len(bank.scores)))
     mixed = mixing @ bank.scores
     result[present] = ((mixed / scale[:, None] - ROCCHIO_BETA * candidates.common_scores)
                        / norm[:, None])
