@@ -20,7 +20,12 @@ extra are skipped without it.
 A second table takes the whole reader as one subscriber with a library (see
 `evaluate_library`): liked papers from every wanted topic, disliked ones from every
 unwanted topic, the rest hidden in the day; it reports how many of the ten picks are
-hidden wanted papers and how many hidden unwanted ones.
+hidden wanted papers, how many hidden unwanted ones, and their utility (the summed
+tags.json weights of the topics each pick is filed under, as a share of the best
+possible ten). A third (`evaluate_names`) is the whole-reader view of the fixture's
+README: a profile of the topics' names alone (wanted ones as interests with their
+weights, unwanted ones avoided), no library, on the same pools, against a keyword alert
+and a tf-idf query of the names.
 
     python benchmarks/quality.py [--splits 5] [--seed 0] [--no-embeddings]
 """
@@ -31,8 +36,9 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +50,15 @@ from sklearn.svm import LinearSVC
 
 from digest.embed import load_embedder
 from digest.identity import normalise_title
-from digest.models import Paper, Profile
-from digest.rank import Corpus, Preferences, build_corpus, prepare_candidates, rank_papers
+from digest.models import Interest, Paper, Pick, Profile
+from digest.rank import (
+    Candidates,
+    Corpus,
+    Preferences,
+    build_corpus,
+    prepare_candidates,
+    rank_papers,
+)
 
 DATA = Path(__file__).parent / "data" / "arxiv-frontpage"
 CACHE = Path(__file__).parent / ".cache"
@@ -66,7 +79,8 @@ class Day:
     index: dict[str, int]
     corpus: Corpus  # digest's model, lexical
     corpus_emb: Corpus | None  # digest's model, with embeddings
-    tfidf: sparse.csr_matrix  # a textbook tf-idf of the store, for the centroid baseline
+    plain: TfidfVectorizer  # a textbook tf-idf, fitted on the store, for the baselines
+    tfidf: sparse.csr_matrix  # the store in it
     asl: sparse.csr_matrix  # arxiv-sanity-lite's tf-idf of the store
     embeddings: np.ndarray | None  # unit MiniLM rows of the store
 
@@ -88,13 +102,12 @@ def embed_all(texts: list[str], use: bool) -> np.ndarray | None:
     return vectors
 
 
-def plain_tfidf(texts: list[str]) -> sparse.csr_matrix:
+def plain_tfidf() -> TfidfVectorizer:
     """Words and word pairs, English stop words out, sublinear tf, unit rows: what digest's
-    own model was before it stemmed words, kept here so the baseline does not move with it."""
-    vectorizer = TfidfVectorizer(
+    own model was before it stemmed words, kept here so the baselines do not move with it."""
+    return TfidfVectorizer(
         stop_words="english", ngram_range=(1, 2), sublinear_tf=True,
         token_pattern=r"(?u)\b(?:[a-zA-Z][a-zA-Z0-9\-]+|\d+[a-zA-Z][a-zA-Z0-9\-]*)\b")
-    return vectorizer.fit_transform(texts).tocsr()
 
 
 def asl_tfidf(texts: list[str]) -> sparse.csr_matrix:
@@ -131,10 +144,11 @@ def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) ->
     corpus_emb = (build_corpus(papers, embeddings=vectors,
                                embed_text=embedder.encode if embedder else None)
                   if vectors is not None else None)
-    tfidf, asl = plain_tfidf(texts), asl_tfidf(texts)
+    plain = plain_tfidf()
+    tfidf, asl = plain.fit_transform(texts).tocsr(), asl_tfidf(texts)
     index = {k: i for i, k in enumerate(keys)}
     return [Day(name=name, keys=sorted(day_papers), papers=papers, index=index, corpus=corpus,
-                corpus_emb=corpus_emb, tfidf=tfidf, asl=asl, embeddings=vectors)
+                corpus_emb=corpus_emb, plain=plain, tfidf=tfidf, asl=asl, embeddings=vectors)
             for name, day_papers in downloads.items()]
 
 
@@ -185,13 +199,18 @@ def digest_ranker(use_embeddings: bool) -> Method:
                             disliked=tuple(day.papers[i] for i in disliked))
         candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
         picks = rank_papers(corpus, prefs, candidates, top=K, min_score=None)
-        scores = np.full(len(pool), -1e9)
-        position = {p.row_id: i for i, p in enumerate(candidates.papers)}
-        for rank, pick in enumerate(picks):
-            scores[position[pick.paper.row_id]] = len(picks) - rank  # keep its order
-        return scores
+        return _in_pick_order(candidates, picks, len(pool))
 
     return run
+
+
+def _in_pick_order(candidates: Candidates, picks: list[Pick], n: int) -> np.ndarray:
+    """Scores of the pool that put digest's picks first, in their order."""
+    scores = np.full(n, -1e9)
+    position = {p.row_id: i for i, p in enumerate(candidates.papers)}
+    for rank, pick in enumerate(picks):
+        scores[position[pick.paper.row_id]] = len(picks) - rank
+    return scores
 
 
 def ndcg(top: list[int], hidden: set[int]) -> float:
@@ -282,7 +301,75 @@ class LibraryScore:
     wanted: float  # of the top K, the share that are hidden wanted papers (precision@K)
     wanted_spread: float
     unwanted: float  # of the top K, the share that are hidden unwanted papers
+    utility: float  # the top K's summed topic weights, as a share of the best possible
     seconds: float
+
+
+@dataclass(frozen=True)
+class Reader:
+    """The whole reader: each filed paper's worth (the summed tags.json weights of the
+    topics it is filed under), the wanted papers (filed under a topic of weight > 0) and
+    the unwanted ones (every other filed paper), and the topic names by weight."""
+
+    worth: dict[str, float]
+    wanted: list[str]
+    unwanted: list[str]
+    weights: dict[str, float]
+
+
+def load_reader(filed: dict[str, list[dict[str, str]]]) -> Reader:
+    weights = json.loads((DATA / "tags.json").read_text(encoding="utf-8"))
+    worth: dict[str, float] = {}
+    for topic, papers in filed.items():
+        for key in {normalise_title(p["title"]) for p in papers}:
+            worth[key] = worth.get(key, 0.0) + weights.get(topic, 0.0)
+    wanted = sorted({normalise_title(p["title"]) for t, ps in filed.items()
+                     if weights.get(t, 0) > 0 for p in ps})
+    unwanted = sorted(set(worth) - set(wanted))
+    return Reader(worth, wanted, unwanted, weights)
+
+
+def _reader_trials(reader: Reader, days: list[Day], splits: int, seed: int
+                   ) -> Iterator[tuple[int, Day, list[str], list[str], set[str], set[str],
+                                       np.ndarray]]:
+    """Each split of the reader's filed papers (half the wanted ones liked, half the
+    unwanted ones disliked, the other halves hidden), on each day: the split's number,
+    the day, liked, disliked, hidden wanted, hidden unwanted, and the pool (the day's
+    papers but the filed ones, and the hidden ones) as rows of the store."""
+    split_rng = random.Random(seed)
+    filed = set(reader.wanted) | set(reader.unwanted)
+    for split in range(splits):
+        wanted, unwanted = list(reader.wanted), list(reader.unwanted)
+        split_rng.shuffle(wanted)
+        split_rng.shuffle(unwanted)
+        liked, hidden = wanted[:len(wanted) // 2], set(wanted[len(wanted) // 2:])
+        disliked, hidden_bad = unwanted[:len(unwanted) // 2], set(unwanted[len(unwanted) // 2:])
+        for day in days:
+            pool_keys = sorted((set(day.keys) - filed) | hidden | hidden_bad)
+            pool = np.array([day.index[k] for k in pool_keys])
+            yield split, day, liked, disliked, hidden, hidden_bad, pool
+
+
+def _reader_scores(reader: Reader, day: Day, hidden: set[str], hidden_bad: set[str],
+                   top: list[int]) -> tuple[float, float, float]:
+    """wanted@K, unwanted@K and utility@K of one top K."""
+    good, bad = {day.index[k] for k in hidden}, {day.index[k] for k in hidden_bad}
+    worth = {day.index[k]: reader.worth[k] for k in hidden | hidden_bad}
+    best = sum(sorted((w for w in worth.values() if w > 0), reverse=True)[:K])
+    picked = set(top)
+    return (len(picked & good) / K, len(picked & bad) / K,
+            sum(worth.get(r, 0.0) for r in picked) / best)
+
+
+def _library_scores(results: dict[str, dict[int, list[tuple[float, float, float]]]],
+                    timings: dict[str, float]) -> dict[str, LibraryScore]:
+    scores = {}
+    for name, by_split in results.items():
+        per_split = np.array([np.mean(v, axis=0) for v in by_split.values()])
+        scores[name] = LibraryScore(float(per_split[:, 0].mean()), float(per_split[:, 0].std()),
+                                    float(per_split[:, 1].mean()), float(per_split[:, 2].mean()),
+                                    timings[name])
+    return scores
 
 
 def evaluate_library(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
@@ -293,45 +380,101 @@ def evaluate_library(splits: int = 5, seed: int = 0, use_embeddings: bool = True
     counts as wanted), one half disliked, one hidden. A library spans many topics, as a
     real user's does."""
     filed = load_topics()
-    weights = json.loads((DATA / "tags.json").read_text(encoding="utf-8"))
+    reader = load_reader(filed)
     days = days or build_days(filed, use_embeddings)
     methods = _methods(days[0].embeddings is not None)
-    wanted_keys = sorted({normalise_title(p["title"]) for t, ps in filed.items()
-                          if weights.get(t, 0) > 0 for p in ps})
-    unwanted_keys = sorted({normalise_title(p["title"]) for ps in filed.values()
-                            for p in ps} - set(wanted_keys))
-    results: dict[str, dict[int, list[tuple[float, float]]]] = {m: {} for m in methods}
+    results: dict[str, dict[int, list[tuple[float, float, float]]]] = {m: {} for m in methods}
     timings = dict.fromkeys(methods, 0.0)
-    split_rng = random.Random(seed)
-    for split in range(splits):
-        wanted, unwanted = list(wanted_keys), list(unwanted_keys)
-        split_rng.shuffle(wanted)
-        split_rng.shuffle(unwanted)
-        liked, hidden = wanted[:len(wanted) // 2], set(wanted[len(wanted) // 2:])
-        disliked, hidden_bad = unwanted[:len(unwanted) // 2], set(unwanted[len(unwanted) // 2:])
-        for day in days:
-            pool_keys = sorted((set(day.keys) - set(wanted_keys) - set(unwanted_keys))
-                               | hidden | hidden_bad)
-            pool = np.array([day.index[k] for k in pool_keys])
-            liked_rows = np.array([day.index[k] for k in liked])
-            disliked_rows = np.array([day.index[k] for k in disliked])
-            good, bad = {day.index[k] for k in hidden}, {day.index[k] for k in hidden_bad}
-            for name, method in methods.items():
-                tick = time.perf_counter()
-                top = set(_top(method, day, liked_rows, disliked_rows, pool,
-                               random.Random(split)))
-                timings[name] += time.perf_counter() - tick
-                results[name].setdefault(split, []).append(
-                    (len(top & good) / K, len(top & bad) / K))
-    scores = {}
-    for name in methods:
-        per_split = np.array([np.mean(v, axis=0) for v in results[name].values()])
-        scores[name] = LibraryScore(float(per_split[:, 0].mean()), float(per_split[:, 0].std()),
-                                    float(per_split[:, 1].mean()), timings[name])
-    described = (f"the whole reader: {len(wanted_keys) // 2} liked and {len(unwanted_keys) // 2} "
-                 f"disliked papers; hidden in each day's papers, {len(hidden)} wanted and "
-                 f"{len(hidden_bad)} unwanted ({len(days)} days x {splits} splits, seed {seed})")
-    return scores, described
+    for split, day, liked, disliked, hidden, hidden_bad, pool in _reader_trials(
+            reader, days, splits, seed):
+        liked_rows = np.array([day.index[k] for k in liked])
+        disliked_rows = np.array([day.index[k] for k in disliked])
+        for name, method in methods.items():
+            tick = time.perf_counter()
+            top = _top(method, day, liked_rows, disliked_rows, pool, random.Random(split))
+            timings[name] += time.perf_counter() - tick
+            results[name].setdefault(split, []).append(
+                _reader_scores(reader, day, hidden, hidden_bad, top))
+    described = (f"the whole reader: {len(reader.wanted) // 2} liked and "
+                 f"{len(reader.unwanted) // 2} disliked papers; hidden in each day's papers, "
+                 f"{len(reader.wanted) - len(reader.wanted) // 2} wanted and "
+                 f"{len(reader.unwanted) - len(reader.unwanted) // 2} unwanted "
+                 f"({len(days)} days x {splits} splits, seed {seed})")
+    return _library_scores(results, timings), described
+
+
+# A method that scores the pool for a profile of topic names: wanted names with their
+# weights, and names to avoid.
+NamesMethod = Callable[[Day, dict[str, float], list[str], np.ndarray, random.Random],
+                       np.ndarray]
+
+
+def keyword_alert(day: Day, wanted: dict[str, float], avoided: list[str], pool: np.ndarray,
+                  rng: random.Random) -> np.ndarray:
+    """A keyword alert: the papers that name a wanted topic (as a phrase, in any case),
+    by the summed weights of the topics they name; the rest in random order."""
+    patterns = [(re.compile(rf"\b{re.escape(name)}\b", re.IGNORECASE), weight)
+                for name, weight in wanted.items()]
+    return np.array([sum(w for pattern, w in patterns if pattern.search(day.papers[i].text))
+                     + rng.random() * 1e-6 for i in pool])
+
+
+def names_tfidf(day: Day, wanted: dict[str, float], avoided: list[str], pool: np.ndarray,
+                rng: random.Random) -> np.ndarray:
+    """The wanted names as one tf-idf query: each name's row times its weight, summed."""
+    query = day.plain.transform(list(wanted)).T @ np.array(list(wanted.values()))
+    return np.asarray(day.tfidf[pool] @ query).ravel()
+
+
+def digest_names(use_embeddings: bool) -> NamesMethod:
+    def run(day: Day, wanted: dict[str, float], avoided: list[str], pool: np.ndarray,
+            rng: random.Random) -> np.ndarray:
+        corpus = day.corpus_emb if use_embeddings else day.corpus
+        assert corpus is not None
+        profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
+                          email="bench@example.org", min_score=-1e9,
+                          interests=tuple(Interest(n, w) for n, w in wanted.items()),
+                          avoid=tuple(avoided))
+        candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
+        picks = rank_papers(corpus, Preferences(profile=profile), candidates, top=K,
+                            min_score=None)
+        return _in_pick_order(candidates, picks, len(pool))
+
+    return run
+
+
+def evaluate_names(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
+                   days: list[Day] | None = None) -> tuple[dict[str, LibraryScore], str]:
+    """The whole reader as the fixture's README has it: a profile of topic names, the
+    wanted ones as interests with their tags.json weights, the unwanted ones as topics to
+    avoid; no library. The same pools as `evaluate_library`'s (the liked and disliked
+    halves are not used)."""
+    filed = load_topics()
+    reader = load_reader(filed)
+    days = days or build_days(filed, use_embeddings)
+    methods: dict[str, NamesMethod] = {"random": lambda d, w, a, pool, rng: random_scores(
+        d, pool[:0], pool[:0], pool, rng), "keyword alert": keyword_alert,
+        "tf-idf of the names": names_tfidf, "digest (default)": digest_names(False)}
+    if days[0].embeddings is not None:
+        methods["digest (embeddings)"] = digest_names(True)
+    wanted = {n: w for n, w in reader.weights.items() if w > 0}
+    avoided = [n for n, w in reader.weights.items() if w <= 0]
+    results: dict[str, dict[int, list[tuple[float, float, float]]]] = {m: {} for m in methods}
+    timings = dict.fromkeys(methods, 0.0)
+    for split, day, _, _, hidden, hidden_bad, pool in _reader_trials(reader, days, splits,
+                                                                     seed):
+        for name, method in methods.items():
+            tick = time.perf_counter()
+            scores = method(day, wanted, avoided, pool, random.Random(split))
+            top = [int(r) for r in pool[np.argsort(-scores, kind="stable")[:K]]]
+            timings[name] += time.perf_counter() - tick
+            results[name].setdefault(split, []).append(
+                _reader_scores(reader, day, hidden, hidden_bad, top))
+    described = (f"the whole reader by its topics' names: {len(wanted)} wanted (weights "
+                 f"{min(wanted.values()):g} to {max(wanted.values()):g}), {len(avoided)} "
+                 f"avoided; no library; the same pools ({len(days)} days x {splits} splits, "
+                 f"seed {seed})")
+    return _library_scores(results, timings), described
 
 
 def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]) -> None:
@@ -344,6 +487,15 @@ def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]
     for name, (figure, cells) in rows.items():
         lead = f"  {figure / best - 1:+.0%} vs best baseline" if name.startswith("digest") else ""
         print(f"{name:30s} {cells}{lead}")
+
+
+def _print_reader(described: str, scores: dict[str, LibraryScore], compared: str) -> None:
+    """A whole-reader table; digest's lead is on `compared` ("wanted" or "utility")."""
+    _print_table(described, f"{'wanted@10':>16s} {'unwanted@10':>12s} {'utility@10':>11s} "
+                            f"{'time':>8s}", {
+        name: (getattr(t, compared), f"{t.wanted:8.3f} ± {t.wanted_spread:.3f} "
+                                     f"{t.unwanted:12.3f} {t.utility:11.3f} {t.seconds:7.1f}s")
+        for name, t in scores.items()})
 
 
 def main() -> None:
@@ -364,10 +516,10 @@ def main() -> None:
     library, described = evaluate_library(args.splits, args.seed, not args.no_embeddings,
                                           days=days)
     print()
-    _print_table(described, f"{'wanted@10':>16s} {'unwanted@10':>12s} {'time':>8s}", {
-        name: (t.wanted, f"{t.wanted:8.3f} ± {t.wanted_spread:.3f} {t.unwanted:12.3f} "
-                         f"{t.seconds:7.1f}s")
-        for name, t in library.items()})
+    _print_reader(described, library, "wanted")
+    named, described = evaluate_names(args.splits, args.seed, not args.no_embeddings, days=days)
+    print()
+    _print_reader(described, named, "utility")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -2,11 +2,12 @@
 
 Pure computation over records. The stored corpus is a tf-idf model of words and word
 pairs, each word as its Snowball stem. Evidence, each scored against it:
-- interests: the profile's phrases (with weights) as tf-idf queries;
+- interests: the profile's phrases as tf-idf queries, each on its own scale, then weighted;
 - liked papers: a Rocchio query, their centroid minus the corpus's common direction, so
   what the liked papers share with everything else counts for little (words no other
   stored paper has are left out: they can match nothing); then pseudo-relevance feedback,
-  the first pass's best few candidates join the liked papers at half weight;
+  the first pass's best few candidates join the liked papers at half weight (a profile
+  with interests and no liked papers: they stand in for liked papers);
 - with the `embeddings` extra, the same two in sentence-embedding space (centred);
 - with enough liked and disliked papers, a per-subscriber linear classifier;
 - penalties for resemblance to disliked papers and avoided topics.
@@ -778,13 +779,18 @@ def _flattened(bank: _QueryScores, groups: _Groups) -> tuple[np.ndarray, np.ndar
     return sizes, sizes > 0, bank.columns([k for keys, _ in groups for k in keys])
 
 
-def _best_of(bank: _QueryScores, groups: _Groups) -> tuple[np.ndarray, np.ndarray]:
+def _best_of(bank: _QueryScores, groups: _Groups, own_scale: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """For each group of queries (with weights, or None for 1 each), every scoring row's
-    best weighted score among them (float32); and which groups have a query at all."""
+    best weighted score among them (float32); and which groups have a query at all. With
+    `own_scale` (the number of candidates), each query's scores are first put on its own
+    scale (`_on_own_scale`)."""
     sizes, present, columns = _flattened(bank, groups)
     best = np.zeros((len(groups), bank.scores.shape[1]), dtype=np.float32)
     if present.any():
         scores = bank.scores[columns].astype(np.float32)
+        if own_scale is not None:
+            scores = _on_own_scale(scores, own_scale)
         if any(w is not None for _, w in groups):
             scores *= np.concatenate([np.ones(len(keys), dtype=np.float32) if w is None else w
                                       for keys, w in groups])[:, None]
@@ -830,6 +836,19 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
     result[present] = ((mixed / scale[:, None] - ROCCHIO_BETA * candidates.common_scores)
                        / norm[:, None])
     return result, present
+
+
+def _on_own_scale(scores: np.ndarray, n: int) -> np.ndarray:
+    """Each row of scores (a query's on the candidates, its first n, then on the reference
+    rows) in standard deviations above the typical stored paper, the spread floored as in
+    `_standardised`. Several phrases are compared on this scale before their weights apply:
+    a cosine's size says as much about the phrase (one rare word or several common ones;
+    in sentence-embedding space, how close short texts sit to everything) as about the
+    paper."""
+    reference = scores[:, n:]
+    spread = np.maximum(reference.std(axis=1), np.float32(MIN_SPREAD))
+    scaled: np.ndarray = (scores - reference.mean(axis=1)[:, None]) / spread[:, None]
+    return scaled
 
 
 def _standardised(scores: np.ndarray, present: np.ndarray, n: int
@@ -980,7 +999,8 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     bank = candidates.queries.lookup(corpus, candidates, wanted)
     allowed = np.stack([p.allowed for p in plans])
 
-    lexical, present = _best_of(bank, [(p.interests, p.interest_weights) for p in plans])
+    # Interests: each phrase's scores on its own scale, then weighted, then the best.
+    lexical, present = _best_of(bank, [(p.interests, p.interest_weights) for p in plans], n)
     # With the embeddings extra: the batch's phrases in one call to the model.
     corpus.embed([text for p in plans for text in
                   [i.text for i in p.request.prefs.profile.interests]
@@ -991,7 +1011,7 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
         _standardised(lexical, present, n),
         _standardised(*_semantic(candidates, [
             None if e is None else (e, p.interest_weights)
-            for p, e in zip(plans, embedded, strict=True)]), n)])
+            for p, e in zip(plans, embedded, strict=True)], n), n)])
 
     liked_embedded = [corpus.paper_embeddings(p.request.prefs.liked,
                                               p.request.prefs.liked_titles)
@@ -1017,20 +1037,27 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     family, any_family = _mean_of([interests, liked, classified])
     score = family - penalty
 
-    if FEEDBACK_PAPERS > 0 and liked[1].any():
-        # Pseudo-relevance feedback: the best candidates of this first pass join the liked
-        # papers at a lower weight, and the liked papers' evidence is scored again.
-        order = np.argsort(np.where(allowed, -score, np.inf), axis=1, kind="stable")
-        for j in np.flatnonzero(liked[1]).tolist():
-            plans[j].feedback = order[j, :min(FEEDBACK_PAPERS, int(allowed[j].sum()))]
+    # Pseudo-relevance feedback: the best candidates of this first pass join the liked papers
+    # at a lower weight, and the liked papers' evidence is scored again; a profile with
+    # interests and no liked papers gets that evidence from the feedback papers alone.
+    # Only candidates good enough to be sent count as relevant: on a day with nothing good
+    # enough there is no feedback to lift anything above `min_score`.
+    floors = np.array([-np.inf if p.request.min_score is None else p.request.min_score
+                       for p in plans])
+    expand = liked[1] | interests[1]
+    if FEEDBACK_PAPERS > 0 and expand.any():
+        relevant = allowed & (score > floors[:, None])
+        order = np.argsort(np.where(relevant, -score, np.inf), axis=1, kind="stable")
+        for j in np.flatnonzero(expand).tolist():
+            plans[j].feedback = order[j, :min(FEEDBACK_PAPERS, int(relevant[j].sum()))]
         for plan in plans:
             for position in plan.feedback.tolist():
                 key, source = _candidate_key(corpus, candidates.papers[position])
                 wanted.setdefault(key, source)
         bank = candidates.queries.lookup(corpus, candidates, wanted)  # the first may be gone
         again = _liked_family(corpus, candidates, bank, plans, liked_embedded, feedback=True)
-        redone = again[1] & liked[1]
-        liked = (np.where(redone[:, None], again[0], liked[0]), liked[1])
+        redone = again[1] & expand
+        liked = (np.where(redone[:, None], again[0], liked[0]), liked[1] | redone)
         family, any_family = _mean_of([interests, liked, classified])
         score = np.where(redone[:, None], family - penalty, score)
 
@@ -1044,8 +1071,6 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
                 by_followed[j, positions] = True
     # Nothing scores a profile's papers: only followed authors' papers can be picked.
     allowed &= any_family[:, None] | by_followed
-    floors = np.array([-np.inf if p.request.min_score is None else p.request.min_score
-                       for p in plans])
     eligible = allowed & ((score > floors[:, None]) | by_followed)  # followed: a hard rule
     chosen = _diverse_top(score + FOLLOWED_FIRST * by_followed, eligible, candidates,
                           [p.request.top for p in plans])
@@ -1069,10 +1094,11 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
 
 
 def _semantic(candidates: Candidates,
-              queries: Sequence[tuple[np.ndarray, np.ndarray | None] | None]
-              ) -> tuple[np.ndarray, np.ndarray]:
+              queries: Sequence[tuple[np.ndarray, np.ndarray | None] | None],
+              own_scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each profile's embedded queries (with weights), or None: every scoring row's
-    best weighted cosine with them; and which profiles have any."""
+    best weighted cosine with them (with `own_scale`, the number of candidates: each
+    query's cosines on its own scale first); and which profiles have any."""
     width = candidates.scoring.shape[0]
     scores = np.zeros((len(queries), width), dtype=np.float32)
     present = np.zeros(len(queries), dtype=bool)
@@ -1082,6 +1108,8 @@ def _semantic(candidates: Candidates,
         if query is not None:
             vectors, weights = query
             cosines = candidates.scoring_embeddings @ vectors.T
+            if own_scale is not None:
+                cosines = _on_own_scale(cosines.T, own_scale).T
             scores[j] = (cosines if weights is None else cosines * weights).max(axis=1)
             present[j] = True
     return scores, present
@@ -1108,7 +1136,7 @@ def _liked_family(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
     groups: list[tuple[Sequence[_Key], np.ndarray | None]] = []
     centroids: list[tuple[np.ndarray, None] | None] = []
     for plan, vectors in zip(plans, embedded, strict=True):
-        if not plan.liked or (feedback and not len(plan.feedback)):
+        if (not plan.liked and not feedback) or (feedback and not len(plan.feedback)):
             groups.append(([], None))
             centroids.append(None)
             continue
@@ -1117,7 +1145,9 @@ def _liked_family(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
             added = np.full(len(plan.feedback), FEEDBACK_WEIGHT)
             keys += [_candidate_key(corpus, candidates.papers[i])[0] for i in plan.feedback]
             weights = np.r_[np.ones(len(plan.liked)), added]
-            if vectors is not None and candidates.embeddings is not None:
+            if vectors is None and candidates.embeddings is not None:  # no liked papers
+                vectors, vector_weights = candidates.embeddings[plan.feedback], added
+            elif vectors is not None and candidates.embeddings is not None:
                 vector_weights = np.r_[np.ones(len(vectors)), added]
                 vectors = np.vstack([vectors, candidates.embeddings[plan.feedback]])
         groups.append((keys, weights))
@@ -1172,18 +1202,21 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
 
     # Each pick's figures, taken out of the arrays at once.
     family = {name: values[at].tolist() for name, values in by_family.items()}
-    nearest: list[str] = []
+    nearest: list[str | None] = []
     if like_sims is not None and feedback_sims is not None and len(at):
-        closest = like_sims.argmax(axis=1)
-        alike = like_sims[np.arange(len(at)), closest].tolist()
+        closest = (like_sims.argmax(axis=1) if like_sims.shape[1]
+                   else np.zeros(len(at), dtype=np.int64)).tolist()
+        alike = like_sims.max(axis=1, initial=0.0).tolist()
         via = feedback_sims.max(axis=1, initial=0.0).tolist()
         through = (plan.feedback[feedback_sims.argmax(axis=1)].tolist()
                    if feedback_sims.shape[1] else [])
-        for k, liked in enumerate(closest.tolist()):
-            # Nothing in common with a liked paper: it came in through feedback, by
-            # resembling a pick that is like them; name that pick.
-            nearest.append(candidates.papers[through[k]].title if alike[k] <= 0 < via[k]
-                           else liked_names[liked])
+        for k in range(len(at)):
+            # Nothing in common with a liked paper (or none liked): it came in through
+            # feedback, by resembling a pick that is like them; name that pick.
+            if alike[k] <= 0 < via[k]:
+                nearest.append(candidates.papers[through[k]].title)
+            else:
+                nearest.append(liked_names[closest[k]] if liked_names else None)
     classifier_reason = (f"learned from your {len(prefs.liked)} liked and "
                          f"{len(prefs.disliked)} disliked papers")
     author_display = {normalise_title(a): a for a in prefs.profile.authors}
@@ -1194,10 +1227,14 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
         if by:
             reasons.append("by " + ", ".join(author_display[a] for a in by))
         told: list[tuple[float, str]] = []
-        if matched_terms is not None and matched_terms[k]:
-            told.append((family["interests"][k], "matches: " + ", ".join(matched_terms[k])))
-        if nearest:
-            told.append((family["liked"][k], f"like: {_short(nearest[k])}"))
+        terms = matched_terms[k] if matched_terms is not None else []
+        if terms:
+            told.append((family["interests"][k], "matches: " + ", ".join(terms)))
+        # With no liked papers, feedback widens the interests: a pick that matches them
+        # says so; one that matches none names the pick it resembles.
+        resembles = nearest[k] if nearest else None
+        if resembles is not None and (liked_names or not terms):
+            told.append((family["liked"][k], f"like: {_short(resembles)}"))
         if "classifier" in family:
             told.append((family["classifier"][k], classifier_reason))
         if len(told) > 1:

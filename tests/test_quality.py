@@ -1,12 +1,19 @@
 """Quality must not regress silently: a small, fast run of benchmarks/quality.py with
 floors a little under today's figures (lexical ranking, 2 splits, seed 0: per topic
-0.573 recall@10 and 0.577 nDCG@10; the whole reader 0.80 wanted@10, 0.0 unwanted@10)."""
+0.573 recall@10 and 0.577 nDCG@10; the whole reader 0.80 wanted@10, 0.0 unwanted@10; the
+whole reader by its topics' names 0.455 utility@10, 0.05 unwanted@10)."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.quality import build_days, evaluate, evaluate_library, load_topics
+from benchmarks.quality import (
+    build_days,
+    evaluate,
+    evaluate_library,
+    evaluate_names,
+    load_topics,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +37,12 @@ def test_a_whole_library_keeps_finding_the_wanted_papers_and_not_the_unwanted(da
     assert ours.wanted >= 0.65, f"wanted@10 fell to {ours.wanted:.3f}"
     assert ours.unwanted <= 0.05, f"unwanted@10 rose to {ours.unwanted:.3f}"
     assert ours.unwanted < scores["random"].unwanted
+
+
+def test_a_profile_of_topic_names_finds_what_its_weights_ask_for(days):
+    scores, described = evaluate_names(splits=2, seed=0, use_embeddings=False, days=days)
+    ours = scores["digest (default)"]
+    assert "17 wanted (weights 0.1 to 10), 18 avoided" in described
+    assert ours.utility >= 0.42, f"utility@10 fell to {ours.utility:.3f}"
+    assert ours.utility > scores["keyword alert"].utility
+    assert ours.unwanted <= 0.10, f"unwanted@10 rose to {ours.unwanted:.3f}"

@@ -355,6 +355,53 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     assert reason.startswith("like: graph neural networks for molecule docking")
 
 
+def test_feedback_widens_interests_when_nothing_is_liked(monkeypatch):
+    """A profile with interests and no liked papers: the candidates that match them best
+    stand in for liked papers, so a paper sharing no word with the interests but much with
+    those candidates comes before unrelated papers; its reason names the pick it resembles,
+    the others' reasons the words they match."""
+    import digest.rank
+
+    close = [f"molecule docking with graph networks and binding affinity, part {w}"
+             for w in ["one", "two", "three", "four", "five"]]
+    related = "binding affinity graph networks benchmark"
+    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
+                                            "river delta", "forest fire", "glacier melt"]
+                 for b in ["efficiency", "monitoring", "forecasting"]]
+    papers = _synthetic([*close, related, *unrelated])
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    prefs = digest.rank.Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
+
+    def ranked() -> list:
+        return rank_papers(corpus, prefs, candidates, top=len(papers))
+
+    picks = ranked()
+    titles = [p.paper.title for p in picks]
+    assert titles.index(related) == len(close)  # right after the papers that match
+    assert all(p.reason.startswith("matches: molecule docking") for p in picks[:len(close)])
+    assert picks[len(close)].reason.startswith("like: molecule docking with graph networks")
+    monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
+    assert related not in [p.paper.title for p in ranked()][:len(close) + 1]
+
+
+def test_feedback_comes_only_from_papers_good_enough_to_send(store, papers, monkeypatch):
+    """Feedback can lift the papers it comes from; on a day when no paper clears
+    `min_score` on the first pass, there is none, and nothing is sent."""
+    import digest.rank
+
+    lifted = 0
+    for interest in ["attention heads", "robot manipulation", "tabular data", "dense retrieval"]:
+        profile = _profile(interests=(Interest(interest),))
+        monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
+        best_first_pass = _rank(store, papers, profile)[0].score
+        monkeypatch.undo()
+        lifted += _rank(store, papers, profile)[0].score > best_first_pass
+        strict = replace(profile, min_score=best_first_pass + 0.01)
+        assert _rank_with(store, papers, strict) == [], interest
+    assert lifted  # else this would show nothing
+
+
 def test_picks_are_the_same_with_queries_kept_or_not(store, papers, monkeypatch):
     """Queries (phrases, liked papers, candidates used as feedback) are kept for the next
     profiles while there is room; kept or worked out afresh, the picks are the same."""
