@@ -48,7 +48,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
-from digest.embed import load_embedder
+from digest.embed import load_embedder, paper_vectors
 from digest.identity import normalise_title
 from digest.models import Interest, Paper, Pick, Profile
 from digest.rank import (
@@ -138,12 +138,14 @@ def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) ->
     papers = [Paper(key=k, title=everything[k]["title"], abstract=everything[k]["abstract"],
                     first_seen=NOW, row_id=i + 1) for i, k in enumerate(keys)]
     texts = [p.text for p in papers]
-    vectors = embed_all(texts, use_embeddings)
+    vectors = embed_all(texts, use_embeddings)  # the whole texts', for zotero-arxiv-daily
     embedder = load_embedder("auto") if vectors is not None else None
     corpus = build_corpus(papers)
-    corpus_emb = (build_corpus(papers, embeddings=vectors,
-                               embed_text=embedder.encode if embedder else None)
-                  if vectors is not None else None)
+    corpus_emb = None
+    if vectors is not None and embedder is not None:  # digest's: as `digest rank` makes them
+        corpus_emb = build_corpus(
+            papers, embeddings=paper_vectors(lambda t: embed_all(list(t), True), papers),
+            embed_text=embedder.encode)
     plain = plain_tfidf()
     tfidf, asl = plain.fit_transform(texts).tocsr(), asl_tfidf(texts)
     index = {k: i for i, k in enumerate(keys)}
@@ -244,7 +246,11 @@ def _methods(have_embeddings: bool) -> dict[str, Method]:
 
 def _top(method: Method, day: Day, seeds: np.ndarray, disliked: np.ndarray,
          pool: np.ndarray, rng: random.Random) -> list[int]:
-    scores = method(day, seeds, disliked, pool, rng)
+    return _best_k(method(day, seeds, disliked, pool, rng), pool)
+
+
+def _best_k(scores: np.ndarray, pool: np.ndarray) -> list[int]:
+    """The pool's K best rows by `scores`, ties in pool order."""
     return [int(r) for r in pool[np.argsort(-scores, kind="stable")[:K]]]
 
 
@@ -302,6 +308,7 @@ class LibraryScore:
     wanted_spread: float
     unwanted: float  # of the top K, the share that are hidden unwanted papers
     utility: float  # the top K's summed topic weights, as a share of the best possible
+    utility_spread: float
     seconds: float
 
 
@@ -358,7 +365,7 @@ def _reader_scores(reader: Reader, day: Day, hidden: set[str], hidden_bad: set[s
     best = sum(sorted((w for w in worth.values() if w > 0), reverse=True)[:K])
     picked = set(top)
     return (len(picked & good) / K, len(picked & bad) / K,
-            sum(worth.get(r, 0.0) for r in picked) / best)
+            sum(worth.get(r, 0.0) for r in picked) / best if best > 0 else 0.0)
 
 
 def _library_scores(results: dict[str, dict[int, list[tuple[float, float, float]]]],
@@ -366,9 +373,9 @@ def _library_scores(results: dict[str, dict[int, list[tuple[float, float, float]
     scores = {}
     for name, by_split in results.items():
         per_split = np.array([np.mean(v, axis=0) for v in by_split.values()])
-        scores[name] = LibraryScore(float(per_split[:, 0].mean()), float(per_split[:, 0].std()),
-                                    float(per_split[:, 1].mean()), float(per_split[:, 2].mean()),
-                                    timings[name])
+        mean, spread = per_split.mean(axis=0), per_split.std(axis=0)
+        scores[name] = LibraryScore(float(mean[0]), float(spread[0]), float(mean[1]),
+                                    float(mean[2]), float(spread[2]), timings[name])
     return scores
 
 
@@ -466,7 +473,7 @@ def evaluate_names(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
         for name, method in methods.items():
             tick = time.perf_counter()
             scores = method(day, wanted, avoided, pool, random.Random(split))
-            top = [int(r) for r in pool[np.argsort(-scores, kind="stable")[:K]]]
+            top = _best_k(scores, pool)
             timings[name] += time.perf_counter() - tick
             results[name].setdefault(split, []).append(
                 _reader_scores(reader, day, hidden, hidden_bad, top))
@@ -491,10 +498,11 @@ def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]
 
 def _print_reader(described: str, scores: dict[str, LibraryScore], compared: str) -> None:
     """A whole-reader table; digest's lead is on `compared` ("wanted" or "utility")."""
-    _print_table(described, f"{'wanted@10':>16s} {'unwanted@10':>12s} {'utility@10':>11s} "
+    _print_table(described, f"{'wanted@10':>16s} {'unwanted@10':>12s} {'utility@10':>16s} "
                             f"{'time':>8s}", {
         name: (getattr(t, compared), f"{t.wanted:8.3f} ± {t.wanted_spread:.3f} "
-                                     f"{t.unwanted:12.3f} {t.utility:11.3f} {t.seconds:7.1f}s")
+                                     f"{t.unwanted:12.3f} {t.utility:8.3f} ± "
+                                     f"{t.utility_spread:.3f} {t.seconds:7.1f}s")
         for name, t in scores.items()})
 
 

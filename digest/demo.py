@@ -64,7 +64,8 @@ async def run_demo(out_dir: Path, *, now: datetime,
             store.close()
         received = sink.received
     saved = []
-    for item in received:
+    # By address, whatever order the messages arrived in: the first one shown is stable.
+    for item in sorted(received, key=lambda i: i.recipients[0]):
         message = item.message
         name = item.recipients[0].split("@")[0]
         eml = out_dir / f"{name}.eml"

@@ -9,14 +9,39 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from digest.models import Paper
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+# What a paper's vector is made of; part of the name it is stored under, so vectors made
+# otherwise (by an earlier version: the whole text alone) are not mixed with these.
+PAPER_VECTOR = "title+text"
+
+
+def paper_vectors(encode: Callable[[Sequence[str]], np.ndarray], papers: Sequence[Paper]
+                  ) -> np.ndarray:
+    """Each paper's vector: the unit mean of its whole text's and its title's embeddings.
+
+    MiniLM reads at most 256 word pieces (half of arXiv's abstracts are longer) and was
+    trained on short texts; the title, its authors' own one-line summary, always fits.
+    """
+    if not papers:
+        return np.zeros((0, 384), dtype=np.float32)
+    both = encode([p.text for p in papers] + [p.title for p in papers])
+    vectors = both[:len(papers)] + both[len(papers):]
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.asarray(vectors / norms, dtype=np.float32)
+
+
+def stored_name(embedder: Embedder) -> str:
+    """The name a paper's vector from `embedder` is stored under."""
+    return f"{embedder.name} {PAPER_VECTOR}"
 
 
 class Embedder(Protocol):

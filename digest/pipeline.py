@@ -30,7 +30,7 @@ from jinja2 import Environment, TemplateError, TemplateSyntaxError
 
 from digest.config import Settings
 from digest.deliver import Mailer, wait_timed
-from digest.embed import Embedder, load_embedder
+from digest.embed import Embedder, load_embedder, paper_vectors, stored_name
 from digest.errors import (
     ConfigError,
     InputError,
@@ -108,8 +108,9 @@ def ingest_inbox(store: Store, folder: Path, *, now: datetime) -> IngestReport:
 
 
 def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> np.ndarray:
-    """One embedding per paper, computed once and kept in the store (unit rows)."""
-    known = store.embeddings([p.row_id for p in papers], embedder.name)
+    """One embedding per paper (`paper_vectors`), computed once and kept in the store."""
+    name = stored_name(embedder)
+    known = store.embeddings([p.row_id for p in papers], name)
     sizes = {len(v) for v in known.values()}
     if len(sizes) > 1:  # vectors of another shape (an older model of the same name)
         common = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
@@ -117,15 +118,15 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> n
     missing = [p for p in papers if p.row_id not in known]
     if len(missing) > 100:
         log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
-                 len(missing), embedder.name)
+                 len(missing), name)
     for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run keeps
         batch = missing[start:start + 256]  # what it computed
-        vectors = embedder.encode([p.text for p in batch])
+        vectors = paper_vectors(embedder.encode, batch)
         fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
-        store.save_embeddings(embedder.name, fresh)
+        store.save_embeddings(name, fresh)
         known.update(fresh)
     if missing:
-        log.info("embeddings.computed papers=%d model=%s", len(missing), embedder.name)
+        log.info("embeddings.computed papers=%d model=%s", len(missing), name)
     return np.vstack([known[p.row_id] for p in papers]) if papers else np.zeros((0, 1))
 
 

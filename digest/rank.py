@@ -36,6 +36,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.svm import LinearSVC
 
+from digest.embed import paper_vectors
 from digest.identity import normalise_title
 from digest.models import Paper, Pick, Profile
 
@@ -189,12 +190,19 @@ class Corpus:
         rows = [self.rows.get(p.row_id) for p in papers]
         known = [r for r in rows if r is not None]
         parts = [self.embeddings[known]] if len(known) == len(rows) else [
-            e for e in [self.embed([p.text for p in papers])] if e is not None]
+            e for e in [self._embed_papers(papers)] if e is not None]
         if extra_texts:
             extra = self.embed(extra_texts)
             if extra is not None:
                 parts.append(extra)
-        return np.vstack(parts) if parts else None
+        found = np.vstack(parts) if parts else None
+        return found if found is not None and len(found) else None
+
+    def _embed_papers(self, papers: Sequence[Paper]) -> np.ndarray | None:
+        """Centred unit embeddings of papers, made as stored papers' are."""
+        if self.embed_text is None or self.embedding_mean is None or not papers:
+            return None
+        return _unit(paper_vectors(self.embed_text, papers) - self.embedding_mean)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray | None:
         """Centred unit embeddings of new texts, or None without the embeddings extra. A
@@ -838,16 +846,24 @@ def _rocchio_scores(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
     return result, present
 
 
+def _typical(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mean and standard deviation on the reference rows (its columns after the
+    first n, the candidates')."""
+    reference = scores[:, n:]
+    return reference.mean(axis=1), reference.std(axis=1)
+
+
 def _on_own_scale(scores: np.ndarray, n: int) -> np.ndarray:
     """Each row of scores (a query's on the candidates, its first n, then on the reference
-    rows) in standard deviations above the typical stored paper, the spread floored as in
-    `_standardised`. Several phrases are compared on this scale before their weights apply:
-    a cosine's size says as much about the phrase (one rare word or several common ones;
-    in sentence-embedding space, how close short texts sit to everything) as about the
-    paper."""
-    reference = scores[:, n:]
-    spread = np.maximum(reference.std(axis=1), np.float32(MIN_SPREAD))
-    scaled: np.ndarray = (scores - reference.mean(axis=1)[:, None]) / spread[:, None]
+    rows) in standard deviations above the typical stored paper, and 0 where below it.
+    Several phrases are compared on this scale before their weights apply: a cosine's size
+    says as much about the phrase (one rare word or several common ones; in
+    sentence-embedding space, how close short texts sit to everything) as about the
+    paper. A phrase counts only where it matches better than typical, so one that matches
+    nothing, or weighs little, changes nothing."""
+    mean, spread = _typical(scores, n)
+    spread = np.maximum(spread, np.float32(MIN_SPREAD))
+    scaled: np.ndarray = np.maximum((scores - mean[:, None]) / spread[:, None], 0)
     return scaled
 
 
@@ -858,11 +874,10 @@ def _standardised(scores: np.ndarray, present: np.ndarray, n: int
     present and not matching nothing at all (e.g. an interest made only of stop words).
     The spread has a floor, so that a query matching almost nothing does not make one faint
     match look huge."""
-    ahead, reference = scores[:, :n], scores[:, n:]
-    spread = reference.std(axis=1)
+    ahead = scores[:, :n]
+    mean, spread = _typical(scores, n)
     informative = present & ((ahead.max(axis=1, initial=0.0) > 0) | (spread > 0))
-    standard = ((ahead - reference.mean(axis=1)[:, None])
-                / np.maximum(spread, np.float32(MIN_SPREAD))[:, None])
+    standard = (ahead - mean[:, None]) / np.maximum(spread, np.float32(MIN_SPREAD))[:, None]
     return standard, informative
 
 
@@ -1040,13 +1055,14 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     # Pseudo-relevance feedback: the best candidates of this first pass join the liked papers
     # at a lower weight, and the liked papers' evidence is scored again; a profile with
     # interests and no liked papers gets that evidence from the feedback papers alone.
-    # Only candidates good enough to be sent count as relevant: on a day with nothing good
-    # enough there is no feedback to lift anything above `min_score`.
+    # Only candidates better than the typical stored paper and good enough to be sent count
+    # as relevant: on a day with nothing good enough there is no feedback to lift anything
+    # over `min_score`, and papers that match nothing (tied) never stand in for liked ones.
     floors = np.array([-np.inf if p.request.min_score is None else p.request.min_score
                        for p in plans])
     expand = liked[1] | interests[1]
     if FEEDBACK_PAPERS > 0 and expand.any():
-        relevant = allowed & (score > floors[:, None])
+        relevant = allowed & (score > np.maximum(floors, 0.0)[:, None])
         order = np.argsort(np.where(relevant, -score, np.inf), axis=1, kind="stable")
         for j in np.flatnonzero(expand).tolist():
             plans[j].feedback = order[j, :min(FEEDBACK_PAPERS, int(relevant[j].sum()))]
@@ -1145,7 +1161,7 @@ def _liked_family(corpus: Corpus, candidates: Candidates, bank: _QueryScores,
             added = np.full(len(plan.feedback), FEEDBACK_WEIGHT)
             keys += [_candidate_key(corpus, candidates.papers[i])[0] for i in plan.feedback]
             weights = np.r_[np.ones(len(plan.liked)), added]
-            if vectors is None and candidates.embeddings is not None:  # no liked papers
+            if not plan.liked and candidates.embeddings is not None:
                 vectors, vector_weights = candidates.embeddings[plan.feedback], added
             elif vectors is not None and candidates.embeddings is not None:
                 vector_weights = np.r_[np.ones(len(vectors)), added]
@@ -1202,7 +1218,7 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
 
     # Each pick's figures, taken out of the arrays at once.
     family = {name: values[at].tolist() for name, values in by_family.items()}
-    nearest: list[str | None] = []
+    nearest: list[str | None] = []  # each pick's reason for resembling a paper
     if like_sims is not None and feedback_sims is not None and len(at):
         closest = (like_sims.argmax(axis=1) if like_sims.shape[1]
                    else np.zeros(len(at), dtype=np.int64)).tolist()
@@ -1214,9 +1230,10 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
             # Nothing in common with a liked paper (or none liked): it came in through
             # feedback, by resembling a pick that is like them; name that pick.
             if alike[k] <= 0 < via[k]:
-                nearest.append(candidates.papers[through[k]].title)
+                nearest.append(f"similar to: {_short(candidates.papers[through[k]].title)}")
             else:
-                nearest.append(liked_names[closest[k]] if liked_names else None)
+                nearest.append(f"like: {_short(liked_names[closest[k]])}" if liked_names
+                               else None)
     classifier_reason = (f"learned from your {len(prefs.liked)} liked and "
                          f"{len(prefs.disliked)} disliked papers")
     author_display = {normalise_title(a): a for a in prefs.profile.authors}
@@ -1234,7 +1251,7 @@ def _picks(corpus: Corpus, candidates: Candidates, bank: _QueryScores, plan: _Pl
         # says so; one that matches none names the pick it resembles.
         resembles = nearest[k] if nearest else None
         if resembles is not None and (liked_names or not terms):
-            told.append((family["liked"][k], f"like: {_short(resembles)}"))
+            told.append((family["liked"][k], resembles))
         if "classifier" in family:
             told.append((family["classifier"][k], classifier_reason))
         if len(told) > 1:

@@ -57,7 +57,8 @@ def test_embeddings_are_computed_once_and_used_in_ranking(store, seeds, settings
     embedder = Counting(load_embedder("on"))
     first = embed_papers(store, embedder, papers)
     again = embed_papers(store, embedder, papers)
-    assert embedder.encoded == len(papers)  # the second call read them from the store
+    # Each paper's title and whole text, once: the second call read them from the store.
+    assert embedder.encoded == 2 * len(papers)
     assert first.shape == (len(papers), 384)
     assert np.allclose(first, again, atol=1e-6)
 

@@ -352,7 +352,7 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     monkeypatch.undo()
     picks = rank_papers(corpus, prefs, candidates, top=len(papers))
     reason = next(p.reason for p in picks if p.paper.title == related)
-    assert reason.startswith("like: graph neural networks for molecule docking")
+    assert reason.startswith("similar to: graph neural networks for molecule docking")
 
 
 def test_feedback_widens_interests_when_nothing_is_liked(monkeypatch):
@@ -380,7 +380,7 @@ def test_feedback_widens_interests_when_nothing_is_liked(monkeypatch):
     titles = [p.paper.title for p in picks]
     assert titles.index(related) == len(close)  # right after the papers that match
     assert all(p.reason.startswith("matches: molecule docking") for p in picks[:len(close)])
-    assert picks[len(close)].reason.startswith("like: molecule docking with graph networks")
+    assert picks[len(close)].reason.startswith("similar to: molecule docking with graph")
     monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
     assert related not in [p.paper.title for p in ranked()][:len(close) + 1]
 
@@ -391,7 +391,7 @@ def test_feedback_comes_only_from_papers_good_enough_to_send(store, papers, monk
     import digest.rank
 
     lifted = 0
-    for interest in ["attention heads", "robot manipulation", "tabular data", "dense retrieval"]:
+    for interest in ["long context", "in-context learning", "reasoning", "tabular data"]:
         profile = _profile(interests=(Interest(interest),))
         monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
         best_first_pass = _rank(store, papers, profile)[0].score
@@ -400,6 +400,27 @@ def test_feedback_comes_only_from_papers_good_enough_to_send(store, papers, monk
         strict = replace(profile, min_score=best_first_pass + 0.01)
         assert _rank_with(store, papers, strict) == [], interest
     assert lifted  # else this would show nothing
+
+
+def test_papers_that_match_nothing_never_stand_in_for_liked_ones():
+    """Fewer than five candidates match the interest and min_score lets everything through:
+    feedback comes from the matching ones only, never from the tied rest, which stay
+    below the matches and are not said to resemble anything."""
+    import digest.rank
+
+    close = [f"molecule docking with binding affinity, part {w}" for w in ["one", "two"]]
+    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
+                                            "river delta", "forest fire", "glacier melt"]
+                 for b in ["efficiency", "monitoring", "forecasting"]]
+    papers = _synthetic([*unrelated, *close])  # the tied ones come first
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    prefs = digest.rank.Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
+    picks = rank_papers(corpus, prefs, candidates, top=len(papers), min_score=-5.0)
+    assert {p.paper.title for p in picks[:2]} == set(close)
+    rest = picks[2:]
+    assert rest and all(p.score < picks[1].score for p in rest)
+    assert not any("similar to" in p.reason for p in rest)
 
 
 def test_picks_are_the_same_with_queries_kept_or_not(store, papers, monkeypatch):
