@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -368,8 +369,25 @@ def _reader_scores(reader: Reader, day: Day, hidden: set[str], hidden_bad: set[s
             sum(worth.get(r, 0.0) for r in picked) / best if best > 0 else 0.0)
 
 
-def _library_scores(results: dict[str, dict[int, list[tuple[float, float, float]]]],
-                    timings: dict[str, float]) -> dict[str, LibraryScore]:
+# A whole-reader view's method: the top K of the pool for the liked and disliked rows.
+ReaderTop = Callable[[Day, np.ndarray, np.ndarray, np.ndarray, random.Random], list[int]]
+
+
+def _reader_view(reader: Reader, days: list[Day], splits: int, seed: int,
+                 methods: dict[str, ReaderTop]) -> dict[str, LibraryScore]:
+    """Every method on the same trials (`_reader_trials`), timed, and scored."""
+    results: dict[str, dict[int, list[tuple[float, float, float]]]] = {m: {} for m in methods}
+    timings = dict.fromkeys(methods, 0.0)
+    for split, day, liked, disliked, hidden, hidden_bad, pool in _reader_trials(
+            reader, days, splits, seed):
+        liked_rows = np.array([day.index[k] for k in liked])
+        disliked_rows = np.array([day.index[k] for k in disliked])
+        for name, top_of in methods.items():
+            tick = time.perf_counter()
+            top = top_of(day, liked_rows, disliked_rows, pool, random.Random(split))
+            timings[name] += time.perf_counter() - tick
+            results[name].setdefault(split, []).append(
+                _reader_scores(reader, day, hidden, hidden_bad, top))
     scores = {}
     for name, by_split in results.items():
         per_split = np.array([np.mean(v, axis=0) for v in by_split.values()])
@@ -390,24 +408,14 @@ def evaluate_library(splits: int = 5, seed: int = 0, use_embeddings: bool = True
     reader = load_reader(filed)
     days = days or build_days(filed, use_embeddings)
     methods = _methods(days[0].embeddings is not None)
-    results: dict[str, dict[int, list[tuple[float, float, float]]]] = {m: {} for m in methods}
-    timings = dict.fromkeys(methods, 0.0)
-    for split, day, liked, disliked, hidden, hidden_bad, pool in _reader_trials(
-            reader, days, splits, seed):
-        liked_rows = np.array([day.index[k] for k in liked])
-        disliked_rows = np.array([day.index[k] for k in disliked])
-        for name, method in methods.items():
-            tick = time.perf_counter()
-            top = _top(method, day, liked_rows, disliked_rows, pool, random.Random(split))
-            timings[name] += time.perf_counter() - tick
-            results[name].setdefault(split, []).append(
-                _reader_scores(reader, day, hidden, hidden_bad, top))
+    scores = _reader_view(reader, days, splits, seed,
+                          {name: partial(_top, method) for name, method in methods.items()})
     described = (f"the whole reader: {len(reader.wanted) // 2} liked and "
                  f"{len(reader.unwanted) // 2} disliked papers; hidden in each day's papers, "
                  f"{len(reader.wanted) - len(reader.wanted) // 2} wanted and "
                  f"{len(reader.unwanted) - len(reader.unwanted) // 2} unwanted "
                  f"({len(days)} days x {splits} splits, seed {seed})")
-    return _library_scores(results, timings), described
+    return scores, described
 
 
 # A method that scores the pool for a profile of topic names: wanted names with their
@@ -466,22 +474,22 @@ def evaluate_names(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
         methods["digest (embeddings)"] = digest_names(True)
     wanted = {n: w for n, w in reader.weights.items() if w > 0}
     avoided = [n for n, w in reader.weights.items() if w <= 0]
-    results: dict[str, dict[int, list[tuple[float, float, float]]]] = {m: {} for m in methods}
-    timings = dict.fromkeys(methods, 0.0)
-    for split, day, _, _, hidden, hidden_bad, pool in _reader_trials(reader, days, splits,
-                                                                     seed):
-        for name, method in methods.items():
-            tick = time.perf_counter()
-            scores = method(day, wanted, avoided, pool, random.Random(split))
-            top = _best_k(scores, pool)
-            timings[name] += time.perf_counter() - tick
-            results[name].setdefault(split, []).append(
-                _reader_scores(reader, day, hidden, hidden_bad, top))
+    scores = _reader_view(reader, days, splits, seed,
+                          {name: _by_names(method, wanted, avoided)
+                           for name, method in methods.items()})
     described = (f"the whole reader by its topics' names: {len(wanted)} wanted (weights "
                  f"{min(wanted.values()):g} to {max(wanted.values()):g}), {len(avoided)} "
                  f"avoided; no library; the same pools ({len(days)} days x {splits} splits, "
                  f"seed {seed})")
-    return _library_scores(results, timings), described
+    return scores, described
+
+
+def _by_names(method: NamesMethod, wanted: dict[str, float], avoided: list[str]) -> ReaderTop:
+    def top(day: Day, liked: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
+            rng: random.Random) -> list[int]:
+        return _best_k(method(day, wanted, avoided, pool, rng), pool)
+
+    return top
 
 
 def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]) -> None:

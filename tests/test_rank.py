@@ -316,6 +316,12 @@ def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):
             ).all()
 
 
+# Titles that share no word with the synthetic tests' topics, nor much with each other.
+_UNRELATED = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
+                                         "river delta", "forest fire", "glacier melt"]
+              for b in ["efficiency", "monitoring", "forecasting"]]
+
+
 def _synthetic(titles: list[str]) -> list:
     from digest.models import Paper
 
@@ -332,9 +338,7 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     close = [f"graph neural networks for molecule docking with binding affinity, part {w}"
              for w in ["one", "two", "three", "four", "five"]]
     related = "binding affinity docking benchmark"
-    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
-                                            "river delta", "forest fire", "glacier melt"]
-                 for b in ["efficiency", "monitoring", "forecasting"]]
+    unrelated = _UNRELATED
     papers = _synthetic([liked, *close, related, *unrelated])
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers[1:])
@@ -365,9 +369,7 @@ def test_feedback_widens_interests_when_nothing_is_liked(monkeypatch):
     close = [f"molecule docking with graph networks and binding affinity, part {w}"
              for w in ["one", "two", "three", "four", "five"]]
     related = "binding affinity graph networks benchmark"
-    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
-                                            "river delta", "forest fire", "glacier melt"]
-                 for b in ["efficiency", "monitoring", "forecasting"]]
+    unrelated = _UNRELATED
     papers = _synthetic([*close, related, *unrelated])
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers)
@@ -409,9 +411,7 @@ def test_papers_that_match_nothing_never_stand_in_for_liked_ones():
     import digest.rank
 
     close = [f"molecule docking with binding affinity, part {w}" for w in ["one", "two"]]
-    unrelated = [f"{a} {b} study" for a in ["solar panel", "wind turbine", "sea ice",
-                                            "river delta", "forest fire", "glacier melt"]
-                 for b in ["efficiency", "monitoring", "forecasting"]]
+    unrelated = _UNRELATED
     papers = _synthetic([*unrelated, *close])  # the tied ones come first
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers)
