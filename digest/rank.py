@@ -549,8 +549,9 @@ def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
 
 
 def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
-    """A read-only mask of the candidates that mention any phrase as whole words. Each
-    phrase's mask is kept: profiles share keywords far more often than whole lists."""
+    """A read-only mask of the candidates that mention any phrase as whole words, each word
+    in any of its forms (`LoweredTexts.forms`). Each phrase's mask is kept: profiles share
+    keywords far more often than whole lists."""
     masks = []
     for phrase in phrases:
         key = " ".join(phrase.split()).lower()
@@ -558,7 +559,7 @@ def _mentions(candidates: Candidates, phrases: Sequence[str]) -> np.ndarray:
             continue
         hits = candidates.mentions.get(key)
         if hits is None:
-            hits = _find_mentions(candidates.lowered, [key])
+            hits = _find_mentions(candidates.lowered, _phrase_forms(candidates.lowered, key))
             hits.flags.writeable = False
             if (len(candidates.mentions) + 1) * hits.nbytes <= MENTIONS_CACHE_BYTES:
                 candidates.mentions[key] = hits
@@ -589,6 +590,7 @@ _WORD = re.compile(r"\w+")
 # Candidate sets up to this many texts get an index of their words for keyword rules;
 # bigger ones (`digest rank` over a whole store) are scanned instead.
 WORD_INDEX_TEXTS = 20_000
+MAX_PHRASE_FORMS = 64  # a keyword's spellings with its words in other forms, at most
 
 
 def _twinned(text: str) -> bool:
@@ -607,6 +609,8 @@ class LoweredTexts:
         self._starts = list(accumulate((len(t) + 1 for t in self.texts[:-1]), initial=0))
         self._words: dict[str, list[int]] | None = None
         self._twinned: list[int] | None = None
+        self._forms: dict[str, list[str]] | None = None  # Snowball stem -> words
+        self._stemmer = Stemmer.Stemmer("english")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -634,6 +638,22 @@ class LoweredTexts:
             self._twinned = [i for i, text in enumerate(self.texts) if _twinned(text)]
         return self._twinned
 
+    def forms(self, word: str) -> list[str]:
+        """`word` (lower case), then the other words of these texts with its Snowball
+        stem ("models", "modelling" for "model"), as the tf-idf model reads them: a keyword
+        rule means the word in any form. Made when first asked for: each distinct word of
+        the texts stemmed once."""
+        if self._forms is None:
+            seen: set[str] = set()
+            for text in self.texts:
+                seen.update(_WORD.findall(text))
+            words = sorted(seen)
+            self._forms = {}
+            for found, stem in zip(words, self._stemmer.stemWords(words), strict=True):
+                self._forms.setdefault(stem, []).append(found)
+        others = self._forms.get(self._stemmer.stemWord(word), [])
+        return [word, *(w for w in others if w != word)]
+
     def with_word(self, word: str) -> list[int]:
         """The positions of the texts, `twinned` ones aside, that hold `word` (a run of
         word characters in lower case) as a whole word, as it is written."""
@@ -645,6 +665,19 @@ class LoweredTexts:
                     for found in set(_WORD.findall(text)):
                         self._words.setdefault(found, []).append(i)
         return self._words.get(word, [])
+
+
+def _phrase_forms(texts: LoweredTexts, phrase: str) -> list[str]:
+    """The phrase (spaced, lower case) with each of its words in every form the texts hold
+    (`LoweredTexts.forms`): "language model" is also "language models" and "languages
+    modelling" where the texts say so. Words with signs in them ("gpt-4", "c++") stay as
+    written; the written phrase comes first, and there are at most MAX_PHRASE_FORMS."""
+    variants = [""]
+    for token in phrase.split(" "):
+        forms = texts.forms(token) if _WORD.fullmatch(token) else [token]
+        grown = [f"{v} {f}" if v else f for v in variants for f in forms]
+        variants = grown[:MAX_PHRASE_FORMS]
+    return variants
 
 
 def _find_mentions(texts: LoweredTexts, phrases: Sequence[str]) -> np.ndarray:
