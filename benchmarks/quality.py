@@ -38,7 +38,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -51,9 +51,8 @@ from sklearn.svm import LinearSVC
 
 from digest.embed import load_embedder, paper_vectors
 from digest.identity import normalise_title
-from digest.models import Interest, Paper, Pick, Profile
+from digest.models import Interest, Paper, Profile
 from digest.rank import (
-    Candidates,
     Corpus,
     Preferences,
     build_corpus,
@@ -194,22 +193,28 @@ def zotero_similarity(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: n
 def digest_ranker(use_embeddings: bool) -> Method:
     def run(day: Day, seeds: np.ndarray, disliked: np.ndarray, pool: np.ndarray,
             rng: random.Random) -> np.ndarray:
-        corpus = day.corpus_emb if use_embeddings else day.corpus
-        assert corpus is not None
-        profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
-                          email="bench@example.org", min_score=-1e9)
-        prefs = Preferences(profile=profile, liked=tuple(day.papers[i] for i in seeds),
-                            disliked=tuple(day.papers[i] for i in disliked))
-        candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
-        picks = rank_papers(corpus, prefs, candidates, top=K, min_score=None)
-        return _in_pick_order(candidates, picks, len(pool))
+        return _digest_scores(day, use_embeddings, pool, liked=seeds, disliked=disliked)
 
     return run
 
 
-def _in_pick_order(candidates: Candidates, picks: list[Pick], n: int) -> np.ndarray:
-    """Scores of the pool that put digest's picks first, in their order."""
-    scores = np.full(n, -1e9)
+def _digest_scores(day: Day, use_embeddings: bool, pool: np.ndarray, *,
+                   liked: Sequence[int] = (), disliked: Sequence[int] = (),
+                   interests: tuple[Interest, ...] = (), avoid: tuple[str, ...] = ()
+                   ) -> np.ndarray:
+    """digest's picks of the pool (`rank_papers`, as `digest rank` runs it) for a profile of
+    these liked and disliked rows, interests and avoided topics, as scores of the pool that
+    put the picks first, in their order."""
+    corpus = day.corpus_emb if use_embeddings else day.corpus
+    assert corpus is not None
+    profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
+                      email="bench@example.org", min_score=-1e9, interests=interests,
+                      avoid=avoid)
+    prefs = Preferences(profile=profile, liked=tuple(day.papers[i] for i in liked),
+                        disliked=tuple(day.papers[i] for i in disliked))
+    candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
+    picks = rank_papers(corpus, prefs, candidates, top=K, min_score=None)
+    scores = np.full(len(pool), -1e9)
     position = {p.row_id: i for i, p in enumerate(candidates.papers)}
     for rank, pick in enumerate(picks):
         scores[position[pick.paper.row_id]] = len(picks) - rank
@@ -444,16 +449,8 @@ def names_tfidf(day: Day, wanted: dict[str, float], avoided: list[str], pool: np
 def digest_names(use_embeddings: bool) -> NamesMethod:
     def run(day: Day, wanted: dict[str, float], avoided: list[str], pool: np.ndarray,
             rng: random.Random) -> np.ndarray:
-        corpus = day.corpus_emb if use_embeddings else day.corpus
-        assert corpus is not None
-        profile = Profile(subscriber_id="bench", path=Path("bench.yaml"), name="Bench",
-                          email="bench@example.org", min_score=-1e9,
-                          interests=tuple(Interest(n, w) for n, w in wanted.items()),
-                          avoid=tuple(avoided))
-        candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
-        picks = rank_papers(corpus, Preferences(profile=profile), candidates, top=K,
-                            min_score=None)
-        return _in_pick_order(candidates, picks, len(pool))
+        return _digest_scores(day, use_embeddings, pool, avoid=tuple(avoided),
+                              interests=tuple(Interest(n, w) for n, w in wanted.items()))
 
     return run
 

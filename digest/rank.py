@@ -249,9 +249,10 @@ class Words:
         self._stems: dict[str, str] = {}
 
     def __call__(self, text: str) -> list[str]:
-        return self._stemmed(_words(text))
+        return self.stems(_words(text))
 
-    def _stemmed(self, words: list[str]) -> list[str]:
+    def stems(self, words: list[str]) -> list[str]:
+        """Each word's Snowball stem (each distinct word stemmed once, then kept)."""
         stems = self._stems
         try:
             return [stems[w] for w in words]
@@ -266,7 +267,7 @@ class Words:
 
     def surfaces_of(self, words: list[str]) -> dict[str, str]:
         """`surfaces` of a text's words (`_words` of it, lowercased)."""
-        return dict(zip(reversed(self._stemmed(words)), reversed(words), strict=True))
+        return dict(zip(reversed(self.stems(words)), reversed(words), strict=True))
 
 
 def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = None,
@@ -532,7 +533,7 @@ def prepare_candidates(corpus: Corpus, papers: Sequence[Paper]) -> Candidates:
     return Candidates(
         papers=papers,
         matrix=matrix,
-        lowered=LoweredTexts([p.text.lower() for p in papers]),
+        lowered=LoweredTexts([p.text.lower() for p in papers], corpus.words),
         authors=authors,
         index={p.row_id: i for i, p in enumerate(papers)},
         scoring=scoring,
@@ -603,14 +604,15 @@ class LoweredTexts:
     found by one scan in C rather than a test of each text; and, made when first asked
     for, which texts hold each whole word."""
 
-    def __init__(self, texts: Sequence[str]):
+    def __init__(self, texts: Sequence[str], words: Words | None = None):
         self.texts = list(texts)
         self._joined = "\x00".join(self.texts)
         self._starts = list(accumulate((len(t) + 1 for t in self.texts[:-1]), initial=0))
         self._words: dict[str, list[int]] | None = None
         self._twinned: list[int] | None = None
         self._forms: dict[str, list[str]] | None = None  # Snowball stem -> words
-        self._stemmer = Stemmer.Stemmer("english")
+        # The corpus's tokenizer: its stems, and those it has already worked out.
+        self._words_of_model = words or Words()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -643,15 +645,16 @@ class LoweredTexts:
         stem ("models", "modelling" for "model"), as the tf-idf model reads them: a keyword
         rule means the word in any form. Made when first asked for: each distinct word of
         the texts stemmed once."""
+        stems = self._words_of_model.stems
         if self._forms is None:
             seen: set[str] = set()
             for text in self.texts:
                 seen.update(_WORD.findall(text))
             words = sorted(seen)
             self._forms = {}
-            for found, stem in zip(words, self._stemmer.stemWords(words), strict=True):
+            for found, stem in zip(words, stems(words), strict=True):
                 self._forms.setdefault(stem, []).append(found)
-        others = self._forms.get(self._stemmer.stemWord(word), [])
+        others = self._forms.get(stems([word])[0], [])
         return [word, *(w for w in others if w != word)]
 
     def with_word(self, word: str) -> list[int]:
