@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from digest.config import Settings
@@ -102,9 +102,12 @@ def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile
                           f'outbox_dir = "outbox"\n[smtp]\nhost = "{sink.host}"\n'
                           f'port = {sink.port}\nsecurity = "none"\ntimeout_s = 20\n'
                           '[mail]\nfrom_address = "digest@test.example"\n', encoding="utf-8")
+        # `digest send` reads the real clock, so the papers arrive at the real now: a
+        # first edition looks back a week for them.
+        now = datetime.now(UTC)
         store = Store.open(database_url)
         try:
-            ingest_files(store, seeds, now=NOW, reference=NOW)
+            ingest_files(store, seeds, now=now, reference=now)
         finally:
             store.close()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200",
