@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +32,12 @@ from pydantic import (
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    NodeEvent,
+)
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from digest.errors import ProfileError
@@ -42,6 +49,18 @@ if TYPE_CHECKING:
     from digest.profilecache import ProfileCache
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
+
+# What one profile may hold (docs/limits.md). A profile is written by a person, and every
+# file in the profiles folder is read on every run, so each is bounded: a file bigger than
+# anyone writes by hand, or YAML aliases that expand into millions of values, is refused
+# with its reason instead of costing the other subscribers their editions.
+MAX_PROFILE_BYTES = 1024 * 1024
+MAX_YAML_VALUES = 20_000  # every key, value and list item, aliases expanded
+MAX_YAML_DEPTH = 16  # lists and mappings inside each other; a profile needs 3
+MAX_INTERESTS = 200
+MAX_TERMS = 200  # each of keywords.require, keywords.mute, avoid
+MAX_AUTHORS = 500
+MAX_PAPER_REFERENCES = 5_000  # each of liked, disliked: a whole reference library fits
 _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 SubscriberId = Annotated[str, StringConstraints(pattern=_SUBSCRIBER_ID.pattern)]
@@ -72,10 +91,13 @@ def check_email(address: str) -> str:
     return address
 
 
+Terms = Annotated[list[Text], Field(max_length=MAX_TERMS)]
+
+
 class _Keywords(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    require: list[Text] = []
-    mute: list[Text] = []
+    require: Terms = []
+    mute: Terms = []
 
     @field_validator("require", "mute", mode="before")
     @classmethod
@@ -111,12 +133,12 @@ class ProfileFile(BaseModel):
     schedule: str = "daily 07:00"
     # More would not fit in the 100 KB of HTML after which Gmail clips an email.
     max_papers: int | None = Field(default=None, ge=1, le=MAX_PAPERS)
-    interests: list[Text | _Interest] = []
+    interests: Annotated[list[Text | _Interest], Field(max_length=MAX_INTERESTS)] = []
     keywords: _Keywords = _Keywords()
-    avoid: list[Text] = []
-    authors: list[Text] = []
-    liked: list[Text] = []
-    disliked: list[Text] = []
+    avoid: Terms = []
+    authors: Annotated[list[Text], Field(max_length=MAX_AUTHORS)] = []
+    liked: Annotated[list[Text], Field(max_length=MAX_PAPER_REFERENCES)] = []
+    disliked: Annotated[list[Text], Field(max_length=MAX_PAPER_REFERENCES)] = []
     active: bool = True
     min_score: float = Field(default=0.0, ge=-5, le=50)
     when_nothing: Literal["skip", "note"] = "skip"
@@ -205,6 +227,10 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
 
     With `strict_id` off (ranking only, nothing recorded) any file name will do.
     """
+    if len(text) > MAX_PROFILE_BYTES:
+        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile "
+                                 "holds a person's interests, not a data set")
+    _check_structure(text, path)
     data = _validate_fast(text)
     if data is None:
         data = _validate_located(text, path)
@@ -247,6 +273,51 @@ def _safe_loader() -> YAML:
     return loader
 
 
+def _check_structure(text: str, path: Path) -> None:
+    """Refuse YAML that would cost far more to load than its size suggests: nesting
+    deeper than MAX_YAML_DEPTH (the YAML libraries recurse, and crash or run out of stack),
+    or aliases that expand to more than MAX_YAML_VALUES values (a "billion laughs": a few
+    lines standing for billions of strings) or into themselves.
+
+    Reads the event stream once, stopping at the first excess; costs about a quarter of
+    a load. Text that is not valid YAML is left for the located parse to report.
+    """
+    values = 0
+    open_at: list[tuple[str | None, int]] = []  # collections not yet closed: anchor, start
+    sizes: dict[str, int] = {}  # each anchor's value, counted with its aliases expanded
+    try:
+        for event in _safe_loader().parse(text):
+            if not isinstance(event, NodeEvent | CollectionEndEvent):
+                continue
+            line = event.start_mark.line + 1 if event.start_mark is not None else None
+            if isinstance(event, AliasEvent):
+                name = str(event.anchor)
+                if any(anchor == name for anchor, _ in open_at):
+                    raise ProfileError(path, f"the alias *{name} is inside the value it "
+                                             "names, which would never end", line=line)
+                values += sizes.get(name, 1)
+            elif isinstance(event, CollectionStartEvent):
+                open_at.append((event.anchor, values))
+                values += 1
+                if len(open_at) > MAX_YAML_DEPTH:
+                    raise ProfileError(path, f"lists and mappings nested more than "
+                                             f"{MAX_YAML_DEPTH} deep", line=line)
+            elif isinstance(event, CollectionEndEvent):
+                anchor, start = open_at.pop()
+                if anchor is not None:
+                    sizes[str(anchor)] = values - start
+            else:  # a scalar
+                values += 1
+                if event.anchor is not None:
+                    sizes[str(event.anchor)] = 1
+            if values > MAX_YAML_VALUES:
+                raise ProfileError(path, f"more than {MAX_YAML_VALUES:,} values once YAML "
+                                         "aliases are expanded; write the values out "
+                                         "instead", line=line)
+    except YAMLError:
+        return
+
+
 def _validate_fast(text: str) -> ProfileFile | None:
     """The common case, quickly: the C loader (ruamel.yaml.clib) and no line bookkeeping.
     None if anything is wrong; the slow path then finds where."""
@@ -286,6 +357,9 @@ def _validate_located(text: str, path: Path) -> ProfileFile:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field (check the spelling)"
+        elif error["type"] == "too_long" and "ctx" in error:
+            message = (f"at most {error['ctx']['max_length']:,} entries (this list has "
+                       f"{error['ctx']['actual_length']:,}); see docs/limits.md")
         elif error["type"] == "missing":
             message = "required field is missing"
         more = f" (and {problems - 1} more problems)" if problems > 1 else ""
@@ -294,19 +368,63 @@ def _validate_located(text: str, path: Path) -> ProfileFile:
     return data
 
 
-def load_profile(path: Path, *, default_max_papers: int = 10,
-                 strict_id: bool = True) -> Profile:
-    """Read and parse one profile file. Raises ProfileError."""
+def read_profile_bytes(path: Path) -> bytes:
+    """The bytes of a profile file: a regular file of at most MAX_PROFILE_BYTES.
+
+    Never waits on a FIFO or reads a device: whatever is dropped in the profiles folder
+    under a profile's name, this returns or raises ProfileError at once.
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as exc:
         raise ProfileError(path, "no such file") from exc
     except IsADirectoryError as exc:
         raise ProfileError(path, "is a directory, not a profile file") from exc
-    except UnicodeDecodeError as exc:
-        raise ProfileError(path, "not UTF-8 text") from exc
     except OSError as exc:
         raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ProfileError(path, "is a directory, not a profile file")
+        if not stat.S_ISREG(mode):
+            raise ProfileError(path, "is not a regular file (a FIFO, socket or device); "
+                                     "profiles are read from plain files only")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_PROFILE_BYTES:
+            chunk = os.read(fd, MAX_PROFILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if size > MAX_PROFILE_BYTES:
+        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile "
+                                 "holds a person's interests, not a data set")
+    return b"".join(chunks)
+
+
+def decode_profile(data: bytes, path: Path) -> str:
+    """UTF-8 text (a BOM is dropped); raises ProfileError at the line of the first bad
+    byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ProfileError(path, f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column "
+                                 f"{column} (save the file as UTF-8)", line=line) from exc
+
+
+def load_profile(path: Path, *, default_max_papers: int = 10,
+                 strict_id: bool = True) -> Profile:
+    """Read and parse one profile file. Raises ProfileError."""
+    text = decode_profile(read_profile_bytes(path), path)
     return parse_profile(text, path, default_max_papers=default_max_papers,
                          strict_id=strict_id)
 
@@ -409,12 +527,9 @@ def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
     """
     target = path.resolve()  # edit what a symbolic link points to, keep the link
     with _locked(target):
-        try:
-            raw = target.read_bytes()
-        except OSError as exc:
-            raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        raw = read_profile_bytes(target)
         bom = raw.startswith(codecs.BOM_UTF8)
-        text = raw.decode("utf-8-sig", errors="strict").replace("\r\n", "\n")
+        text = decode_profile(raw, path).replace("\r\n", "\n")
         crlf = b"\r\n" in raw
         parse_profile(text, path)  # refuse to touch a file that is already broken
         yaml = _round_trip(text)

@@ -17,6 +17,7 @@ from digest.cli import cli
 from digest.models import EditionState
 from digest.store import Store, migrate
 
+from .hostile import HOSTILE_PROFILES, write_hostile_profiles
 from .services import postgres_schema
 
 
@@ -118,6 +119,38 @@ def test_send_with_a_broken_profile_serves_the_rest(run_cli, config_file, seeds,
     assert result.exit_code == 1
     assert result.stderr.startswith(f"{bad}:4: not valid YAML")
     assert [r.recipients[0] for r in smtp_sink.received] == ["ana@example.org"]
+
+
+def test_hostile_profiles_are_one_line_each_in_every_command(run_cli, config_file, seeds,
+                                                            smtp_sink, write_profile, tmp_path):
+    """An alias bomb, a huge file, a FIFO, a device, a folder, Latin-1, deep nesting, a
+    self-referring alias and a list past its limit, beside a good profile: each command
+    names each bad file once, and Ana is served as if they were not there."""
+    write_profile("ana", interests=["dense retrieval"])
+    write_hostile_profiles(tmp_path / "profiles")
+    run_cli("-c", config_file, "ingest", *seeds)
+
+    def named_once(stderr: str) -> None:
+        for name in HOSTILE_PROFILES:
+            lines = [line for line in stderr.splitlines() if f"{name}.yaml" in line]
+            assert len(lines) == 1, (name, stderr)
+
+    validate = run_cli("-c", config_file, "profile", "validate")
+    assert validate.exit_code == 1 and "ana.yaml: ok" in validate.stdout
+    named_once(validate.stderr)
+
+    dry = run_cli("-c", config_file, "send", "--dry-run")
+    named_once(dry.stderr)
+    assert [p.name[:4] for p in (tmp_path / "outbox").iterdir()] == ["ana_"]
+
+    sent = run_cli("-c", config_file, "send")
+    named_once(sent.stderr)
+    assert [r.recipients for r in smtp_sink.received] == [("ana@example.org",)]
+
+    status = run_cli("-c", config_file, "status", "--json")
+    report = json.loads(status.stdout)
+    assert [s["subscriber_id"] for s in report["subscribers"]] == ["ana"]
+    assert len(report["problems"]) == len(HOSTILE_PROFILES)
 
 
 def test_unreachable_smtp_server_is_one_clear_line(run_cli, tmp_path, seeds, write_profile):

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from digest.errors import ProfileError
 from digest.models import Interest
-from digest.profiles import check_email, load_profile, load_profiles
+from digest.profiles import (
+    MAX_AUTHORS,
+    MAX_INTERESTS,
+    MAX_PAPER_REFERENCES,
+    MAX_PROFILE_BYTES,
+    MAX_TERMS,
+    check_email,
+    load_profile,
+    load_profiles,
+)
+
+from .hostile import HOSTILE_PROFILES, write_hostile_profiles
 
 FULL = """\
 # a comment
@@ -156,3 +169,39 @@ def test_empty_lists_written_as_nothing_are_empty(write_profile):
                                      "keywords:\n  mute:\n")
     profile = load_profile(path)
     assert profile.liked == () and profile.disliked == () and profile.mute == ()
+
+
+def test_hostile_files_are_refused_and_the_others_load(tmp_path, write_profile):
+    """Each costs a bounded read and parse: no alias expansion, no reading a device or
+    waiting on a FIFO, no recursion into deep nesting (which crashed the C loader)."""
+    good = write_profile("ana", interests=["dense retrieval"])
+    hostile = write_hostile_profiles(tmp_path / "profiles")
+    loaded = load_profiles([good, *hostile])
+    assert [p.subscriber_id for p in loaded.profiles] == ["ana"]
+    errors = {error.path.stem: str(error) for error in loaded.errors}
+    assert set(errors) == set(HOSTILE_PROFILES)
+    for name, pattern in HOSTILE_PROFILES.items():
+        assert re.fullmatch(re.escape(str(tmp_path / "profiles" / f"{name}.yaml")) + pattern + ".*",
+                            errors[name]), errors[name]
+
+
+def test_aliases_within_the_bound_are_fine(write_profile):
+    path = write_profile("ana", text="name: Ana\nemail: ana@example.org\n"
+                                     "avoid: &shared [robotics, blockchain]\n"
+                                     "keywords:\n  mute: *shared\n")
+    assert load_profile(path).mute == ("robotics", "blockchain")
+
+
+def test_a_profile_at_every_limit_loads(write_profile):
+    """The documented limits are allowed, not just the common case."""
+    lines = ["name: Full", "email: full@example.org", "interests:"]
+    lines += [f"  - {{text: topic {i}, weight: 2}}" for i in range(MAX_INTERESTS)]
+    lines += ["avoid:"] + [f"  - avoided {i}" for i in range(MAX_TERMS)]
+    lines += ["authors:"] + [f"  - Author Number {i}" for i in range(MAX_AUTHORS)]
+    for field in ("liked", "disliked"):
+        lines += [f"{field}:"] + [f'  - "A {field} paper title number {i}"'
+                                  for i in range(MAX_PAPER_REFERENCES)]
+    path = write_profile("full", text="\n".join(lines) + "\n")
+    assert path.stat().st_size < MAX_PROFILE_BYTES
+    profile = load_profile(path)
+    assert len(profile.interests) == MAX_INTERESTS and len(profile.liked) == MAX_PAPER_REFERENCES
