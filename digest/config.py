@@ -118,9 +118,10 @@ class DaemonSettings(_Frozen):
     inbox_settle_s: float = Field(default=2, ge=0)  # a file this recently changed may be
     # still being written: it waits for the next look
     feed_poll_s: float = Field(default=1800, ge=1)
-    feed_timeout_s: float = Field(default=30, gt=0)
+    feed_timeout_s: float = Field(default=30, gt=0)  # each connect and read of a fetch
+    feed_deadline_s: float = Field(default=120, gt=0)  # a whole fetch, however it trickles
     feed_max_backoff_s: float = Field(default=6 * 3600, ge=1)
-    feed_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    feed_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # as sent and decompressed
     profiles_poll_s: float = Field(default=5, gt=0)
     catchup_grace_s: float = Field(default=12 * 3600, ge=0)  # a missed edition younger than
     # this is sent when the daemon comes back; an older one is skipped
@@ -151,6 +152,7 @@ class WebSettings(_Frozen):
     host: str = "127.0.0.1"  # what `digest serve` listens on; behind a proxy, keep it local
     port: int = Field(default=8025, ge=1, le=65535)
     link_days: int = Field(default=90, ge=1)  # how long the links in an email work
+    body_timeout_s: float = Field(default=10, gt=0)  # to receive a whole request body
 
     @field_validator("base_url")
     @classmethod

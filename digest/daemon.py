@@ -18,23 +18,22 @@ new one; a second exits at once. SIGHUP reloads the configuration and the profil
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import random
 import signal
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from digest.config import Settings
+from digest.background import off_loop
+from digest.config import FeedSettings, Settings
 from digest.deliver import SmtpMailer
 from digest.embed import Embedder
 from digest.errors import ConfigError, ProfileError, StoreError
@@ -58,7 +57,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -111,6 +109,7 @@ class Daemon:
         self._asked_again: dict[tuple[str, datetime], datetime] = {}
         self.exit_status = 0
         self._celery_app: Celery | None = None  # send.workers = "celery", made on first use
+        self._feed_polls: dict[str, asyncio.Task[None]] = {}  # by feed URL
 
     # Profiles --------------------------------------------------------------------------
 
@@ -336,22 +335,26 @@ class Daemon:
             for problem in item.problems:
                 log.warning("inbox.skipped %s", problem)
 
-    async def poll_feeds(self) -> None:
-        now = self.clock()
-        feeds = self.settings.feeds
-        results = await asyncio.gather(
-            *(poll_feed(self.store, feed, self.settings.daemon, now=now, rng=self.rng)
-              for feed in feeds), return_exceptions=True)
-        for feed, result in zip(feeds, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("feed.error url=%s error=%r", feed.url, str(result))
+    async def poll_feed(self, feed: FeedSettings) -> None:
+        """One feed's job: start polling it, unless its last poll is still going (a fetch
+        ends by its own deadline). Each feed has its own job and task, so a slow or failing
+        feed never delays another's polls, nor its own job's next look."""
+        running = self._feed_polls.get(feed.url)
+        if running is None or running.done():
+            self._feed_polls[feed.url] = asyncio.create_task(self._poll_feed(feed))
+
+    async def _poll_feed(self, feed: FeedSettings) -> None:
+        try:
+            await poll_feed(self.store, feed, self.settings.daemon, now=self.clock(),
+                            rng=self.rng)
+        except (StoreError, OSError) as exc:
+            log.error("feed.error url=%s error=%r", feed.url, str(exc))
 
     # Lifecycle -------------------------------------------------------------------------
 
     def _add_periodic_jobs(self) -> None:
         d = self.settings.daemon
-        feed_tick = min([d.feed_poll_s, 60.0, *(f.poll_s for f in self.settings.feeds
-                                                if f.poll_s)])
+
         async def reload_profiles() -> None:
             self.reload_profiles()
 
@@ -364,13 +367,21 @@ class Daemon:
             ("profiles", reload_profiles, d.profiles_poll_s),
             ("retry", retry_failed, min(d.retry_base_s, 60.0)),
         ]
-        if self.settings.feeds:
-            jobs.append(("feeds", self.poll_feeds, feed_tick))
-        elif self.scheduler.get_job("feeds"):
-            self.scheduler.remove_job("feeds")
         for job_id, func, every_s in jobs:
             self.scheduler.add_job(func, IntervalTrigger(seconds=every_s), id=job_id,
                                    replace_existing=True, coalesce=True, max_instances=1,
+                                   next_run_time=datetime.now(UTC))
+        # One job per feed (`feed:<url>`), looking every minute (or its own interval, if
+        # shorter) whether the feed is due; the store keeps when, back-off included.
+        feeds = {f"feed:{feed.url}": feed for feed in self.settings.feeds}
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("feed:") and job.id not in feeds:
+                self.scheduler.remove_job(job.id)
+        for job_id, feed in feeds.items():
+            every_s = min(feed.poll_s or d.feed_poll_s, 60.0)
+            self.scheduler.add_job(self.poll_feed, IntervalTrigger(seconds=every_s),
+                                   id=job_id, args=[feed], replace_existing=True,
+                                   coalesce=True, max_instances=1,
                                    next_run_time=datetime.now(UTC))
 
     def reload(self) -> None:
@@ -435,7 +446,8 @@ class Daemon:
         """Ask the lock (a database round trip) off the event loop, within a time limit:
         a database that does not answer means no lead."""
         try:
-            return await _off_loop(question, max(10.0, 2 * self.settings.daemon.standby_poll_s))
+            return await off_loop(question, max(10.0, 2 * self.settings.daemon.standby_poll_s),
+                                  name="digest-leader")
         except TimeoutError:
             log.error("leader.unavailable reason='the database did not answer in time'")
             return False
@@ -473,6 +485,8 @@ class Daemon:
         sender = asyncio.create_task(self.send_editions())
         await self.stopping.wait()
         self.scheduler.shutdown(wait=False)
+        for poll in self._feed_polls.values():
+            poll.cancel()  # a fetch still going runs on in a daemon thread, not waited for
         self.queue.put_nowait(None)
         try:
             await asyncio.wait_for(sender, self.settings.daemon.shutdown_timeout_s)
@@ -482,7 +496,7 @@ class Daemon:
         if self._celery_app is not None:
             self._celery_app.close()
         try:  # a database that stopped answering must not hold up the exit
-            await _off_loop(self.leadership.release, 10)
+            await off_loop(self.leadership.release, 10, name="digest-leader")
         except TimeoutError:
             log.warning("leader.release timed out (the server frees the lock when the "
                         "session ends)")
@@ -507,22 +521,6 @@ def _quiet_cancelled_jobs() -> None:
     executor_log = logging.getLogger("apscheduler.executors.default")
     if not any(isinstance(f, _CancelledJob) for f in executor_log.filters):
         executor_log.addFilter(_CancelledJob())
-
-
-async def _off_loop(func: Callable[[], T], timeout_s: float) -> T:
-    """`func()` in a daemon thread, awaited for at most `timeout_s` (TimeoutError): a call
-    stuck on a dead connection neither blocks the event loop nor holds up the exit, as a
-    thread of asyncio's own pool would."""
-    done: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            done.set_result(func())
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    threading.Thread(target=run, name="digest-leader", daemon=True).start()
-    return await asyncio.wait_for(asyncio.wrap_future(done), timeout_s)
 
 
 def _exit_at_once(signum: int, _frame: FrameType | None) -> None:

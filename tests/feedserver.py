@@ -20,6 +20,7 @@ class Behaviour:
     delay_s: float = 0.0
     body: bytes | None = None  # instead of the file
     headers: dict[str, str] = field(default_factory=dict)
+    drip_s: float = 0.0  # send the body a byte at a time, this long apart (slowloris)
 
 
 class FeedServer:
@@ -29,6 +30,7 @@ class FeedServer:
         self.root = root
         self.behaviours: dict[str, Behaviour] = {}
         self.log: list[tuple[str, int, dict[str, str]]] = []  # (path, status, request headers)
+        self.closed = threading.Event()
         self._lock = threading.Lock()
         server = self
 
@@ -60,10 +62,10 @@ class FeedServer:
                     "application/xml"
                 self._reply(path, 200, body, {"ETag": etag, "Last-Modified": modified,
                                               "Content-Type": content_type,
-                                              **behaviour.headers})
+                                              **behaviour.headers}, behaviour.drip_s)
 
             def _reply(self, path: str, status: int, body: bytes,
-                       headers: dict[str, str]) -> None:
+                       headers: dict[str, str], drip_s: float = 0.0) -> None:
                 with server._lock:
                     server.log.append((path, status, dict(self.headers)))
                 self.send_response(status)
@@ -71,8 +73,19 @@ class FeedServer:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if status != 304:
+                if status == 304:
+                    return
+                if not drip_s:
                     self.wfile.write(body)
+                    return
+                for index in range(len(body)):
+                    try:
+                        self.wfile.write(body[index:index + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up
+                    if server.closed.wait(drip_s):
+                        return
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -91,5 +104,6 @@ class FeedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,8 @@ from digest.models import EditionState
 from digest.pipeline import ingest_files
 
 from .conftest import NOW
-from .feedserver import FeedServer
+from .feedserver import FEEDS, Behaviour, FeedServer
+from .hostile import HOSTILE_PROFILES, UNCLOSED_ITEM, deflate, gzip_bomb, write_hostile_profiles
 from .running import ROOT, DaemonProcess, cli_ingest, digest_cli, wait_for, write_daemon_config
 
 
@@ -252,6 +254,64 @@ def test_digest_run_end_to_end(tmp_path, smtp_sink, seeds):
     [feed_status] = report["feeds"]
     assert feed_status["result"] == "304" and feed_status["failures"] == 0
     assert report["editions"]["sent"] == len(smtp_sink.received)
+
+
+def _peak_memory_bytes(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_hostile_profiles_and_feeds_at_once_stall_nobody(tmp_path, smtp_sink, seeds):
+    """Every hostile profile and feed at once, beside a subscriber due every 2 s and a good
+    feed polled every second: each bad one is logged (a profile once), the subscriber's
+    editions keep coming, the good feed keeps being polled while another trickles a byte a
+    second, memory stays under 1 GB, and one SIGTERM ends it with that fetch still stuck."""
+    profiles = tmp_path / "profiles"
+    write_hostile_profiles(profiles)
+    (profiles / "fast.yaml").write_text(
+        "name: Fast\nemail: fast@example.org\nschedule: every 2s\n"
+        "interests: [retrieval, language models, attention]\n")
+    good = "hf-daily-papers/feed_daily_2026-06-22.xml"
+    hf = (FEEDS / good).read_bytes()
+    with FeedServer() as server:
+        server.behaviours.update({
+            "bomb.xml": Behaviour(body=gzip_bomb(), headers={"Content-Encoding": "gzip"}),
+            "slow.xml": Behaviour(body=hf, drip_s=1),
+            "raw.xml": Behaviour(body=deflate(hf, raw=True),
+                                 headers={"Content-Encoding": "deflate"}),
+            "broken.xml": Behaviour(body=UNCLOSED_ITEM),
+        })
+        feeds = ", ".join(f'{{ url = "{server.url(path)}", poll_s = 1 }}'
+                          for path in (good, "bomb.xml", "slow.xml", "raw.xml", "broken.xml"))
+        config = write_daemon_config(
+            tmp_path, smtp_sink.port, top=f"feeds = [{feeds}]\n",
+            daemon="feed_timeout_s = 60\nfeed_deadline_s = 600\nshutdown_timeout_s = 10\n")
+        command, env = digest_cli(config)
+        cli_ingest(command, env, seeds[:1])
+        process = DaemonProcess(config, tmp_path / "run.log")
+
+        def editions() -> int:  # sent, or found nothing new: on time either way
+            return len(re.findall(r"edition\.(sent|empty) subscriber=fast", process.text()))
+
+        wait_for(lambda: 304 in server.statuses(good), 60, "the good feed's second poll")
+        wait_for(lambda: "once decompressed" in process.text()
+                 and "no entry could be read" in process.text()
+                 and "raw.xml status=200" in process.text(), 60, "every other feed's poll")
+        seen = editions()
+        wait_for(lambda: editions() >= seen + 2, 30, "two more editions after all that")
+        assert server.statuses("slow.xml") == [200]  # still trickling, never asked again
+        peak = _peak_memory_bytes(process.handle.pid)
+        process.handle.send_signal(signal.SIGTERM)
+        assert process.handle.wait(timeout=30) == 0
+    log = process.text()
+    assert peak < 1024 ** 3, f"peak memory {peak / 1024 ** 2:.0f} MiB"
+    for name in HOSTILE_PROFILES:
+        assert log.count(f"{name}.yaml") == 1, (name, log)
+    assert "daemon.stopped" in log and "Traceback" not in log
+    assert "maximum number of running instances" not in log  # the slow feed's polls wait
 
 
 def _slow_daemon(tmp_path: Path, seeds: list[Path], port: int) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import pytest
 
 from digest.config import DaemonSettings, FeedSettings
 from digest.ingest.feeds import parse_feed
-from digest.ingest.fetch import parse_retry_after
+from digest.ingest.fetch import fetch_feed, parse_retry_after
 from digest.ingest.poll import backoff_s, poll_feed
 from digest.models import PaperEntry
 
 from .conftest import NOW
 from .feedserver import FEEDS, Behaviour, FeedServer
+from .hostile import UNCLOSED_ITEM, deflate, gzip_bomb
 
 HF = "hf-daily-papers/feed_daily_2026-06-22.xml"
 
@@ -141,3 +143,57 @@ def test_unreachable_feed_is_an_error_not_a_crash(store, tmp_path: Path):
     outcome = asyncio.run(poll_feed(store, feed, DaemonSettings(feed_timeout_s=1), now=NOW,
                                     rng=random.Random(1)))
     assert outcome.status == "error" and "cannot connect" in str(outcome.problems[0])
+
+
+# Hostile servers: every fetch bounded in bytes and in time --------------------------------
+
+@pytest.mark.parametrize("raw", [False, True], ids=["zlib-wrapped", "raw"])
+def test_deflate_is_read_with_or_without_its_zlib_header(store, raw):
+    body = deflate((FEEDS / HF).read_bytes(), raw=raw)
+    with FeedServer() as server:
+        server.behaviours["deflated.xml"] = Behaviour(
+            body=body, headers={"Content-Encoding": "deflate"})
+        outcome = _poll(store, server, "deflated.xml")
+    assert (outcome.status, outcome.new_papers) == ("200", 34)
+
+
+def test_a_gzip_bomb_is_cut_at_the_cap_once_decompressed():
+    """64 KiB on the wire that would inflate to 64 MiB; the cap (1 MiB) counts what it
+    inflates to, and no more than the cap is ever held."""
+    bomb = gzip_bomb(64 * 1024 * 1024)
+    cap = 1024 * 1024
+    assert len(bomb) < cap  # as sent, it is well under the cap
+    with FeedServer() as server:
+        server.behaviours["bomb.xml"] = Behaviour(body=bomb,
+                                                  headers={"Content-Encoding": "gzip"})
+        tracemalloc.start()
+        try:
+            result = fetch_feed(server.url("bomb.xml"), etag=None, last_modified=None,
+                                timeout_s=5, deadline_s=60, max_bytes=cap, now=NOW)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.content is None and "once decompressed" in result.error
+    assert peak < 4 * cap
+
+
+def test_a_feed_that_trickles_is_cut_at_its_deadline(store):
+    """A byte every 0.1 s: no read ever times out (30 s each), so only the deadline for
+    the whole fetch ends it; the feed backs off like any failing feed."""
+    settings = DaemonSettings(feed_timeout_s=30, feed_deadline_s=1)
+    with FeedServer() as server:
+        server.behaviours["slow.xml"] = Behaviour(body=(FEEDS / HF).read_bytes(), drip_s=0.1)
+        outcome = _poll(store, server, "slow.xml", settings=settings)
+    assert outcome.status == "error"
+    assert "no complete answer within 1 s" in str(outcome.problems[0])
+    assert store.feed_state(server.url("slow.xml")).failures == 1
+
+
+def test_a_feed_broken_before_its_first_entry_is_a_failure_with_the_reason(store):
+    with FeedServer() as server:
+        server.behaviours["broken.xml"] = Behaviour(body=UNCLOSED_ITEM)
+        outcome = _poll(store, server, "broken.xml")
+    assert outcome.status == "error"
+    assert "not well-formed and no entry could be read: " in str(outcome.problems[0])
+    assert "unclosed token" in str(outcome.problems[0])  # feedparser's own reason
+    assert store.feed_state(server.url("broken.xml")).failures == 1

@@ -109,6 +109,10 @@ def parse_feed(content: bytes, *, source: str) -> FeedParse:
                                                                              b"<html"))
                       else f"not an RSS or Atom feed ({exc})" if exc else "not a feed")
             return FeedParse((), (Problem(source, None, reason, fatal=True),))
+        if parsed.bozo:  # a feed, but broken before its first entry could be read
+            reason = f"feed is not well-formed and no entry could be read: " \
+                     f"{parsed.get('bozo_exception')}"
+            return FeedParse((), (Problem(source, None, reason, fatal=True),))
         return FeedParse((), (), parsed.feed.get("title", ""))
     if parsed.bozo:
         problems.append(Problem(source, None, f"feed is not well-formed, read what could be "

@@ -11,7 +11,9 @@ import logging
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 
+from digest.background import off_loop
 from digest.config import DaemonSettings, FeedSettings
 from digest.ingest.feeds import parse_feed
 from digest.ingest.fetch import FetchResult, fetch_feed
@@ -66,13 +68,21 @@ async def poll_feed(store: Store, feed: FeedSettings, settings: DaemonSettings, 
     if not force and not is_due(state, now):
         return None
     interval = feed.poll_s or settings.feed_poll_s
-    result = await asyncio.to_thread(
-        fetch_feed, feed.url, etag=state.etag, last_modified=state.last_modified,
-        timeout_s=settings.feed_timeout_s, max_bytes=settings.feed_max_bytes, now=now)
+    fetch = partial(fetch_feed, feed.url, etag=state.etag, last_modified=state.last_modified,
+                    timeout_s=settings.feed_timeout_s, deadline_s=settings.feed_deadline_s,
+                    max_bytes=settings.feed_max_bytes, now=now)
+    try:
+        # The fetch keeps its own deadline; this one also bounds a name lookup that hangs.
+        result = await off_loop(fetch, settings.feed_deadline_s + settings.feed_timeout_s,
+                                name="digest-feed")
+    except TimeoutError:
+        result = FetchResult(None, error=f"no complete answer within "
+                                         f"{settings.feed_deadline_s:g} s")
     failed = result.error
     outcome = FeedOutcome(feed.url, str(result.status or "error"))
     if failed is None and not result.not_modified:
-        parsed = parse_feed(result.content or b"", source=feed.url)
+        # Off the event loop: a big feed takes seconds to parse.
+        parsed = await asyncio.to_thread(parse_feed, result.content or b"", source=feed.url)
         fatal = [p for p in parsed.problems if p.fatal]
         if fatal:
             failed = fatal[0].reason
