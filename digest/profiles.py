@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +42,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from digest.errors import ProfileError
 from digest.identity import ascii_domain, normalise_title, parse_arxiv_id
 from digest.models import Interest, Profile
+from digest.reading import read_regular_file
 from digest.schedule import load_timezone, parse_schedule
 
 if TYPE_CHECKING:
@@ -228,8 +228,8 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
     With `strict_id` off (ranking only, nothing recorded) any file name will do.
     """
     if len(text) > MAX_PROFILE_BYTES:
-        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile "
-                                 "holds a person's interests, not a data set")
+        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024:,} KiB, too large "
+                                 "for a profile file")
     _check_structure(text, path)
     data = _validate_fast(text)
     if data is None:
@@ -368,44 +368,8 @@ def _validate_located(text: str, path: Path) -> ProfileFile:
     return data
 
 
-def read_profile_bytes(path: Path) -> bytes:
-    """The bytes of a profile file: a regular file of at most MAX_PROFILE_BYTES.
-
-    Never waits on a FIFO or reads a device: whatever is dropped in the profiles folder
-    under a profile's name, this returns or raises ProfileError at once.
-    """
-    try:
-        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError as exc:
-        raise ProfileError(path, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise ProfileError(path, "is a directory, not a profile file") from exc
-    except OSError as exc:
-        raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ProfileError(path, "is a directory, not a profile file")
-        if not stat.S_ISREG(mode):
-            raise ProfileError(path, "is not a regular file (a FIFO, socket or device); "
-                                     "profiles are read from plain files only")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_PROFILE_BYTES:
-            chunk = os.read(fd, MAX_PROFILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise ProfileError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    if size > MAX_PROFILE_BYTES:
-        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile "
-                                 "holds a person's interests, not a data set")
-    return b"".join(chunks)
+def _read_profile(path: Path) -> bytes:
+    return read_regular_file(path, MAX_PROFILE_BYTES, kind="profile file", error=ProfileError)
 
 
 def decode_profile(data: bytes, path: Path) -> str:
@@ -424,7 +388,7 @@ def decode_profile(data: bytes, path: Path) -> str:
 def load_profile(path: Path, *, default_max_papers: int = 10,
                  strict_id: bool = True) -> Profile:
     """Read and parse one profile file. Raises ProfileError."""
-    text = decode_profile(read_profile_bytes(path), path)
+    text = decode_profile(_read_profile(path), path)
     return parse_profile(text, path, default_max_papers=default_max_papers,
                          strict_id=strict_id)
 
@@ -527,7 +491,7 @@ def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
     """
     target = path.resolve()  # edit what a symbolic link points to, keep the link
     with _locked(target):
-        raw = read_profile_bytes(target)
+        raw = _read_profile(target)
         bom = raw.startswith(codecs.BOM_UTF8)
         text = decode_profile(raw, path).replace("\r\n", "\n")
         crlf = b"\r\n" in raw

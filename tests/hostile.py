@@ -11,7 +11,7 @@ from pathlib import Path
 # profile file name -> (a pattern its one-line error must match after "<path>")
 HOSTILE_PROFILES = {
     "bomb": r":\d+: more than 20,000 values once YAML aliases are expanded",
-    "huge": r": larger than 1024 KiB",
+    "huge": r": larger than 1,024 KiB, too large for a profile file",
     "fifo": r": is not a regular file \(a FIFO, socket or device\)",
     "zero": r": is not a regular file \(a FIFO, socket or device\)",
     "folder": r": is a directory, not a profile file",

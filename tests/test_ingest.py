@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator
 from datetime import date
@@ -166,6 +167,18 @@ def test_directory_raises_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="directory") as caught:
         read_digest_file(tmp_path, REFERENCE)
     assert caught.value.path == tmp_path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_device_raises_input_error_without_reading(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the read until a writer came; /dev/zero would never end."""
+    path = tmp_path / "digest.txt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="is not a regular file"):
+        read_digest_file(path, REFERENCE)
 
 
 def test_missing_file_raises_input_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from digest.errors import InputError
 from digest.ingest.digestfile import DigestParse, parse_digest_text
 from digest.models import Problem
+from digest.reading import read_regular_file
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # a digest page is ~100 kB; anything this big is not one
 
@@ -49,19 +50,12 @@ def read_digest_file(path: Path, reference: date | None = None) -> DigestParse:
     """
     if path.is_dir():
         raise InputError(path, "is a directory, not a digest file (pass the files in it)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(path, f"too large for a digest file ({size} bytes)")
-        data = path.read_bytes()
-        if reference is None:
+    data = read_regular_file(path, MAX_FILE_BYTES, kind="digest file")
+    if reference is None:
+        try:
             reference = datetime.fromtimestamp(path.stat().st_mtime).date()
-    except FileNotFoundError as exc:
-        raise InputError(path, "no such file") from exc
-    except PermissionError as exc:
-        raise InputError(path, "permission denied") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
     if not data.removeprefix(codecs.BOM_UTF8).strip():
         raise InputError(path, "empty file, no papers in it")
     text, notes = decode_text(path, data)
