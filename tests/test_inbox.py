@@ -41,16 +41,21 @@ def test_a_bad_file_goes_to_rejected_with_its_reason(tmp_path, store):
     inbox.mkdir()
     (inbox / "junk.txt").write_bytes(b"\x00\x01\x02junk")
     (inbox / "empty.txt").write_text("")
+    (inbox / "note.txt").write_text("hello this is not a digest\n\nsee you tomorrow\n")
     (inbox / ".hidden.txt").write_text("ignored")
     (inbox / "partial.txt.part").write_text("ignored")
     watcher = InboxWatcher(inbox, settle_s=0)
     done = watcher.process(store, NOW, wait=False)
 
-    assert sorted(d.rejected for d in done) == ["empty file, no papers in it",
+    not_a_digest = ("not a digest file: no date line (like 'Mar 11') and no title followed by "
+                    "its abstract")
+    assert sorted(d.rejected for d in done) == ["empty file, no papers in it", not_a_digest,
                                                 "not a text file (binary data)"]
     rejected = inbox / "rejected"
     assert (rejected / "junk.txt.reason").read_text() == "not a text file (binary data)\n"
+    assert (rejected / "note.txt.reason").read_text() == not_a_digest + "\n"
     assert (rejected / "empty.txt").exists()
+    assert store.papers() == []  # the note's lines are not stored as titles
     assert (inbox / ".hidden.txt").exists() and (inbox / "partial.txt.part").exists()
 
 

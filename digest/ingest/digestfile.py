@@ -298,5 +298,11 @@ def parse_digest_text(text: str, *, source: str, reference: date) -> DigestParse
     parser.emit()
     if not parser.entries:
         parser.problems.append(Problem(source, None, "no papers found", fatal=True))
+    elif header_end < 0 and not any(entry.abstract for entry in parser.entries):
+        # Neither a date line nor one title with its abstract: some other text file, whose
+        # lines would otherwise be stored as papers with titles only.
+        reason = ("not a digest file: no date line (like 'Mar 11') and no title followed "
+                  "by its abstract")
+        return DigestParse((), (Problem(source, None, reason, fatal=True),), None)
     day = parser.first_day or parser.day
     return DigestParse(tuple(parser.entries), tuple(parser.problems), day)
