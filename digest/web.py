@@ -10,6 +10,7 @@ that keeps their comments and formatting (digest.profiles.edit_profile).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,9 +21,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digest.config import Settings
 from digest.errors import ConfigError, ProfileError
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_INTERESTS = 50
 MAX_INTEREST_CHARS = 200
+MAX_BODY_BYTES = 64 * 1024  # the largest form here (interests) is under 16 KiB
 SECURITY_HEADERS = {
     # Pages of our own markup and inline CSS only: no script runs, no form posts elsewhere.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -64,7 +68,57 @@ def make_app(settings: Settings, *, env: Mapping[str, str] | None = None,
         Route("/f/{token}", pages.feedback, methods=["GET", "POST"]),
         Route("/p/{token}", pages.profile, methods=["GET", "POST"]),
         Route("/", pages.home, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[
+        Middleware(BoundedBody, timeout_s=settings.web.body_timeout_s),
+    ], exception_handlers={
+        ClientDisconnect: pages.client_gone,
+        BodyRefused: pages.body_refused,
+    })
+
+
+class BodyRefused(Exception):
+    """A request body that took too long to arrive, or is too large for any page here."""
+
+    def __init__(self, status: int, reason: str):
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BoundedBody:
+    """ASGI middleware: a request's body must arrive whole within `timeout_s` and hold at
+    most MAX_BODY_BYTES (the pages take a short form), so a client that sends slowly, or
+    sends too much, cannot hold a connection or memory (BodyRefused: 408 or 413)."""
+
+    def __init__(self, app: ASGIApp, *, timeout_s: float):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        received = 0
+        whole = False
+
+        async def bounded() -> Message:
+            nonlocal received, whole
+            if whole:  # after the body, the app only listens for the client leaving
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0))
+            except TimeoutError:
+                raise BodyRefused(408, f"no whole request within {self.timeout_s:g} s") \
+                    from None
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise BodyRefused(413, f"request body over {MAX_BODY_BYTES} bytes")
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 class Pages:
@@ -92,9 +146,8 @@ class Pages:
         return token
 
     def _refused(self, request: Request, exc: TokenError) -> Response:
-        client = request.client.host if request.client else "?"
         log.warning("web.refused path=/%s client=%s reason=%r",
-                    request.url.path.split("/")[1], client, str(exc))
+                    request.url.path.split("/")[1], _client(request), str(exc))
         return self.page("message", 403, title="This link does not work",
                          message=str(exc))
 
@@ -127,6 +180,21 @@ class Pages:
                          message=f"Your profile file has a problem{where}: {exc.reason}. "
                                  "Nothing was changed; fix the file or ask the list's "
                                  "operator.")
+
+    async def client_gone(self, request: Request, _exc: Exception) -> Response:
+        """A client that left before sending its whole request: one line, no traceback."""
+        log.info("web.client-gone method=%s path=/%s client=%s", request.method,
+                 request.url.path.split("/")[1], _client(request))
+        return Response(status_code=400)  # nobody is there to read it
+
+    async def body_refused(self, request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, BodyRefused):  # the only kind it is registered for
+            raise exc
+        log.warning("web.request-refused method=%s path=/%s client=%s reason=%r",
+                    request.method, request.url.path.split("/")[1], _client(request),
+                    exc.reason)
+        return self.page("message", exc.status, title="Request not read",
+                         message=f"The request was not read: {exc.reason}.")
 
     async def home(self, request: Request) -> Response:
         return self.page("message", title=self.settings.mail.list_id,
@@ -208,3 +276,7 @@ class Pages:
         return self.page("profile", title="Your interests", name=current.name,
                          interests="\n".join(i.text for i in current.interests),
                          saved=request.method == "POST")
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"

@@ -9,10 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
 from digest.config import Settings, WebSettings
@@ -25,6 +30,7 @@ from digest.tokens import LinkToken, Signer
 from digest.web import make_app
 
 from .conftest import NOW
+from .running import wait_for
 
 SECRET = "test-secret-" + "x" * 32
 PROFILE = """\
@@ -199,3 +205,69 @@ def test_a_profile_file_now_someone_elses_is_not_edited(client, email, tmp_path)
     answer = client.post(_links(email)["Unsubscribe"][0])
     assert answer.status_code == 410
     assert path.read_text(encoding="utf-8") == before
+
+
+# A real server (uvicorn, as `digest serve` runs it) against clients that misbehave -----
+
+@contextmanager
+def _serving(app) -> Iterator[int]:
+    """The app behind uvicorn on 127.0.0.1 in a thread; yields its port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 20, "uvicorn to start")
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def _post_head(link: str, length: int) -> bytes:
+    path = link.removeprefix("https://digest.example")
+    return (f"POST {path} HTTP/1.1\r\nHost: digest.example\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+@pytest.fixture
+def strict_app(web_settings: Settings, email: OutgoingEmail):
+    settings = web_settings.model_copy(update={"web": web_settings.web.model_copy(
+        update={"body_timeout_s": 0.5})})
+    return make_app(settings, env={"DIGEST_SECRET": SECRET}, clock=lambda: NOW)
+
+
+def test_a_body_that_never_arrives_gets_408_and_one_line(strict_app, email, tmp_path, caplog):
+    """10 bytes of a declared megabyte, then nothing: answered once body_timeout_s has
+    passed, instead of holding the connection."""
+    [link] = _links(email)["Edit your interests"]
+    before = _profile_text(tmp_path)
+    with caplog.at_level(logging.INFO), _serving(strict_app) as port, \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(_post_head(link, 1_000_000) + b"interests=")
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert _profile_text(tmp_path) == before
+    [refused] = [r.getMessage() for r in caplog.records if "web.request-refused" in r.msg]
+    assert "path=/p " in refused and "no whole request within 0.5 s" in refused
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_body_too_large_for_any_page_gets_413(strict_app, email, tmp_path):
+    [link] = _links(email)["Edit your interests"]
+    with _serving(strict_app) as port, \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(_post_head(link, 200_000) + b"interests=" + b"x" * 199_990)
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_client_that_leaves_mid_body_is_one_line_without_a_traceback(strict_app, email,
+                                                                       caplog):
+    [link] = _links(email)["Edit your interests"]
+    with caplog.at_level(logging.INFO), _serving(strict_app) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(_post_head(link, 1_000) + b"interests=dense")
+        wait_for(lambda: "web.client-gone" in caplog.text, 20, "the server to notice")
+    assert "Exception in ASGI application" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
