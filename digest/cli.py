@@ -30,8 +30,9 @@ from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
 from digest.deliver import OutboxMailer
 from digest.errors import DigestError
+from digest.liveness import recover_abandoned
 from digest.models import Profile
-from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox, recover_abandoned
+from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
 from digest.profilecache import ProfileCache
 from digest.profiles import (
     load_profile,
@@ -44,7 +45,8 @@ from digest.profiles import (
     set_field,
 )
 from digest.schedule import parse_schedule
-from digest.shards import SendReport, send_all
+from digest.sending import SHOW_ALL, SendReport
+from digest.shards import send_all
 from digest.store import Store
 
 log = logging.getLogger("digest")
@@ -200,7 +202,7 @@ def demo(out_dir: Path) -> None:
     if result.saved:
         click.echo(f"Open this one in a browser: {result.saved[0][1].resolve()}")
     click.echo(f"({time.perf_counter() - started:.1f} s)")
-    if any(o.status is Status.FAILED for o in result.outcomes):
+    if any(o.status in (Status.FAILED, Status.ERROR) for o in result.outcomes):
         sys.exit(1)
 
 
@@ -383,7 +385,14 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
     finally:
         store.close()  # workers open their own; none may inherit this one
     if not dry_run:
-        report = send_all(settings, paths, now=utc_now(), processes=settings.send.processes)
+        if settings.send.workers == "celery":  # on the hosts of `digest worker`s
+            from digest.workers import send_through_celery
+
+            report = send_through_celery(settings, [(path, None) for path in paths],
+                                         now=utc_now(), show_all=len(paths) <= SHOW_ALL)
+        else:  # on this machine's cores
+            report = send_all(settings, paths, now=utc_now(),
+                              processes=settings.send.processes)
         if not profiles:  # the whole folder was served: forget profiles no longer in it
             cache = ProfileCache.for_settings(settings)
             cache.keep_only(paths)
@@ -403,10 +412,13 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.most_common())
     click.echo(f"{report.editions} editions in {elapsed:.1f} s: {counts or 'none due'}.")
     report_problems(report.errors)
-    failed = [o for o in report.shown if o.status is Status.FAILED]
-    for o in failed:
-        click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
-    if report.counts[Status.FAILED] or report.errors:
+    for o in report.shown:
+        if o.status is Status.FAILED:
+            click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
+        elif o.status is Status.ERROR:
+            click.echo(f"{o.profile.path}: edition not sent: {o.detail} (a bug: please "
+                       "report it with the output of -vv)", err=True)
+    if report.counts[Status.FAILED] or report.counts[Status.ERROR] or report.errors:
         sys.exit(1)
 
 

@@ -40,14 +40,9 @@ from digest.errors import ConfigError, ProfileError, StoreError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.leader import leadership_for
+from digest.liveness import Sender, recover_abandoned
 from digest.models import Profile
-from digest.pipeline import (
-    BATCH,
-    EditionRun,
-    Status,
-    check_sending,
-    recover_abandoned,
-)
+from digest.pipeline import BATCH, EditionRun, Status, check_sending
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -110,6 +105,7 @@ class Daemon:
         self.exit_status = 0
         self._celery_app: Celery | None = None  # send.workers = "celery", made on first use
         self._feed_polls: dict[str, asyncio.Task[None]] = {}  # by feed URL
+        self.sender = Sender(clock=clock)  # every run's; its heartbeat lives with the store
 
     # Profiles --------------------------------------------------------------------------
 
@@ -194,7 +190,7 @@ class Daemon:
         idle = now - timedelta(seconds=2 * SILENT_AFTER_S)
         # Editions taken back now are marked as touched at `idle`, so this tick asks for
         # them at once rather than a tick later.
-        recover_abandoned(self.store, now=idle - timedelta(microseconds=1))
+        recover_abandoned(self.store, now=now, touched_at=idle - timedelta(microseconds=1))
         self._asked_again = {k: t for k, t in self._asked_again.items() if now - k[1] <= grace}
         again = timedelta(seconds=daemon.retry_base_s)
         for key in self.store.unsettled_editions(untouched_since=idle, slots_since=now - grace):
@@ -228,10 +224,12 @@ class Daemon:
             if self.settings.send.workers == "celery":  # the workers rank and send
                 await self._hand_to_workers(self._take_due(batch))
                 continue
-            # A corpus fitted on today's papers; the embedding model is loaded only once.
+            # A corpus fitted on today's papers; the embedding model is loaded only once,
+            # and one sender (one heartbeat) serves every run.
             try:
                 run = EditionRun(self.store, self.settings, embedder=self._embedder,
-                                 stopping=self.stopping)
+                                 stopping=self.stopping, sender=self.sender,
+                                 clock=self.clock)
             except ConfigError as exc:  # checked at start and reload; the key file may go
                 log.error("editions.not-sent count=%d reason=%r", len(batch), str(exc))
                 self._queued.difference_update(batch)
@@ -243,13 +241,6 @@ class Daemon:
                     if self.stopping.is_set():
                         break
                     await self._send_batch(run, mailer, due[start:start + BATCH])
-            # The one sender, between batches: nothing of its own is in flight, so any
-            # claim it still holds (a batch that failed part-way) goes back to pending,
-            # for the retry job, instead of staying `sending` while this process lives.
-            try:
-                self.store.release_own_claims(run.claimer, now=self.clock())
-            except StoreError as exc:
-                log.error("editions.release-failed reason=%r", str(exc))
             self._embedder = run.embedder
 
     def _take_due(self, batch: list[tuple[str, datetime | None]]
@@ -304,15 +295,14 @@ class Daemon:
 
     async def _send_batch(self, run: EditionRun, mailer: SmtpMailer,
                           due: list[tuple[Profile, datetime]]) -> None:
+        """One batch; an edition's own error is its outcome (the run keeps it there). What
+        can still go wrong is the batch's: the database away, a broken template. Its
+        editions stay pending for the retry job, and the run gives back what it claimed."""
         try:
             outcomes = await run.run_batch(due, mailer, now=self.clock())
-        except Exception:
-            if len(due) == 1:  # one subscriber's bug must not stop the others' editions
-                log.exception("edition.error subscriber=%s slot=%s", due[0][0].subscriber_id,
-                              due[0][1].isoformat())
-                return
-            for item in due:  # find whose it is: the others still go out
-                await self._send_batch(run, mailer, [item])
+        except (StoreError, ConfigError) as exc:
+            log.error("editions.not-sent count=%d reason=%r (the retry job asks again)",
+                      len(due), str(exc))
             return
         for outcome in outcomes:
             if outcome.status is Status.SENT:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import logging
 import os
 import random
-import secrets
-import socket
-import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -35,11 +31,14 @@ from digest.errors import (
     ConfigError,
     InputError,
     PermanentDeliveryError,
+    StoreError,
     TransientDeliveryError,
+    first_line,
 )
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
 from digest.ingest.inbox import InboxWatcher
+from digest.liveness import Sender, utc_now
 from digest.models import (
     Edition,
     EditionState,
@@ -64,7 +63,6 @@ from digest.render import mail_domain, make_environment, message_id, render_edit
 from digest.schedule import parse_schedule
 from digest.signing import DkimSigner, make_dkim
 from digest.store import Attempt, Store
-from digest.store.store import HEARTBEAT_S, SILENT_AFTER_S
 from digest.tokens import Links, Signer
 
 log = logging.getLogger(__name__)
@@ -177,106 +175,6 @@ def check_sending(settings: Settings) -> None:
 
 
 
-_identity: tuple[int, str] | None = None
-
-
-@lru_cache(maxsize=1)
-def pid_space() -> str:
-    """"hostname/space": where a pid means one process. Containers can share a hostname
-    (host networking) but not their pids; the space (boot and pid namespace) tells them
-    apart, so a sender only judges the pids of its own space alive or dead."""
-    parts = [socket.gethostname()]
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-        parts.append(hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8])
-    except OSError:  # not Linux: the hostname alone
-        pass
-    return "/".join(parts)
-
-
-def sender_identity() -> str:
-    """"hostname/space:pid:nonce" of this process, recorded on the editions it is
-    sending. The nonce tells apart two processes with one pid (a container restarted:
-    pid 1 again)."""
-    global _identity
-    pid = os.getpid()
-    if _identity is None or _identity[0] != pid:  # a forked child gets its own
-        _identity = (pid, f"{pid_space()}:{pid}:{secrets.token_hex(4)}")
-    return _identity[1]
-
-
-FENCE_AFTER_S = SILENT_AFTER_S / 2  # a sender whose last beat is older stops handing over
-
-_heartbeats: dict[tuple[int, str, int], threading.Thread] = {}
-_last_beat: dict[tuple[int, str, int], float] = {}  # time.monotonic() of the last good one
-_heartbeats_lock = threading.Lock()
-
-
-def heartbeat_fresh(store: Store, claimer: str) -> bool:
-    """False once this sender's heartbeat has failed for FENCE_AFTER_S (the database is
-    away, or the process was paused): others may soon take its claims for a dead sender's,
-    so it must hand no more email to the server (self-fencing)."""
-    last = _last_beat.get((os.getpid(), claimer, id(store)))
-    return last is None or time.monotonic() - last < FENCE_AFTER_S
-
-
-def keep_alive(store: Store, claimer: str) -> None:
-    """Write this sender's heartbeat now and then every HEARTBEAT_S from a thread, for as
-    long as the process lives and the store is open; once per process, claimer and
-    store. Called before editions are claimed, so a claimer always has a heartbeat."""
-    key = (os.getpid(), claimer, id(store))  # a store closed and opened again: a new one
-    with _heartbeats_lock:
-        if key in _heartbeats and _heartbeats[key].is_alive():
-            return
-        host, pid = pid_space(), os.getpid()
-        started = datetime.now(UTC)
-        before = time.monotonic()  # a slow write must not make the beat look newer
-        store.heartbeat(claimer, host=host, pid=pid, started_at=started, now=started)
-        _last_beat[key] = before
-
-        def beat() -> None:
-            while True:
-                time.sleep(HEARTBEAT_S)
-                if store.closed:
-                    break
-                try:
-                    before = time.monotonic()
-                    store.heartbeat(claimer, host=host, pid=pid, started_at=started,
-                                    now=datetime.now(UTC))
-                    _last_beat[key] = before
-                except Exception as exc:  # the database is away: say so, keep trying
-                    log.warning("sender.heartbeat-failed error=%r", str(exc))
-
-        thread = threading.Thread(target=beat, name="digest-heartbeat", daemon=True)
-        thread.start()
-        _heartbeats[key] = thread
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def recover_abandoned(store: Store, *, now: datetime) -> int:
-    """Editions that a dead sender left half-sent go back to pending, so that this run
-    sends them (rather than after `sending_stale_s`): a sender on this host whose process
-    is gone, or one on any host whose heartbeat stopped SILENT_AFTER_S ago."""
-    recovered = store.recover_abandoned(
-        pid_space(), _process_alive, now=now,
-        silent_since=datetime.now(UTC) - timedelta(seconds=SILENT_AFTER_S))
-    store.forget_senders(silent_since=datetime.now(UTC) - timedelta(days=1))
-    if recovered:
-        log.warning("editions.recovered count=%d (their sender died before the server's "
-                    "reply was recorded; they are sent again)", recovered)
-    return recovered
-
-
 class Status(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"  # this attempt failed; `retry` says whether a later run tries again
@@ -287,6 +185,7 @@ class Status(enum.StrEnum):
     IN_FLIGHT = "being sent by another process"
     INACTIVE = "inactive"
     STOPPED = "left for later: stopping"
+    ERROR = "not sent: an error"  # a bug met while ranking, rendering or sending it
 
 
 @dataclass(frozen=True)
@@ -331,7 +230,12 @@ class EditionRun:
     embedder: Embedder | None | Literal["unloaded"] = "unloaded"
     _corpus: Corpus | None = None
     _candidates: OrderedDict[datetime | None, Candidates] = field(default_factory=OrderedDict)
-    claimer: str = field(default_factory=sender_identity)
+    # Who claims and sends this run's editions; the daemon and the workers pass the one they
+    # keep, so a single heartbeat serves all their runs.
+    sender: Sender = field(default_factory=Sender)
+    # The wall clock: claims carry it (a long run's claims must not look stale because the
+    # run's `now` is long past).
+    clock: Callable[[], datetime] = utc_now
     _found: dict[str, Paper] | None = None
     # The stored paper each liked or disliked reference named when first looked up in
     # this run (profiles share many): papers stored later do not change what it names
@@ -351,6 +255,10 @@ class EditionRun:
     # Called once the corpus is built (`digest send` takes memory that lives as long as the
     # run out of the garbage collector's full passes then: digest/shards.py).
     on_corpus: Callable[[], None] | None = None
+
+    @property
+    def claimer(self) -> str:
+        return self.sender.identity
 
     def profile_cache(self) -> ProfileCache:
         """The parsed profiles kept in the data folder (digest/profilecache.py)."""
@@ -448,6 +356,12 @@ class EditionRun:
         self.timings["rank"] += time.perf_counter() - started
         return picks
 
+    def _render_edition(self, profile: Profile, edition: Edition, slot: datetime,
+                        now: datetime) -> OutgoingEmail:
+        """`render`, where a broken operator template (ConfigError) is the whole run's error
+        and any other error is this edition's."""
+        return self.render(profile, edition.picks, slot=slot, now=now)
+
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
                now: datetime) -> OutgoingEmail:
         """The email for these picks. Raises ConfigError if an operator's template is broken."""
@@ -463,12 +377,37 @@ class EditionRun:
         finally:
             self.timings["render"] += time.perf_counter() - started
 
-    def _drafts(self, due: Sequence[tuple[Profile, datetime]], now: datetime) -> list[Edition]:
-        """A new edition for each (profile, slot) with its picks, not yet recorded."""
-        ranked = self.choose_picks_many([p for p, _ in due], now=now)
+    def _rank_each(self, profiles: Sequence[Profile], now: datetime
+                   ) -> list[list[Pick] | Exception]:
+        """`choose_picks_many`, with one profile's error kept to that profile: the profiles
+        are ranked together and, only if that raises, each alone. Database and
+        configuration errors are the whole run's."""
+        try:
+            return list(self.choose_picks_many(profiles, now=now))
+        except (StoreError, ConfigError):
+            raise
+        except Exception as exc:
+            if len(profiles) == 1:
+                return [exc]
+        ranked: list[list[Pick] | Exception] = []
+        for profile in profiles:
+            try:
+                ranked.append(self.choose_picks_many([profile], now=now)[0])
+            except (StoreError, ConfigError):
+                raise
+            except Exception as exc:
+                ranked.append(exc)
+        return ranked
+
+    def _drafts(self, due: Sequence[tuple[Profile, datetime]], now: datetime
+                ) -> list[Edition | Exception]:
+        """A new edition for each (profile, slot) with its picks, not yet recorded; the
+        error instead where ranking it raised."""
+        ranked = self._rank_each([p for p, _ in due], now)
         domain = mail_domain(self.settings.mail)
         # Nothing good enough: the profile says whether to skip or to send a short note.
-        return [Edition(subscriber_id=profile.subscriber_id, slot=slot,
+        return [picks if isinstance(picks, Exception) else
+                Edition(subscriber_id=profile.subscriber_id, slot=slot,
                         state=(EditionState.PENDING if picks or profile.when_nothing == "note"
                                else EditionState.EMPTY),
                         message_id=message_id(profile.subscriber_id, slot, domain),
@@ -476,8 +415,9 @@ class EditionRun:
                 for (profile, slot), picks in zip(due, ranked, strict=True)]
 
     def _claim_editions(self, due: Sequence[tuple[Profile, datetime]], now: datetime
-                        ) -> list[Edition]:
-        """The edition of each (profile, slot): the recorded one, or a new one with its picks.
+                        ) -> list[Edition | Exception]:
+        """The edition of each (profile, slot): the recorded one, or a new one with its picks
+        (or the error ranking it raised: nothing is recorded for it).
 
         A new edition supersedes the subscriber's older failed ones: their papers are
         candidates again, so nothing is lost and nothing comes twice.
@@ -491,13 +431,18 @@ class EditionRun:
                                              now=now)
             self.prefetch([p for p, _ in new])  # after superseding: their papers are free
         drafts = self._drafts(new, now)
+        errors = {(p.subscriber_id, slot): draft for (p, slot), draft in zip(new, drafts,
+                                                                            strict=True)
+                  if isinstance(draft, Exception)}
         with self._ledger():
-            for edition in self.store.create_editions(drafts, candidates_until=now, now=now):
+            for edition in self.store.create_editions(
+                    [d for d in drafts if isinstance(d, Edition)], candidates_until=now,
+                    now=now):
                 found[(edition.subscriber_id, edition.slot)] = edition
-            raced = [key for key in keys if key not in found]  # created meanwhile elsewhere
-            if raced:
+            raced = [key for key in keys if key not in found and key not in errors]
+            if raced:  # created meanwhile by another sender
                 found.update(self.store.get_editions(raced))
-        return [found[key] for key in keys]
+        return [found.get(key) or errors[key] for key in keys]
 
     @contextmanager
     def _ledger(self) -> Iterator[None]:
@@ -583,6 +528,7 @@ class EditionRun:
                 first[(profile.subscriber_id, slot)] = i
                 due.append((i, profile, slot))
         if due:
+            editions: list[Edition | Exception]
             if dry_run:
                 keys = [(p.subscriber_id, slot) for _, p, slot in due]
                 recorded = self.store.get_editions(keys)
@@ -593,9 +539,13 @@ class EditionRun:
                 editions = [recorded[key] if key in recorded else next(drafted)
                             for key in keys]
             else:
+                self.sender.give_back(self.store, now=self.clock())
                 editions = self._claim_editions([(p, slot) for _, p, slot in due], now)
             sendable = []
             for (i, profile, slot), edition in zip(due, editions, strict=True):
+                if isinstance(edition, Exception):
+                    outcomes[i] = _error(profile, slot, "ranking", edition)
+                    continue
                 outcome = _settled(profile, slot, edition)
                 if outcome is None:
                     sendable.append((i, profile, slot, edition))
@@ -603,7 +553,11 @@ class EditionRun:
                     outcomes[i] = outcome
             if dry_run:
                 for i, profile, slot, edition in sendable:
-                    email = self.render(profile, edition.picks, slot=slot, now=now)
+                    try:
+                        email = self._render_edition(profile, edition, slot, now)
+                    except Exception as exc:
+                        outcomes[i] = _error(profile, slot, "rendering", exc)
+                        continue
                     outcomes[i] = EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks,
                                                  await mailer.send(email), email=email)
             elif sendable:
@@ -622,10 +576,10 @@ class EditionRun:
         transaction). An edition that another sender holds is left alone."""
         # Claims carry the wall clock, not the run's `now`: a long run's claims must not look
         # stale (and be taken by another sender) because the run began long ago.
-        claimed_at = max(now, datetime.now(UTC))
+        claimed_at = max(now, self.clock())
         stale_before = claimed_at - timedelta(seconds=self.settings.mail.sending_stale_s)
         with self._ledger():
-            keep_alive(self.store, self.claimer)
+            self.sender.keep_alive(self.store)
             taken = self.store.begin_sending_many([e for *_, e in sendable], now=claimed_at,
                                                   stale_before=stale_before,
                                                   claimer=self.claimer)
@@ -654,11 +608,15 @@ class EditionRun:
             while True:
                 for i, profile, slot, edition in queue:
                     if ((self.stopping is not None and self.stopping.is_set())
-                            or not heartbeat_fresh(self.store, self.claimer)):
+                            or not self.sender.fresh(self.store)):
                         outcomes[i] = EditionOutcome(profile, Status.STOPPED, slot,
                                                      edition.picks)
                         continue
-                    email = self.render(profile, edition.picks, slot=slot, now=now)
+                    try:
+                        email = self._render_edition(profile, edition, slot, now)
+                    except Exception as exc:  # given back to pending, below
+                        outcomes[i] = _error(profile, slot, "rendering", exc)
+                        continue
                     task = asyncio.create_task(mailer.send(email))
                     finished.watch(task)
                     running[task] = (i, profile, slot, edition, email)
@@ -674,26 +632,27 @@ class EditionRun:
                 done = await finished.wait(wait)
                 if done and not replies:
                     oldest = time.monotonic()
-                failure: BaseException | None = None
                 for task in done:
                     i, profile, slot, edition, email = running.pop(task)
-                    try:
-                        outcomes[i], attempt = self._outcome(task, profile, slot, edition,
-                                                             email)
-                    except Exception as exc:  # not an SMTP reply: a bug, or configuration
-                        failure = failure or exc
+                    error = task.exception()
+                    if error is not None and not isinstance(
+                            error, TransientDeliveryError | PermanentDeliveryError):
+                        if not isinstance(error, Exception):
+                            raise error
+                        # Not an SMTP reply but a bug: given back to pending, below.
+                        outcomes[i] = _error(profile, slot, "sending", error)
                         continue
+                    outcomes[i], attempt = self._outcome(task, profile, slot, edition, email)
                     replies.append(attempt)
-                if (failure is not None or not running or len(replies) >= RECORD_EVERY
+                if (not running or len(replies) >= RECORD_EVERY
                         or time.monotonic() - oldest >= RECORD_WITHIN_S):
                     record()
-                if failure is not None:  # the others' replies are recorded first
-                    raise failure
         except BaseException:
             for task in running:
                 task.cancel()
             if replies:  # what the server accepted is recorded before anything else
                 record()
+            self.sender.holding = True  # should the release below fail too
             raise
         finally:
             spent = self.timings["render"] + self.timings["ledger"] - spent
@@ -703,7 +662,7 @@ class EditionRun:
             in_flight = {item[0] for item in running.values()}
             self.store.release_claims(
                 [e.row_id for i, *_, e in work if e.row_id is not None and i not in in_flight
-                 and (i not in outcomes or outcomes[i].status is Status.STOPPED)],
+                 and (i not in outcomes or outcomes[i].status in _GIVEN_BACK)],
                 claimer=self.claimer, now=now)
         return outcomes
 
@@ -718,8 +677,7 @@ class EditionRun:
             return (EditionOutcome(profile, Status.SENT, slot, edition.picks, reply,
                                    email=email),
                     Attempt(edition, EditionState.SENT, reply, retryable=False))
-        if not isinstance(exc, TransientDeliveryError | PermanentDeliveryError):
-            raise exc
+        assert isinstance(exc, TransientDeliveryError | PermanentDeliveryError)
         retry = (isinstance(exc, TransientDeliveryError)
                  and edition.attempts + 1 < self.settings.mail.max_attempts)
         log.warning("edition.failed subscriber=%s slot=%s attempt=%d retry=%s reply=%r",
@@ -763,6 +721,23 @@ class _Finished:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+# Outcomes whose claimed edition goes back to pending at the end of a batch.
+_GIVEN_BACK = frozenset({Status.STOPPED, Status.ERROR})
+
+
+def _error(profile: Profile, slot: datetime, stage: str, exc: Exception) -> EditionOutcome:
+    """An edition that met an unexpected error (a bug): its own outcome, never the run's.
+    Logged in one line; the traceback at debug level (-vv). A ConfigError (a broken
+    template) is every edition's, so it is the run's: raised, not kept here."""
+    if isinstance(exc, ConfigError | StoreError):
+        raise exc
+    log.error("edition.error subscriber=%s slot=%s stage=%s error=%r",
+              profile.subscriber_id, slot.isoformat(), stage, first_line(exc))
+    log.debug("edition.error subscriber=%s traceback", profile.subscriber_id, exc_info=exc)
+    return EditionOutcome(profile, Status.ERROR, slot,
+                          detail=f"{stage} failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def _settled(profile: Profile, slot: datetime, edition: Edition) -> EditionOutcome | None:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
 from digest.errors import BrokerError, ConfigError, StoreError, first_line
-from digest.pipeline import EditionRun, Status, check_sending, recover_abandoned
-from digest.shards import SendReport, run_shard
+from digest.liveness import Sender, recover_abandoned
+from digest.pipeline import EditionRun, Status, check_sending
+from digest.sending import SendReport, run_shard
 from digest.store import Store
 
 if TYPE_CHECKING:
@@ -161,13 +162,15 @@ _run_id: str | None = None
 
 def _edition_run(run_id: str) -> EditionRun:
     """One EditionRun per run of editions (its corpus fitted on that run's papers), so the
-    shards of one run share it; a new run starts afresh, keeping the store and model."""
+    shards of one run share it; a new run starts afresh, keeping the store, the model and
+    the sender (one heartbeat for the worker's life)."""
     global _run, _run_id
     assert _settings is not None, "the task runs only in `digest worker`"
     if _run is None or _run_id != run_id:
         store = _run.store if _run is not None else Store.open(_settings.db_url)
         embedder = _run.embedder if _run is not None else "unloaded"
-        _run = EditionRun(store, _settings, embedder=embedder)
+        sender = _run.sender if _run is not None else Sender()
+        _run = EditionRun(store, _settings, embedder=embedder, sender=sender)
         _run_id = run_id
     return _run
 
@@ -176,9 +179,6 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
     """The task: send one shard's editions, return its report (JSON)."""
     try:
         run = _edition_run(message["run"])
-        # One shard at a time: whatever this worker still holds is from a shard that
-        # failed part-way, with nothing in flight now.
-        run.store.release_own_claims(run.claimer, now=datetime.now(UTC))
         # Editions a dead sender left half-sent are sent now, not when stale: this is how
         # a shard redelivered after its worker was killed goes on at once.
         recover_abandoned(run.store, now=datetime.now(UTC))
@@ -188,7 +188,10 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
              for path, slot in message["items"]]
     now = datetime.fromisoformat(message["now"])
     try:
-        report = _run_items(run, items, now=now, show_all=message["show_all"])
+        # One subscriber's error is that edition's outcome (the run keeps it there); what
+        # escapes is the shard's: the database away (tried again later).
+        report = run_shard(run, [path for path, _ in items], now=now,
+                           show_all=message["show_all"], slots=[slot for _, slot in items])
     except StoreError as exc:
         return _again_later(task, message, exc)
     for error in report.errors:  # profiles that would not load, editions that failed
@@ -217,29 +220,6 @@ def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
     log.info("shard.done editions=%d sent=%d failed=%d", report.editions,
              report.counts[Status.SENT], report.counts[Status.FAILED])
     return report.to_json()
-
-
-def _run_items(run: EditionRun, items: list[tuple[Path, datetime | None]], *,
-               now: datetime, show_all: bool) -> SendReport:
-    """`run_shard`, with one subscriber's failure (a bug, a template error) kept to that
-    subscriber: the shard is split until the failing edition is alone, and the others
-    go out. Database errors are the shard's (StoreError, tried again later)."""
-    try:
-        return run_shard(run, [path for path, _ in items], now=now, show_all=show_all,
-                         slots=[slot for _, slot in items])
-    except StoreError:
-        raise
-    except Exception as exc:
-        if len(items) == 1:
-            log.exception("edition.error profile=%s", items[0][0])
-            return SendReport(errors=[f"{items[0][0]}: edition not sent: {exc}"])
-        # Nothing of this worker's is in flight any more: what the failed attempt still
-        # held goes back to pending, for the halves to send.
-        run.store.release_own_claims(run.claimer, now=datetime.now(UTC))
-        half = len(items) // 2
-        report = _run_items(run, items[:half], now=now, show_all=show_all)
-        report.add(_run_items(run, items[half:], now=now, show_all=show_all))
-        return report
 
 
 def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[str, Any]:

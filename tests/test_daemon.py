@@ -195,6 +195,7 @@ def test_profiles_reload_without_restart_and_a_broken_edit_keeps_the_last_good_o
 
 # The real process ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_digest_run_end_to_end(tmp_path, smtp_sink, seeds):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -264,6 +265,7 @@ def _peak_memory_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
+@pytest.mark.slow
 def test_hostile_profiles_and_feeds_at_once_stall_nobody(tmp_path, smtp_sink, seeds):
     """Every hostile profile and feed at once, beside a subscriber due every 2 s and a good
     feed polled every second: each bad one is logged (a profile once), the subscriber's
@@ -296,16 +298,20 @@ def test_hostile_profiles_and_feeds_at_once_stall_nobody(tmp_path, smtp_sink, se
         def editions() -> int:  # sent, or found nothing new: on time either way
             return len(re.findall(r"edition\.(sent|empty) subscriber=fast", process.text()))
 
-        wait_for(lambda: 304 in server.statuses(good), 60, "the good feed's second poll")
-        wait_for(lambda: "once decompressed" in process.text()
-                 and "no entry could be read" in process.text()
-                 and "raw.xml status=200" in process.text(), 60, "every other feed's poll")
-        seen = editions()
-        wait_for(lambda: editions() >= seen + 2, 30, "two more editions after all that")
-        assert server.statuses("slow.xml") == [200]  # still trickling, never asked again
-        peak = _peak_memory_bytes(process.handle.pid)
-        process.handle.send_signal(signal.SIGTERM)
-        assert process.handle.wait(timeout=30) == 0
+        try:
+            wait_for(lambda: 304 in server.statuses(good), 60, "the good feed's second poll")
+            wait_for(lambda: "once decompressed" in process.text()
+                     and "no entry could be read" in process.text()
+                     and "raw.xml status=200" in process.text(), 60, "every other feed's poll")
+            seen = editions()
+            wait_for(lambda: editions() >= seen + 2, 30, "two more editions after all that")
+            assert server.statuses("slow.xml") == [200]  # still trickling, never asked again
+            peak = _peak_memory_bytes(process.handle.pid)
+            process.handle.send_signal(signal.SIGTERM)
+            assert process.handle.wait(timeout=30) == 0
+        finally:
+            if process.handle.poll() is None:  # a failed check must not leave it running
+                process.handle.kill()
     log = process.text()
     assert peak < 1024 ** 3, f"peak memory {peak / 1024 ** 2:.0f} MiB"
     for name in HOSTILE_PROFILES:
@@ -328,6 +334,7 @@ def _slow_daemon(tmp_path: Path, seeds: list[Path], port: int) -> Path:
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [1, 2])
 def test_sigterm_lets_the_email_in_flight_finish_and_a_second_exits_at_once(
         tmp_path, seeds, signals):

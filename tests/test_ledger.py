@@ -16,6 +16,7 @@ from pathlib import Path
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
+from digest.liveness import FENCE_AFTER_S, Sender
 from digest.models import Edition, EditionState, Profile
 from digest.pipeline import EditionOutcome, EditionRun, Status, ingest_files
 from digest.profiles import load_profile
@@ -300,20 +301,13 @@ def test_a_sender_whose_heartbeat_fails_hands_over_no_more_email(store, settings
                                                                    write_profile, smtp_sink):
     """Self-fencing: once its heartbeat has failed for a while, others may take its claims
     for a dead sender's, so it sends nothing more and puts its claims back."""
-    import time as clock
-
-    from digest import pipeline
-
     ingest_files(store, seeds, now=NOW)
     path = write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
-    run = EditionRun(store, settings)
-    pipeline.keep_alive(store, run.claimer)
-    key = (os.getpid(), run.claimer, id(store))
-    pipeline._last_beat[key] = clock.monotonic() - 2 * pipeline.FENCE_AFTER_S  # silent
-    try:
-        outcome = _send_one_with(run, load_profile(path))
-    finally:
-        pipeline._last_beat[key] = clock.monotonic()
+    monotonic = [1000.0]
+    sender = Sender(monotonic=lambda: monotonic[0])
+    sender.keep_alive(store)  # beats once now; the next beat is HEARTBEAT_S away
+    monotonic[0] += 2 * FENCE_AFTER_S  # and this long has passed without one
+    outcome = _send_one_with(EditionRun(store, settings, sender=sender), load_profile(path))
     assert outcome.status is Status.STOPPED
     assert smtp_sink.received == []
     edition = store.last_edition("ana")

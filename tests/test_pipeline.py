@@ -139,15 +139,36 @@ def test_unreachable_server_fails_the_edition_and_keeps_it(store, seeds, write_p
 
 
 def test_one_broken_subscriber_does_not_stop_the_others(store, seeds, write_profile, settings,
-                                                       smtp_sink):
+                                                       smtp_sink, tmp_path, caplog):
+    """An operator's template that raises for one subscriber's edition only (not a template
+    error, which would be everyone's): that edition's outcome is the error, it stays
+    pending for a later run, and the others go out."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "email.txt.j2").write_text(
+        "{{ heading }}\n{{ lede }}\n"
+        "{{ (lede | length) // 0 if lede.startswith('Bob') else '' }}\n")
+    settings = settings.model_copy(update={"templates_dir": templates})
     ingest_files(store, seeds, now=NOW, reference=NOW)
     paths = [write_profile("ana", interests=["retrieval"]),
              write_profile("bob", interests=["vision transformer"]),
-             write_profile("cy", interests=["attention heads"], active=False)]
+             write_profile("cy", interests=["attention heads"], active=False),
+             write_profile("dee", interests=["language models"])]
     outcomes = _send(store, settings, paths)
-    assert [o.status for o in outcomes] == [Status.SENT, Status.SENT, Status.INACTIVE]
+    assert [o.status for o in outcomes] == [Status.SENT, Status.ERROR, Status.INACTIVE,
+                                            Status.SENT]
+    assert "rendering failed: ZeroDivisionError" in outcomes[1].detail
     assert sorted(r.recipients[0] for r in smtp_sink.received) == [
-        "ana@example.org", "bob@example.org"]
+        "ana@example.org", "dee@example.org"]
+    assert "edition.error subscriber=bob" in caplog.text
+    kept = store.last_edition("bob")
+    assert kept is not None and kept.state is EditionState.PENDING and kept.picks
+
+    (templates / "email.txt.j2").write_text("{{ heading }}\n{{ lede }}\n")
+    again = _send(store, settings, paths)
+    assert [o.status for o in again] == [Status.ALREADY_SENT, Status.SENT, Status.INACTIVE,
+                                         Status.ALREADY_SENT]
+    assert store.last_edition("bob").message_id == kept.message_id
 
 
 def test_dry_run_writes_eml_and_records_nothing(store, seeds, write_profile, settings,

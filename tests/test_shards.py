@@ -8,7 +8,8 @@ import pytest
 
 from digest.models import Profile
 from digest.pipeline import EditionOutcome, Status
-from digest.shards import SendReport, send_all
+from digest.sending import SendReport
+from digest.shards import send_all
 
 from .conftest import NOW
 

@@ -25,7 +25,7 @@ import pytest
 from digest.config import CelerySettings, Settings, SmtpSettings, load_settings
 from digest.models import Edition, EditionState
 from digest.pipeline import RECORD_EVERY, Status
-from digest.shards import SendReport
+from digest.sending import SendReport
 from tests.running import ROOT, cli_ingest, digest_cli, last_editions, write_readers
 from tests.services import AMQP, REDIS, need, postgres_schema
 
@@ -102,6 +102,7 @@ class Workers:
                 process.kill()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, smtp_sink, seeds, pg_url,
                                                          capsys):
     """On RabbitMQ, which hands a dead worker's shard to another at once (Redis does only
@@ -194,6 +195,7 @@ def test_broker_password_only_from_the_environment(tmp_path):
     assert CelerySettings(broker_url="redis://r:6379/1").backend == "redis://r:6379/1"
 
 
+@pytest.mark.slow
 def test_daemon_hands_due_editions_to_a_worker(tmp_path, smtp_sink, seeds, pg_url):
     """`digest run` with workers = "celery" sends nothing itself: it enqueues the due
     editions, and a `digest worker` sends them."""
@@ -225,6 +227,7 @@ def test_daemon_hands_due_editions_to_a_worker(tmp_path, smtp_sink, seeds, pg_ur
     assert "shard.done editions=3 sent=3" in (tmp_path / "worker0.log").read_text()
 
 
+@pytest.mark.slow
 def test_two_workers_through_redis(tmp_path, smtp_sink, seeds, pg_url):
     need(REDIS)
     config = write_setup(tmp_path, smtp_sink.port, 1200, database=pg_url,
@@ -332,8 +335,8 @@ def test_an_unreachable_broker_is_one_line_not_a_traceback(tmp_path, write_profi
 
 def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_profile, now,
                                                            monkeypatch, smtp_sink, in_worker):
-    """A bug while making one edition (here: rendering Ben's) fails that edition alone;
-    the shard's other editions go out, and the report says whose failed."""
+    """A bug while making one edition (here: rendering Ben's) is that edition's outcome;
+    the shard's other editions go out, and the report says whose failed and why."""
     from digest.pipeline import EditionRun, ingest_files
 
     ingest_files(store, seeds, now=now)
@@ -351,8 +354,9 @@ def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_
     message = workers.shard_message([(p, None) for p in paths], now=now, run_id="r2",
                                     show_all=True)
     report = SendReport.from_json(workers._send_shard(_Task(), message))
-    assert report.counts[Status.SENT] == 2
-    assert len(report.errors) == 1 and "ben.yaml: edition not sent: template bug" in \
-        report.errors[0]
+    assert report.counts[Status.SENT] == 2 and report.counts[Status.ERROR] == 1
+    [failed] = [o for o in report.shown if o.status is Status.ERROR]
+    assert failed.profile.subscriber_id == "ben"
+    assert failed.detail == "rendering failed: RuntimeError: template bug"
     assert sorted(r.recipients[0] for r in smtp_sink.received) == [
         "ana@example.org", "chen@example.org"]
