@@ -24,7 +24,8 @@ from pydantic import (
 )
 
 from digest.errors import ConfigError
-from digest.profiles import check_email
+from digest.identity import check_email
+from digest.models import MAX_PAPERS
 
 CONFIG_NAME = "digest.toml"
 
@@ -229,7 +230,7 @@ class Settings(_Frozen):
     outbox_dir: Path
     templates_dir: Path | None = None  # operator's overrides, searched before the defaults
     first_edition_lookback_days: int = Field(default=7, ge=0)
-    default_max_papers: int = Field(default=10, ge=1, le=30)  # profiles.MAX_PAPERS
+    default_max_papers: int = Field(default=10, ge=1, le=MAX_PAPERS)
     smtp: SmtpSettings = SmtpSettings()
     mail: MailSettings = MailSettings()
     daemon: DaemonSettings = DaemonSettings()

@@ -1,4 +1,5 @@
-"""Paper identity: the arXiv id without version when known, else a normalised title key.
+"""Paper identity: the arXiv id without version when known, else a normalised title key;
+and the checks of the names digest sends to (domains, email addresses).
 
 Pure functions; every source goes through them before a paper reaches the store.
 """
@@ -73,3 +74,27 @@ def ascii_address(address: str) -> str:
     every header need it (the local part is ASCII already: profiles are checked for it)."""
     local, _, domain = address.rpartition("@")
     return f"{local}@{ascii_domain(domain)}"
+
+
+def check_email(address: str) -> str:
+    """Return the address if it is one digest can send to; raise ValueError saying why not."""
+    if any(ch in address for ch in "\r\n\t ") or not address.isprintable():
+        raise ValueError("must not contain spaces, line breaks or control characters")
+    if len(address) > 254:
+        raise ValueError("is longer than 254 characters")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"{address!r} is not an email address (expected name@domain)")
+    if len(local) > 64:
+        raise ValueError("the part before @ is longer than 64 characters")
+    if not local.isascii():
+        raise ValueError("non-ASCII before the @ needs SMTPUTF8, which digest does not use")
+    if any(ch in local for ch in '<>(),;:"[]\\') or local.startswith(".") or ".." in local:
+        raise ValueError(f"{address!r} has characters not allowed before the @")
+    try:
+        host = ascii_domain(domain)
+    except ValueError as exc:
+        raise ValueError(f"domain {domain!r} is not a valid host name") from exc
+    if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}", host):
+        raise ValueError(f"domain {domain!r} is not a valid host name")
+    return address

@@ -14,6 +14,10 @@ from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from pathlib import Path
 
+# Papers one edition holds at most: more would not fit in the 100 KB of HTML after which
+# Gmail clips an email.
+MAX_PAPERS = 30
+
 
 @dataclass(frozen=True)
 class Problem:

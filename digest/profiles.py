@@ -40,8 +40,8 @@ from ruamel.yaml.events import (
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from digest.errors import ProfileError
-from digest.identity import ascii_domain, normalise_title, parse_arxiv_id
-from digest.models import Interest, Profile
+from digest.identity import check_email, normalise_title, parse_arxiv_id
+from digest.models import MAX_PAPERS, Interest, Profile
 from digest.reading import read_regular_file
 from digest.schedule import load_timezone, parse_schedule
 
@@ -65,30 +65,6 @@ _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 SubscriberId = Annotated[str, StringConstraints(pattern=_SUBSCRIBER_ID.pattern)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-
-
-def check_email(address: str) -> str:
-    """Return the address if it is one digest can send to; raise ValueError saying why not."""
-    if any(ch in address for ch in "\r\n\t ") or not address.isprintable():
-        raise ValueError("must not contain spaces, line breaks or control characters")
-    if len(address) > 254:
-        raise ValueError("is longer than 254 characters")
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"{address!r} is not an email address (expected name@domain)")
-    if len(local) > 64:
-        raise ValueError("the part before @ is longer than 64 characters")
-    if not local.isascii():
-        raise ValueError("non-ASCII before the @ needs SMTPUTF8, which digest does not use")
-    if any(ch in local for ch in '<>(),;:"[]\\') or local.startswith(".") or ".." in local:
-        raise ValueError(f"{address!r} has characters not allowed before the @")
-    try:
-        host = ascii_domain(domain)
-    except ValueError as exc:
-        raise ValueError(f"domain {domain!r} is not a valid host name") from exc
-    if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}", host):
-        raise ValueError(f"domain {domain!r} is not a valid host name")
-    return address
 
 
 Terms = Annotated[list[Text], Field(max_length=MAX_TERMS)]
@@ -116,9 +92,6 @@ class _Interest(BaseModel):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-MAX_PAPERS = 30
-
-
 class ProfileFile(BaseModel):
     """The schema of a profile file, as people write it."""
 
@@ -131,7 +104,6 @@ class ProfileFile(BaseModel):
     email: str
     timezone: str = "UTC"
     schedule: str = "daily 07:00"
-    # More would not fit in the 100 KB of HTML after which Gmail clips an email.
     max_papers: int | None = Field(default=None, ge=1, le=MAX_PAPERS)
     interests: Annotated[list[Text | _Interest], Field(max_length=MAX_INTERESTS)] = []
     keywords: _Keywords = _Keywords()

@@ -38,8 +38,7 @@ from markupsafe import Markup
 
 from digest.config import MailSettings
 from digest.identity import ascii_address, ascii_domain
-from digest.models import OutgoingEmail, Paper, Pick, Profile
-from digest.profiles import MAX_PAPERS
+from digest.models import MAX_PAPERS, OutgoingEmail, Paper, Pick, Profile
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
 

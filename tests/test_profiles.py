@@ -7,6 +7,7 @@ import re
 import pytest
 
 from digest.errors import ProfileError
+from digest.identity import check_email
 from digest.models import Interest
 from digest.profiles import (
     MAX_AUTHORS,
@@ -14,7 +15,6 @@ from digest.profiles import (
     MAX_PAPER_REFERENCES,
     MAX_PROFILE_BYTES,
     MAX_TERMS,
-    check_email,
     load_profile,
     load_profiles,
 )

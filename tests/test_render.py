@@ -206,7 +206,7 @@ def test_an_internationalised_domain_is_sent_in_its_ascii_form():
 def test_a_full_edition_with_links_stays_small_and_its_text_reads_at_72_columns():
     from datetime import timedelta
 
-    from digest.profiles import MAX_PAPERS
+    from digest.models import MAX_PAPERS
     from digest.tokens import Links, Signer
 
     links = Links("https://digest.example", Signer(["k" * 40]), 90)
@@ -318,7 +318,7 @@ def test_quoted_printable_lines_decode_back_and_stay_within_76_characters(lines)
 
 
 def test_more_picks_than_a_profile_may_ask_for_are_rendered_in_full():
-    from digest.profiles import MAX_PAPERS
+    from digest.models import MAX_PAPERS
 
     picks = [Pick(Paper(key=str(i), title=f"Paper {i}", abstract="Text.", first_seen=NOW,
                         row_id=i), 1.0, "why") for i in range(MAX_PAPERS + 1)]
