@@ -153,6 +153,7 @@ def test_hostile_profiles_are_one_line_each_in_every_command(run_cli, config_fil
     assert len(report["problems"]) == len(HOSTILE_PROFILES)
 
 
+@pytest.mark.slow
 def test_unreachable_smtp_server_is_one_clear_line(run_cli, tmp_path, seeds, write_profile):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

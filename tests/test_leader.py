@@ -24,6 +24,7 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+@pytest.mark.slow
 def test_standby_takes_over_when_the_leader_dies(tmp_path, smtp_sink, seeds, pg_url):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
