@@ -26,19 +26,6 @@ SEEDS = sorted((DATA / "digests" / "seeds").glob("*.txt"))
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-# Slow tests in modules that do not import pytest, so cannot carry @pytest.mark.slow as
-# the others do: marked here by name.
-SLOW_ELSEWHERE = {"tests/test_crash.py::test_sigkill_during_send_loses_nothing",
-                  "tests/test_ledger.py::test_two_send_processes_send_one_edition_once"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by mark
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.partition("[")[0] in SLOW_ELSEWHERE:
-            item.add_marker(pytest.mark.slow)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true",
                      help="rewrite the golden files in tests/data/golden/ from what the code "

@@ -10,6 +10,8 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
+
 from digest.config import SmtpSettings
 from digest.models import EditionState
 from digest.pipeline import RECORD_EVERY
@@ -21,6 +23,7 @@ SUBSCRIBERS = 2000
 KILLS = 3
 
 
+@pytest.mark.slow
 def test_sigkill_during_send_loses_nothing(tmp_path, smtp_sink, seeds, capsys, database_url):
     rng = random.Random(7)
     write_readers(tmp_path / "profiles", SUBSCRIBERS, rng)

@@ -208,7 +208,14 @@ def test_latin1_note_line_with_cr_line_endings(tmp_path: Path) -> None:
 
 
 def test_long_s_month_does_not_crash() -> None:
-    parse_digest_text("Mar 11\n\n\u017fep 1\n", source="s", reference=REFERENCE)
+    """The long s of "ſep 1" casefolds to "s", yet the line is no date line: it is kept as
+    text (a title without an abstract, reported as such), and the day stays March 11."""
+    parsed = parse_digest_text("Mar 11\n\n\u017fep 1\n", source="s", reference=REFERENCE)
+    assert parsed.day == date(2026, 3, 11)
+    assert [(e.title, e.source_line, e.published) for e in parsed.entries] == [
+        ("\u017fep 1", 3, date(2026, 3, 11))]
+    assert [str(p) for p in parsed.problems] == [
+        "s:3: entry has no abstract; kept with its title only"]
 
 
 def test_title_starting_with_month_letters_is_a_title() -> None:

@@ -14,6 +14,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from digest.config import Settings
 from digest.deliver import SmtpMailer
 from digest.liveness import FENCE_AFTER_S, Sender
@@ -93,6 +95,7 @@ async def _run_and_close(run: EditionRun, profile: Profile) -> EditionOutcome:
         return await run.run_edition(profile, mailer, now=NOW)
 
 
+@pytest.mark.slow
 def test_two_send_processes_send_one_edition_once(tmp_path, seeds, write_profile, database_url):
     """Two `digest send` processes at once: the database decides which one sends."""
     write_profile("ana", interests=["dense retrieval"])
