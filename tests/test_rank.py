@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from digest.models import Interest, Profile
 from digest.pipeline import ingest_files, resolve_preferences
-from digest.rank import build_corpus, prepare_candidates, rank_papers
+from digest.rank import (
+    DEFAULT_PARAMS,
+    RankParams,
+    build_corpus,
+    prepare_candidates,
+    rank_papers,
+)
+from digest.rank.cache import candidate_cache
 
 from .conftest import NOW
 
@@ -28,9 +35,9 @@ def _profile(**fields) -> Profile:
     return replace(base, **fields)
 
 
-def _rank(store, papers, profile, top=10):
+def _rank(store, papers, profile, top=10, params=DEFAULT_PARAMS):
     prefs, _ = resolve_preferences(store, profile)
-    corpus = build_corpus(papers)
+    corpus = build_corpus(papers, params=params)
     return rank_papers(corpus, prefs, prepare_candidates(corpus, papers), top=top)
 
 
@@ -94,15 +101,13 @@ def test_a_keyword_rule_means_its_words_in_any_form(store, papers):
     """Muting "language model" mutes papers on "large language models" and "language
     modelling" (the words' Snowball stems, as the tf-idf model reads them), not one on
     "modal logic" that only says "models"; a word with a sign in it stays as written."""
-    from digest.rank import _mentions
-
     synthetic = _synthetic(["Large Language Models are few-shot learners",
                             "Language modelling at scale", "Modal logic of models",
                             "GPT-4 and GPT-4o compared", "GPT-5 is not GPT-4o"])
-    candidates = prepare_candidates(build_corpus(synthetic), synthetic)
-    assert _mentions(candidates, ["Language Model"]).tolist() == [True, True, False, False,
-                                                                  False]
-    assert _mentions(candidates, ["gpt-4"]).tolist() == [False, False, False, True, False]
+    corpus = build_corpus(synthetic)
+    mentions = candidate_cache(corpus, prepare_candidates(corpus, synthetic)).mentions
+    assert mentions.of(["Language Model"]).tolist() == [True, True, False, False, False]
+    assert mentions.of(["gpt-4"]).tolist() == [False, False, False, True, False]
     # On the real papers: Chen's profile (the demo) mutes "language model".
     chen = _profile(interests=(Interest("image classification"),), mute=("language model",))
     picks = _rank(store, papers, chen, top=50)
@@ -111,11 +116,42 @@ def test_a_keyword_rule_means_its_words_in_any_form(store, papers):
 
 
 def test_disliked_paper_pushes_its_neighbours_down(store, papers):
-    interests = (Interest("retrieval"),)
-    plain = _rank(store, papers, _profile(interests=interests), top=20)
-    disliked = plain[0].paper.title
-    after = _rank(store, papers, _profile(interests=interests, disliked=(disliked,)), top=20)
-    assert disliked not in [p.paper.title for p in after]
+    """Against the same profile with the paper only left out (as if already sent), disliking
+    it moves each of the five papers most like it (of the first 20) down the ranking, with
+    a lower score, and those five fall further than the five least like it."""
+    import numpy as np
+
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    profile = _profile(interests=(Interest("retrieval"),))
+
+    def ranked(profile: Profile, exclude: frozenset[int] = frozenset()) -> list:
+        prefs, _ = resolve_preferences(store, profile)
+        return rank_papers(corpus, prefs, candidates, top=len(papers), exclude=exclude)
+
+    disliked = ranked(profile)[0].paper
+    plain = ranked(profile, exclude=frozenset([disliked.row_id]))
+    after = ranked(replace(profile, disliked=(disliked.title,)))
+    assert disliked not in [p.paper for p in after]  # the hard rule
+    assert len(after) == len(plain)  # every other paper, in both
+
+    first = [p.paper for p in plain[:20]]
+    vectors = corpus.vectors(first).to_csr(len(corpus.terms))
+    likeness = (vectors @ corpus.vectors([disliked]).to_csr(len(corpus.terms)).T).toarray()
+    by_likeness = [first[i] for i in np.argsort(-likeness.ravel(), kind="stable")]
+    nearest, farthest = by_likeness[:5], by_likeness[-5:]
+    rank_before = {p.paper.row_id: i for i, p in enumerate(plain)}
+    rank_after = {p.paper.row_id: i for i, p in enumerate(after)}
+    score_before = {p.paper.row_id: p.score for p in plain}
+    score_after = {p.paper.row_id: p.score for p in after}
+    for paper in nearest:
+        assert rank_after[paper.row_id] > rank_before[paper.row_id], paper.title
+        assert score_after[paper.row_id] < score_before[paper.row_id], paper.title
+
+    def fall(group: list) -> int:
+        return sum(rank_after[p.row_id] - rank_before[p.row_id] for p in group)
+
+    assert fall(nearest) > fall(farthest)
 
 
 def test_followed_author_comes_first(store, papers):
@@ -184,8 +220,24 @@ def test_a_classifier_is_learned_from_enough_likes_and_dislikes(store, papers):
 
 
 def test_scores_are_standard_deviations_above_a_typical_paper(store, papers):
-    picks = _rank(store, papers, _profile(interests=(Interest("dense retrieval"),)), top=3)
+    """With every stored paper a candidate (each is also a reference paper: the store is
+    small), the stored papers' scores average 0, and with one kind of evidence (interests,
+    no feedback) they spread by 1: a score is standard deviations above a typical paper."""
+    import numpy as np
+
+    profile = _profile(interests=(Interest("dense retrieval"),))
+    picks = _rank(store, papers, profile, top=3)
+    assert len(picks) == 3
     assert all(p.score > 1.0 for p in picks)  # far above the typical stored paper
+    for params in [RankParams(feedback_papers=0), DEFAULT_PARAMS]:
+        scores = np.array([p.score for p in _rank(store, papers, profile, top=len(papers),
+                                                  params=params)])
+        assert len(scores) == len(papers)
+        assert abs(scores.mean()) < 0.001, params
+        if params.feedback_papers == 0:  # one kind of evidence: its own spread
+            assert abs(scores.std() - 1) < 0.001
+        else:  # the mean of two kinds (interests, feedback): no wider than each
+            assert scores.std() <= 1.001
 
 
 def test_nothing_to_score_with_picks_nothing_arbitrary(store, papers):
@@ -208,23 +260,23 @@ def test_storing_an_embedding_twice_is_harmless(store, papers):
 
 
 def _scored(corpus, candidates, groups):
-    """Liked-paper groups (papers, weights) as `_rocchio_scores` scores them, through the
+    """Liked-paper groups (papers, weights) as `rocchio_scores` scores them, through the
     query bank, and the plain candidates-and-reference matrix."""
     import numpy as np
 
-    from digest.rank import _candidate_key, _rocchio_scores
+    from digest.rank.queries import candidate_key, rocchio_scores
 
     wanted = {}
     keyed = []
     for group, weights in groups:
         keys = []
         for paper in group:
-            key, source = _candidate_key(corpus, paper)
+            key, source = candidate_key(corpus, paper)
             wanted[key] = source
             keys.append(key)
         keyed.append((keys, weights))
-    bank = candidates.queries.lookup(corpus, candidates, wanted)
-    scores, present = _rocchio_scores(corpus, candidates, bank, keyed)
+    bank = candidate_cache(corpus, candidates).queries.lookup(corpus, candidates, wanted)
+    scores, present = rocchio_scores(corpus, candidates, bank, keyed)
     return bank, scores, present, candidates.scoring.toarray().astype(np.float64)
 
 
@@ -234,7 +286,8 @@ def test_fast_scores_equal_the_plain_matrix_products(store, papers):
     products their definitions say."""
     import numpy as np
 
-    from digest.rank import SparseRows, _products, _rocchio
+    from digest.rank import SparseRows
+    from digest.rank.queries import products, rocchio
 
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers[:40])
@@ -242,7 +295,7 @@ def test_fast_scores_equal_the_plain_matrix_products(store, papers):
     queries = SparseRows.stack([liked, corpus.transform(["dense retrieval", "vision"])])
     dense = queries.to_csr(len(corpus.terms)).toarray()
     scoring = candidates.scoring.toarray().astype(np.float64)
-    np.testing.assert_allclose(_products(candidates, queries), dense @ scoring.T, atol=1e-6)
+    np.testing.assert_allclose(products(candidates, queries), dense @ scoring.T, atol=1e-6)
 
     weights = np.array([1, 1, 1, 0.5, 0.5, 0.5])
     groups = [(papers[40:45], None), ([], None), (papers[45:51], weights),
@@ -253,26 +306,24 @@ def test_fast_scores_equal_the_plain_matrix_products(store, papers):
     for row, (group, weights) in zip(scores, groups, strict=True):
         if group:
             rows = corpus.linking_vectors(group).to_csr(len(corpus.terms)).toarray()
-            query = _rocchio(rows, corpus.common, weights)
+            query = rocchio(rows, corpus.common, weights, beta=corpus.params.rocchio_beta)
             np.testing.assert_allclose(row, scoring @ query, atol=1e-5)
 
 
-def test_picks_are_the_same_from_the_similarity_table(store, papers, monkeypatch):
+def test_picks_are_the_same_from_the_similarity_table(store, papers):
     """MMR compares each profile's shortlist until enough profiles make a table of every two
     candidates worth building; both give the same picks."""
-    import digest.rank
-
     profiles = [_profile(interests=(Interest("retrieval"),), liked=(papers[3].title,)),
                 _profile(interests=(Interest("language models"), Interest("vision"))),
                 _profile(liked=(papers[0].title, papers[1].title), disliked=(papers[-1].title,))]
 
-    def titles() -> list[list[str]]:
-        return [[p.paper.title for p in _rank(store, papers, profile, top=20)]
+    def titles(params: RankParams) -> list[list[str]]:
+        return [[p.paper.title for p in _rank(store, papers, profile, top=20, params=params)]
                 for profile in profiles]
 
-    per_shortlist = titles()
-    monkeypatch.setattr(digest.rank, "SIMILARITY_PAIRS_PER_PROFILE", 10**9)  # table at once
-    assert titles() == per_shortlist
+    per_shortlist = titles(RankParams(similarity_pairs_per_profile=0))  # never a table
+    assert titles(RankParams(similarity_pairs_per_profile=10**9)) == per_shortlist  # at once
+    assert titles(DEFAULT_PARAMS) == per_shortlist
     assert all(per_shortlist)
 
 
@@ -282,9 +333,29 @@ def test_keyword_rules_are_worked_out_once_per_candidates(store, papers):
     profile = _profile(interests=(Interest("language models"),), mute=("retrieval",))
     prefs, _ = resolve_preferences(store, profile)
     first = rank_papers(corpus, prefs, candidates, top=10)
-    assert list(candidates.mentions) == ["retrieval"]
+    assert list(candidate_cache(corpus, candidates).mentions.masks) == ["retrieval"]
     assert rank_papers(corpus, prefs, candidates, top=10) == first
     assert not any("retrieval" in p.paper.text.lower() for p in first)
+
+
+def test_what_ranking_keeps_lives_beside_the_candidates_and_goes_with_them(store, papers):
+    """The frozen candidates hold no cache: the corpus keeps one per set of candidates,
+    reused by every ranking on them, and drops it when the candidates are dropped (the
+    pipeline keeps only a few sets)."""
+    import gc
+
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    prefs, _ = resolve_preferences(store, _profile(interests=(Interest("retrieval"),),
+                                                   mute=("vision",)))
+    rank_papers(corpus, prefs, candidates, top=10)
+    cache = candidate_cache(corpus, candidates)
+    assert cache.mentions.masks and cache.queries.index  # something was kept
+    rank_papers(corpus, prefs, candidates, top=10)
+    assert list(corpus.candidate_caches.values()) == [cache]
+    del candidates, cache
+    gc.collect()
+    assert len(corpus.candidate_caches) == 0
 
 
 _MENTION_TEXT = st.text(alphabet=st.sampled_from(
@@ -302,20 +373,16 @@ def test_a_keyword_is_found_where_its_whole_word_regex_matches(texts, phrase, in
     matches, letters a regex takes for others ("s" and the long s, the two Greek sigmas,
     dotless i) included: through the word index, by scanning (too many texts to index),
     and where Python's table of such letters is not there."""
-    import digest.rank
-    from digest.rank import LoweredTexts, _find_mentions, _phrase_pattern
+    from digest.rank import LoweredTexts
+    from digest.rank.words import CASE_TWINS, find_mentions, phrase_pattern
 
     lowered = [t.lower() for t in texts]
-    pattern = _phrase_pattern([phrase])
+    pattern = phrase_pattern([phrase])
     assert pattern is not None
     expected = [bool(pattern.search(t)) for t in lowered]
-    limit, twins = digest.rank.WORD_INDEX_TEXTS, digest.rank._CASE_TWINS
-    try:
-        digest.rank.WORD_INDEX_TEXTS = limit if indexed else 0
-        digest.rank._CASE_TWINS = twins if twins_known else None
-        assert _find_mentions(LoweredTexts(lowered), [phrase]).tolist() == expected
-    finally:
-        digest.rank.WORD_INDEX_TEXTS, digest.rank._CASE_TWINS = limit, twins
+    prepared = LoweredTexts(lowered, word_index=indexed,
+                            case_twins=CASE_TWINS if twins_known else None)
+    assert find_mentions(prepared, [phrase]).tolist() == expected
 
 
 def test_terms_no_other_paper_has_leave_the_liked_papers_query(store, papers):
@@ -350,10 +417,10 @@ def _synthetic(titles: list[str]) -> list:
             for i, t in enumerate(titles)]
 
 
-def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
+def test_feedback_brings_in_what_the_best_candidates_share():
     """Pseudo-relevance feedback: a paper sharing no word with the liked one, but much with
     the candidates that match it best, comes before unrelated papers."""
-    import digest.rank
+    from digest.rank import Preferences
 
     liked = "graph neural networks for molecule property prediction"
     close = [f"graph neural networks for molecule docking with binding affinity, part {w}"
@@ -361,64 +428,59 @@ def test_feedback_brings_in_what_the_best_candidates_share(monkeypatch):
     related = "binding affinity docking benchmark"
     unrelated = _UNRELATED
     papers = _synthetic([liked, *close, related, *unrelated])
-    corpus = build_corpus(papers)
-    candidates = prepare_candidates(corpus, papers[1:])
-    prefs = digest.rank.Preferences(profile=_profile(), liked=(papers[0],))
+    prefs = Preferences(profile=_profile(), liked=(papers[0],))
 
-    def position_of_related() -> int:
-        picks = rank_papers(corpus, prefs, candidates, top=len(papers))
-        return [p.paper.title for p in picks].index(related)
+    def ranked(params: RankParams) -> list:
+        corpus = build_corpus(papers, params=params)
+        return rank_papers(corpus, prefs, prepare_candidates(corpus, papers[1:]),
+                           top=len(papers))
 
-    with_feedback = position_of_related()
-    monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
+    def position_of_related(params: RankParams) -> int:
+        return [p.paper.title for p in ranked(params)].index(related)
+
+    with_feedback = position_of_related(DEFAULT_PARAMS)
     assert with_feedback == len(close)  # right after the papers like the liked one
-    assert position_of_related() > with_feedback
+    assert position_of_related(RankParams(feedback_papers=0)) > with_feedback
     # Its reason names no liked paper it shares nothing with, but the pick it resembles.
-    monkeypatch.undo()
-    picks = rank_papers(corpus, prefs, candidates, top=len(papers))
-    reason = next(p.reason for p in picks if p.paper.title == related)
+    reason = next(p.reason for p in ranked(DEFAULT_PARAMS) if p.paper.title == related)
     assert reason.startswith("similar to: graph neural networks for molecule docking")
 
 
-def test_feedback_widens_interests_when_nothing_is_liked(monkeypatch):
+def test_feedback_widens_interests_when_nothing_is_liked():
     """A profile with interests and no liked papers: the candidates that match them best
     stand in for liked papers, so a paper sharing no word with the interests but much with
     those candidates comes before unrelated papers; its reason names the pick it resembles,
     the others' reasons the words they match."""
-    import digest.rank
+    from digest.rank import Preferences
 
     close = [f"molecule docking with graph networks and binding affinity, part {w}"
              for w in ["one", "two", "three", "four", "five"]]
     related = "binding affinity graph networks benchmark"
     unrelated = _UNRELATED
     papers = _synthetic([*close, related, *unrelated])
-    corpus = build_corpus(papers)
-    candidates = prepare_candidates(corpus, papers)
-    prefs = digest.rank.Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
+    prefs = Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
 
-    def ranked() -> list:
-        return rank_papers(corpus, prefs, candidates, top=len(papers))
+    def ranked(params: RankParams = DEFAULT_PARAMS) -> list:
+        corpus = build_corpus(papers, params=params)
+        return rank_papers(corpus, prefs, prepare_candidates(corpus, papers), top=len(papers))
 
     picks = ranked()
     titles = [p.paper.title for p in picks]
     assert titles.index(related) == len(close)  # right after the papers that match
     assert all(p.reason.startswith("matches: molecule docking") for p in picks[:len(close)])
     assert picks[len(close)].reason.startswith("similar to: molecule docking with graph")
-    monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
-    assert related not in [p.paper.title for p in ranked()][:len(close) + 1]
+    without = ranked(RankParams(feedback_papers=0))
+    assert related not in [p.paper.title for p in without][:len(close) + 1]
 
 
-def test_feedback_comes_only_from_papers_good_enough_to_send(store, papers, monkeypatch):
+def test_feedback_comes_only_from_papers_good_enough_to_send(store, papers):
     """Feedback can lift the papers it comes from; on a day when no paper clears
     `min_score` on the first pass, there is none, and nothing is sent."""
-    import digest.rank
-
     lifted = 0
     for interest in ["long context", "in-context learning", "reasoning", "tabular data"]:
         profile = _profile(interests=(Interest(interest),))
-        monkeypatch.setattr(digest.rank, "FEEDBACK_PAPERS", 0)
-        best_first_pass = _rank(store, papers, profile)[0].score
-        monkeypatch.undo()
+        first_pass = _rank(store, papers, profile, params=RankParams(feedback_papers=0))
+        best_first_pass = first_pass[0].score
         lifted += _rank(store, papers, profile)[0].score > best_first_pass
         strict = replace(profile, min_score=best_first_pass + 0.01)
         assert _rank_with(store, papers, strict) == [], interest
@@ -429,14 +491,14 @@ def test_papers_that_match_nothing_never_stand_in_for_liked_ones():
     """Fewer than five candidates match the interest and min_score lets everything through:
     feedback comes from the matching ones only, never from the tied rest, which stay
     below the matches and are not said to resemble anything."""
-    import digest.rank
+    from digest.rank import Preferences
 
     close = [f"molecule docking with binding affinity, part {w}" for w in ["one", "two"]]
     unrelated = _UNRELATED
     papers = _synthetic([*unrelated, *close])  # the tied ones come first
     corpus = build_corpus(papers)
     candidates = prepare_candidates(corpus, papers)
-    prefs = digest.rank.Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
+    prefs = Preferences(profile=_profile(interests=(Interest("molecule docking"),)))
     picks = rank_papers(corpus, prefs, candidates, top=len(papers), min_score=-5.0)
     assert {p.paper.title for p in picks[:2]} == set(close)
     rest = picks[2:]
@@ -444,17 +506,15 @@ def test_papers_that_match_nothing_never_stand_in_for_liked_ones():
     assert not any("similar to" in p.reason for p in rest)
 
 
-def test_picks_are_the_same_with_queries_kept_or_not(store, papers, monkeypatch):
+def test_picks_are_the_same_with_queries_kept_or_not(store, papers):
     """Queries (phrases, liked papers, candidates used as feedback) are kept for the next
     profiles while there is room; kept or worked out afresh, the picks are the same."""
-    import digest.rank
-
     profiles = [_profile(liked=(papers[i].title, papers[i + 1].title)) for i in range(0, 12, 2)]
     profiles.insert(1, _profile(liked=(papers[0].title,)))  # much the same feedback as the 1st
     profiles.append(_profile(interests=(Interest("retrieval"),), liked=(papers[3].title,)))
 
-    def titles() -> list[list[str]]:
-        corpus = build_corpus(papers)
+    def titles(params: RankParams) -> list[list[str]]:
+        corpus = build_corpus(papers, params=params)
         candidates = prepare_candidates(corpus, papers)
         ranked = []
         for profile in [*profiles, *profiles]:  # the second time from what was kept
@@ -464,19 +524,17 @@ def test_picks_are_the_same_with_queries_kept_or_not(store, papers, monkeypatch)
         assert ranked[:len(profiles)] == ranked[len(profiles):]
         return ranked
 
-    kept = titles()
+    kept = titles(DEFAULT_PARAMS)
     row = 8 * 2 * len(papers)  # a query's scores: on every candidate and reference row
     for room in [0, 6 * row, 40 * row]:  # none kept; fewer than a profile has; a few
-        monkeypatch.setattr(digest.rank, "QUERY_CACHE_BYTES", room)
-        assert titles() == kept
+        assert titles(RankParams(query_cache_bytes=room)) == kept
     assert all(kept)
 
 
-def test_profiles_ranked_together_get_what_each_gets_alone(store, papers, monkeypatch):
+def test_profiles_ranked_together_get_what_each_gets_alone(store, papers):
     """`rank_many` scores a batch of profiles with one set of array operations; every
     profile's picks, scores and reasons are the ones it gets ranked alone, whatever the
     batch's size and whoever else is in it."""
-    import digest.rank
     from digest.rank import RankRequest, rank_many
 
     titles = [p.title for p in papers]
@@ -503,6 +561,6 @@ def test_profiles_ranked_together_get_what_each_gets_alone(store, papers, monkey
                          exclude=r.exclude, min_score=r.min_score) for r in requests]
     assert sum(map(bool, alone)) >= 8
     assert any("learned from your 6 liked and 6 disliked" in p.reason for p in alone[4])
-    for batch in [digest.rank.RANK_BATCH, 4, 1]:
-        monkeypatch.setattr(digest.rank, "RANK_BATCH", batch)
-        assert rank_many(corpus, prepare_candidates(corpus, papers), requests) == alone
+    for batch in [DEFAULT_PARAMS.rank_batch_profiles, 4, 1]:
+        batched = build_corpus(papers, params=RankParams(rank_batch_profiles=batch))
+        assert rank_many(batched, prepare_candidates(batched, papers), requests) == alone
