@@ -356,12 +356,6 @@ class EditionRun:
         self.timings["rank"] += time.perf_counter() - started
         return picks
 
-    def _render_edition(self, profile: Profile, edition: Edition, slot: datetime,
-                        now: datetime) -> OutgoingEmail:
-        """`render`, where a broken operator template (ConfigError) is the whole run's error
-        and any other error is this edition's."""
-        return self.render(profile, edition.picks, slot=slot, now=now)
-
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
                now: datetime) -> OutgoingEmail:
         """The email for these picks. Raises ConfigError if an operator's template is broken."""
@@ -554,7 +548,7 @@ class EditionRun:
             if dry_run:
                 for i, profile, slot, edition in sendable:
                     try:
-                        email = self._render_edition(profile, edition, slot, now)
+                        email = self.render(profile, edition.picks, slot=slot, now=now)
                     except Exception as exc:
                         outcomes[i] = _error(profile, slot, "rendering", exc)
                         continue
@@ -613,7 +607,7 @@ class EditionRun:
                                                      edition.picks)
                         continue
                     try:
-                        email = self._render_edition(profile, edition, slot, now)
+                        email = self.render(profile, edition.picks, slot=slot, now=now)
                     except Exception as exc:  # given back to pending, below
                         outcomes[i] = _error(profile, slot, "rendering", exc)
                         continue
