@@ -30,7 +30,7 @@ from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
 from digest.deliver import OutboxMailer
 from digest.errors import DigestError
-from digest.liveness import recover_abandoned
+from digest.liveness import recover_abandoned, utc_now
 from digest.models import Profile
 from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
 from digest.profilecache import ProfileCache
@@ -95,10 +95,6 @@ def handle_errors(command: F) -> F:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,6 +25,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Literal
@@ -40,7 +41,7 @@ from digest.errors import ConfigError, ProfileError, StoreError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
 from digest.leader import leadership_for
-from digest.liveness import Sender, recover_abandoned
+from digest.liveness import Sender, recover_abandoned, utc_now
 from digest.models import Profile
 from digest.pipeline import BATCH, EditionRun, Status, check_sending
 from digest.profiles import load_profile, profile_paths
@@ -52,10 +53,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -337,8 +334,9 @@ class Daemon:
         try:
             await poll_feed(self.store, feed, self.settings.daemon, now=self.clock(),
                             rng=self.rng)
-        except (StoreError, OSError) as exc:
+        except Exception as exc:  # as a job's error would be: logged, and the next poll
             log.error("feed.error url=%s error=%r", feed.url, str(exc))
+            log.debug("feed.error url=%s traceback", feed.url, exc_info=exc)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -357,21 +355,17 @@ class Daemon:
             ("profiles", reload_profiles, d.profiles_poll_s),
             ("retry", retry_failed, min(d.retry_base_s, 60.0)),
         ]
+        # One job per feed (`feed:<url>`), looking every minute (or its own interval, if
+        # shorter) whether the feed is due; the store keeps when, back-off included.
+        jobs += [(f"feed:{feed.url}", partial(self.poll_feed, feed),
+                  min(feed.poll_s or d.feed_poll_s, 60.0)) for feed in self.settings.feeds]
+        wanted = {job_id for job_id, _, _ in jobs}
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("feed:") and job.id not in wanted:  # no longer configured
+                self.scheduler.remove_job(job.id)
         for job_id, func, every_s in jobs:
             self.scheduler.add_job(func, IntervalTrigger(seconds=every_s), id=job_id,
                                    replace_existing=True, coalesce=True, max_instances=1,
-                                   next_run_time=datetime.now(UTC))
-        # One job per feed (`feed:<url>`), looking every minute (or its own interval, if
-        # shorter) whether the feed is due; the store keeps when, back-off included.
-        feeds = {f"feed:{feed.url}": feed for feed in self.settings.feeds}
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith("feed:") and job.id not in feeds:
-                self.scheduler.remove_job(job.id)
-        for job_id, feed in feeds.items():
-            every_s = min(feed.poll_s or d.feed_poll_s, 60.0)
-            self.scheduler.add_job(self.poll_feed, IntervalTrigger(seconds=every_s),
-                                   id=job_id, args=[feed], replace_existing=True,
-                                   coalesce=True, max_instances=1,
                                    next_run_time=datetime.now(UTC))
 
     def reload(self) -> None:

@@ -344,7 +344,7 @@ def _read_profile(path: Path) -> bytes:
     return read_regular_file(path, MAX_PROFILE_BYTES, kind="profile file", error=ProfileError)
 
 
-def decode_profile(data: bytes, path: Path) -> str:
+def _decode_profile(data: bytes, path: Path) -> str:
     """UTF-8 text (a BOM is dropped); raises ProfileError at the line of the first bad
     byte."""
     try:
@@ -360,7 +360,7 @@ def decode_profile(data: bytes, path: Path) -> str:
 def load_profile(path: Path, *, default_max_papers: int = 10,
                  strict_id: bool = True) -> Profile:
     """Read and parse one profile file. Raises ProfileError."""
-    text = decode_profile(_read_profile(path), path)
+    text = _decode_profile(_read_profile(path), path)
     return parse_profile(text, path, default_max_papers=default_max_papers,
                          strict_id=strict_id)
 
@@ -465,7 +465,7 @@ def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
     with _locked(target):
         raw = _read_profile(target)
         bom = raw.startswith(codecs.BOM_UTF8)
-        text = decode_profile(raw, path).replace("\r\n", "\n")
+        text = _decode_profile(raw, path).replace("\r\n", "\n")
         crlf = b"\r\n" in raw
         parse_profile(text, path)  # refuse to touch a file that is already broken
         yaml = _round_trip(text)
