@@ -154,6 +154,11 @@ class WebSettings(_Frozen):
     port: int = Field(default=8025, ge=1, le=65535)
     link_days: int = Field(default=90, ge=1)  # how long the links in an email work
     body_timeout_s: float = Field(default=10, gt=0)  # to receive a whole request body
+    # The link-signing secret (DIGEST_SECRET) and older ones still accepted, so that a
+    # rotation leaves sent links working (DIGEST_OLD_SECRETS, comma-separated): only from
+    # the environment, and never printed.
+    secret: SecretStr | None = Field(default=None, exclude=True)
+    old_secrets: tuple[SecretStr, ...] = Field(default=(), exclude=True)
 
     @field_validator("base_url")
     @classmethod
@@ -391,6 +396,16 @@ def load_settings(
                               f"the file: set {variable} in the environment", path=path)
         if env.get(variable):
             raw["celery"] = {**(raw.get("celery") or {}), key: env[variable]}
+    web = dict(raw.get("web") or {})
+    for key, variable in (("secret", "DIGEST_SECRET"), ("old_secrets", "DIGEST_OLD_SECRETS")):
+        if key in web:
+            raise ConfigError(f"web.{key}: secrets are not read from the file; set {variable} "
+                              "in the environment", path=path)
+    if env.get("DIGEST_SECRET", "").strip():
+        web["secret"] = SecretStr(env["DIGEST_SECRET"].strip())
+        web["old_secrets"] = tuple(SecretStr(s.strip()) for s in
+                                   env.get("DIGEST_OLD_SECRETS", "").split(",") if s.strip())
+    raw["web"] = web
     if env.get("DIGEST_WORKERS"):  # containers: the same image, told how to send
         raw["send"] = {**(raw.get("send") or {}), "workers": env["DIGEST_WORKERS"]}
     # `feeds` may list bare URLs or tables with url, name and poll_s.

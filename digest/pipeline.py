@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 import random
 import time
 from collections import OrderedDict, defaultdict
@@ -156,11 +155,11 @@ def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Pape
     return prefs, unresolved
 
 
-def make_links(settings: Settings, env: Mapping[str, str]) -> Links | None:
+def make_links(settings: Settings) -> Links | None:
     """The signed links for emails, if `web.base_url` is set; it needs DIGEST_SECRET."""
     if settings.web.base_url is None:
         return None
-    signer = Signer.from_env(env)
+    signer = Signer.for_web(settings.web)
     if signer is None:
         raise ConfigError("web.base_url is set, so emails carry signed links, but "
                           "DIGEST_SECRET is not set in the environment")
@@ -170,7 +169,7 @@ def make_links(settings: Settings, env: Mapping[str, str]) -> Links | None:
 def check_sending(settings: Settings) -> None:
     """Raise ConfigError now if emails could not be made as configured (links without
     their secret, an unusable DKIM key)."""
-    make_links(settings, os.environ)
+    make_links(settings)
     make_dkim(settings.mail)
 
 
@@ -281,7 +280,7 @@ class EditionRun:
     def __post_init__(self) -> None:
         if self.env is None:
             self.env = make_environment(self.settings.templates_dir)
-        self.links = make_links(self.settings, os.environ)
+        self.links = make_links(self.settings)
         self.dkim = make_dkim(self.settings.mail)
 
     def get_embedder(self) -> Embedder | None:

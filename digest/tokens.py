@@ -18,12 +18,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from digest.errors import ConfigError, DigestError
+
+if TYPE_CHECKING:
+    from digest.config import WebSettings
 
 Action = Literal["unsubscribe", "more", "less", "profile"]
 ACTIONS: tuple[Action, ...] = ("unsubscribe", "more", "less", "profile")
@@ -65,13 +68,12 @@ class Signer:
                                digestmod=hashlib.sha256) for secret in secrets]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Signer | None:
-        """The signer for `DIGEST_SECRET` (+ `DIGEST_OLD_SECRETS`); None if it is not set."""
-        current = env.get("DIGEST_SECRET", "").strip()
-        if not current:
+    def for_web(cls, web: WebSettings) -> Signer | None:
+        """The signer for `web.secret` (DIGEST_SECRET) and `web.old_secrets`; None if no
+        secret is set."""
+        if web.secret is None:
             return None
-        older = [s.strip() for s in env.get("DIGEST_OLD_SECRETS", "").split(",") if s.strip()]
-        return cls([current, *older])
+        return cls([s.get_secret_value() for s in (web.secret, *web.old_secrets)])
 
     def sign(self, token: LinkToken) -> str:
         return self.sign_fields(token.subscriber_id, token.action, token.paper_id,

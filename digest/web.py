@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digest.config import Settings
 from digest.errors import ConfigError, ProfileError
+from digest.liveness import utc_now
 from digest.profiles import load_profile, set_feedback, set_field, set_interests
 from digest.render import make_environment
 from digest.store import Store
@@ -49,10 +49,9 @@ SECURITY_HEADERS = {
 }
 
 
-def make_app(settings: Settings, *, env: Mapping[str, str] | None = None,
-             clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Starlette:
+def make_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Starlette:
     """The web app. Raises ConfigError if DIGEST_SECRET is not set."""
-    signer = Signer.from_env(os.environ if env is None else env)
+    signer = Signer.for_web(settings.web)
     if signer is None:
         raise ConfigError("`digest serve` needs DIGEST_SECRET (the secret the links in "
                           "emails were signed with) in the environment")

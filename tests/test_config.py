@@ -46,6 +46,14 @@ def test_password_in_the_file_is_refused(tmp_path):
     assert "hunter2" not in str(caught.value)
 
 
+def test_link_secret_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "digest.toml"
+    path.write_text("[web]\nsecret = 'a-secret-that-is-long-enough-0123456789'\n")
+    with pytest.raises(ConfigError, match="DIGEST_SECRET") as caught:
+        load_settings(path, env={})
+    assert "a-secret" not in str(caught.value)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("[smtp\n", "not valid TOML"),
     ("[smtp]\nport = 'x'\n", "smtp.port: Input should be a valid integer"),

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from digest.config import load_settings
 from digest.errors import ConfigError
 from digest.tokens import LinkToken, Signer, TokenError
 
@@ -73,9 +74,12 @@ def test_rotation_old_links_keep_working_new_ones_use_the_new_secret():
         Signer([OLD]).verify(new_link, now=NOW)
 
 
-def test_secrets_come_from_the_environment_and_must_be_long():
-    assert Signer.from_env({}) is None
-    signer = Signer.from_env({"DIGEST_SECRET": SECRET, "DIGEST_OLD_SECRETS": f" {OLD} ,"})
+def test_secrets_come_from_the_environment_and_must_be_long(tmp_path):
+    assert Signer.for_web(load_settings(data_dir=tmp_path, env={}).web) is None
+    settings = load_settings(data_dir=tmp_path, env={"DIGEST_SECRET": SECRET,
+                                                     "DIGEST_OLD_SECRETS": f" {OLD} ,"})
+    assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
+    signer = Signer.for_web(settings.web)
     assert signer is not None
     assert signer.verify(Signer([OLD]).sign(_token()), now=NOW).subscriber_id == "ana"
     with pytest.raises(ConfigError, match="at least 32"):

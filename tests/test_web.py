@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from digest.config import Settings, WebSettings
@@ -48,14 +49,14 @@ liked:
 
 @pytest.fixture
 def web_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"web": WebSettings(base_url="https://digest.example")})
+    return settings.model_copy(update={"web": WebSettings(base_url="https://digest.example",
+                                                           secret=SecretStr(SECRET))})
 
 
 @pytest.fixture
 def email(web_settings: Settings, store: Store, seeds: list[Path], tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> OutgoingEmail:
+          ) -> OutgoingEmail:
     """Ana's edition, as a real run renders and records it."""
-    monkeypatch.setenv("DIGEST_SECRET", SECRET)
     ingest_files(store, seeds, now=NOW, reference=NOW)
     (tmp_path / "profiles").mkdir(exist_ok=True)
     path = tmp_path / "profiles" / "ana.yaml"
@@ -69,7 +70,7 @@ def email(web_settings: Settings, store: Store, seeds: list[Path], tmp_path: Pat
 
 @pytest.fixture
 def client(web_settings: Settings, email: OutgoingEmail):
-    app = make_app(web_settings, env={"DIGEST_SECRET": SECRET}, clock=lambda: NOW)
+    app = make_app(web_settings, clock=lambda: NOW)
     with TestClient(app, base_url="https://digest.example") as test_client:
         yield test_client
 
@@ -188,7 +189,8 @@ def test_serve_needs_the_secret(web_settings):
     from digest.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DIGEST_SECRET"):
-        make_app(web_settings, env={})
+        make_app(web_settings.model_copy(update={"web": web_settings.web.model_copy(
+            update={"secret": None})}))
 
 
 def test_head_requests_change_nothing(client, email, tmp_path):
@@ -234,7 +236,7 @@ def _post_head(link: str, length: int) -> bytes:
 def strict_app(web_settings: Settings, email: OutgoingEmail):
     settings = web_settings.model_copy(update={"web": web_settings.web.model_copy(
         update={"body_timeout_s": 0.5})})
-    return make_app(settings, env={"DIGEST_SECRET": SECRET}, clock=lambda: NOW)
+    return make_app(settings, clock=lambda: NOW)
 
 
 def test_a_body_that_never_arrives_gets_408_and_one_line(strict_app, email, tmp_path, caplog):
