@@ -43,7 +43,7 @@ from digest.ingest.poll import poll_feed
 from digest.leader import leadership_for
 from digest.liveness import Sender, recover_abandoned, utc_now
 from digest.models import Profile
-from digest.pipeline import BATCH, EditionRun, Status, check_sending
+from digest.pipeline import EditionRun, Status, check_sending
 from digest.profiles import load_profile, profile_paths
 from digest.schedule import Schedule, parse_schedule
 from digest.store import Store
@@ -232,12 +232,8 @@ class Daemon:
                 self._queued.difference_update(batch)
                 continue
             due = self._take_due(batch)
-            smtp = self.settings.smtp
-            async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
-                for start in range(0, len(due), BATCH):
-                    if self.stopping.is_set():
-                        break
-                    await self._send_batch(run, mailer, due[start:start + BATCH])
+            if due:
+                await self._send(run, due)
             self._embedder = run.embedder
 
     def _take_due(self, batch: list[tuple[str, datetime | None]]
@@ -290,13 +286,17 @@ class Daemon:
             return None
         return loaded.profile, due
 
-    async def _send_batch(self, run: EditionRun, mailer: SmtpMailer,
-                          due: list[tuple[Profile, datetime]]) -> None:
-        """One batch; an edition's own error is its outcome (the run keeps it there). What
-        can still go wrong is the batch's: the database away, a broken template. Its
-        editions stay pending for the retry job, and the run gives back what it claimed."""
+    async def _send(self, run: EditionRun, due: list[tuple[Profile, datetime]]) -> None:
+        """Run the due editions; an edition's own error is its outcome (the run keeps it
+        there). What can still go wrong is the run's: the database away, a broken
+        template. Its editions stay pending for the retry job, which also tries failed
+        ones again (so none is retried within the run)."""
+        smtp = self.settings.smtp
         try:
-            outcomes = await run.run_batch(due, mailer, now=self.clock())
+            async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
+                outcomes = await run.run_editions(
+                    [profile for profile, _ in due], mailer, now=self.clock(),
+                    slots=[slot for _, slot in due], retry_in_run=False)
         except (StoreError, ConfigError) as exc:
             log.error("editions.not-sent count=%d reason=%r (the retry job asks again)",
                       len(due), str(exc))

@@ -461,17 +461,23 @@ class EditionRun:
     async def run_editions(self, profiles: Iterable[Profile], mailer: Mailer, *,
                            now: datetime, dry_run: bool = False,
                            rng: random.Random | None = None,
-                           slots: Sequence[datetime | None] | None = None
-                           ) -> list[EditionOutcome]:
+                           slots: Sequence[datetime | None] | None = None,
+                           retry_in_run: bool = True) -> list[EditionOutcome]:
         """Run every profile's edition (its latest due one, or the one of `slots[i]`); one
-        subscriber's failure never stops the rest.
+        subscriber's failure never stops the rest. The one way editions are run: every
+        caller (the CLI, local worker processes, Celery workers, the daemon) hands its
+        editions here and reads the outcomes.
 
         Profiles go in batches: each batch's editions are looked up, ranked and recorded
         together, then sent over the mailer's pool of connections, each server reply
         recorded as soon as it comes (see docs/delivery.md). Editions that failed
         transiently (4xx, dropped, timed out) are tried again at the end of the run, after
         an exponential back-off with jitter, until they are sent or `mail.max_attempts` is
-        used up.
+        used up; unless not `retry_in_run` (the daemon, whose retry job tries them again
+        later). Once `stopping` is set, the editions not yet begun are left for later.
+
+        What escapes is the run's, not an edition's: the database away (StoreError) or a
+        broken template (ConfigError); what this run claimed and did not send is given back.
         """
         profiles = list(profiles)
         wanted = list(slots) if slots is not None else [None] * len(profiles)
@@ -481,10 +487,13 @@ class EditionRun:
         for start in range(0, len(profiles), BATCH):
             batch = list(zip(profiles[start:start + BATCH], wanted[start:start + BATCH],
                              strict=True))
+            if self.stopping is not None and self.stopping.is_set():
+                outcomes += [EditionOutcome(p, Status.STOPPED, slot) for p, slot in batch]
+                continue
             outcomes += await self.run_batch(batch, mailer, now=now, dry_run=dry_run)
         rng = rng or random.Random()
         mail = self.settings.mail
-        for attempt in range(1, mail.max_attempts):
+        for attempt in range(1, mail.max_attempts if retry_in_run else 1):
             again = [i for i, o in enumerate(outcomes) if o.status is Status.FAILED and o.retry]
             if not again:
                 break

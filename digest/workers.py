@@ -21,14 +21,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
 from digest.errors import BrokerError, ConfigError, StoreError, first_line
-from digest.liveness import Sender, recover_abandoned
+from digest.liveness import Sender, recover_abandoned, utc_now
 from digest.pipeline import EditionRun, Status, check_sending
 from digest.sending import SendReport, run_shard
 from digest.store import Store
@@ -54,8 +54,9 @@ def _celery() -> Any:
     return celery
 
 
-def make_app(settings: CelerySettings) -> Celery:
-    """The Celery application both sides use: the enqueuing process and the workers."""
+def make_app(settings: CelerySettings, worker: ShardWorker | None = None) -> Celery:
+    """The Celery application both sides use: the enqueuing process (which sends tasks
+    by name) and, given the `worker` that runs them, `digest worker`."""
     app = _celery().Celery("digest", broker=settings.broker_url, backend=settings.backend,
                            set_as_current=False)
     app.conf.update(
@@ -74,7 +75,11 @@ def make_app(settings: CelerySettings) -> Celery:
         redis_socket_connect_timeout=10,  # a result store that does not answer: say so
         task_track_started=False,
     )
-    app.task(name=TASK, bind=True, max_retries=None)(_send_shard)
+    if worker is not None:
+        def send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
+            return worker.send_shard(task, message)
+
+        app.task(name=TASK, bind=True, max_retries=None)(send_shard)
     return app
 
 
@@ -155,71 +160,80 @@ def _why(exc: BaseException) -> str:
 
 # The worker side -----------------------------------------------------------------------
 
-_settings: Settings | None = None
-_run: EditionRun | None = None
-_run_id: str | None = None
+class ShardWorker:
+    """What one `digest worker` process keeps between tasks: its settings, and the
+    EditionRun of the run of editions its last shard belonged to (its corpus fitted on
+    that run's papers), so the shards of one run share it; a new run starts afresh,
+    keeping the store, the model and the sender (one heartbeat for the worker's life)."""
 
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utc_now):
+        self.settings = settings
+        self.clock = clock  # the task is an entry point: it reads the clock for recovery
+        self.run: EditionRun | None = None
+        self._run_id: str | None = None
 
-def _edition_run(run_id: str) -> EditionRun:
-    """One EditionRun per run of editions (its corpus fitted on that run's papers), so the
-    shards of one run share it; a new run starts afresh, keeping the store, the model and
-    the sender (one heartbeat for the worker's life)."""
-    global _run, _run_id
-    assert _settings is not None, "the task runs only in `digest worker`"
-    if _run is None or _run_id != run_id:
-        store = _run.store if _run is not None else Store.open(_settings.db_url)
-        embedder = _run.embedder if _run is not None else "unloaded"
-        sender = _run.sender if _run is not None else Sender()
-        _run = EditionRun(store, _settings, embedder=embedder, sender=sender)
-        _run_id = run_id
-    return _run
+    def edition_run(self, run_id: str) -> EditionRun:
+        if self.run is None or self._run_id != run_id:
+            run = self.run
+            store = run.store if run is not None else Store.open(self.settings.db_url)
+            embedder = run.embedder if run is not None else "unloaded"
+            sender = run.sender if run is not None else Sender(clock=self.clock)
+            self.run = EditionRun(store, self.settings, embedder=embedder, sender=sender,
+                                  clock=self.clock)
+            self._run_id = run_id
+        return self.run
 
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.store.close()
+            self.run = None
 
-def _send_shard(task: Task, message: dict[str, Any]) -> dict[str, Any]:
-    """The task: send one shard's editions, return its report (JSON)."""
-    try:
-        run = _edition_run(message["run"])
-        # Editions a dead sender left half-sent are sent now, not when stale: this is how
-        # a shard redelivered after its worker was killed goes on at once.
-        recover_abandoned(run.store, now=datetime.now(UTC))
-    except StoreError as exc:  # the database is away (restarting?): the shard waits
-        return _again_later(task, message, exc)
-    items = [(Path(path), datetime.fromisoformat(slot) if slot else None)
-             for path, slot in message["items"]]
-    now = datetime.fromisoformat(message["now"])
-    try:
-        # One subscriber's error is that edition's outcome (the run keeps it there); what
-        # escapes is the shard's: the database away (tried again later).
-        report = run_shard(run, [path for path, _ in items], now=now,
-                           show_all=message["show_all"], slots=[slot for _, slot in items])
-    except StoreError as exc:
-        return _again_later(task, message, exc)
-    for error in report.errors:  # profiles that would not load, editions that failed
-        log.warning("shard.problem %s", error)
-    held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
-    if message.get("carried"):
-        earlier = SendReport.from_json(message["carried"])
-        earlier.add(report)
-        report = earlier
-    waited = int(message.get("held_tries") or 0)
-    if held and waited * IN_FLIGHT_RETRY_S <= 2 * run.settings.mail.sending_stale_s:
-        # Another sender holds these: once it is done they are settled, and if it died
-        # (its heartbeat falls silent) they are taken back and sent then. Only they are
-        # tried again; the rest of the report travels with them.
-        report.counts[Status.IN_FLIGHT] -= len(held)
-        report.shown = [o for o in report.shown if o.status is not Status.IN_FLIGHT]
-        for o in held:  # counted when they are tried again
-            report.subscribers.pop(o.profile.subscriber_id, None)
-        # Exactly those editions: by profile and the slot each was for.
-        retry = dict(message, carried=report.to_json(), held_tries=waited + 1,
-                     items=[[str(o.profile.path), o.slot.isoformat() if o.slot else None]
-                            for o in held])
-        log.info("shard.waiting editions=%d (held by another sender; again in %.0f s)",
-                 len(held), IN_FLIGHT_RETRY_S)
-        raise task.retry(args=[retry], countdown=IN_FLIGHT_RETRY_S)
-    log.info("shard.done editions=%d sent=%d failed=%d", report.editions,
-             report.counts[Status.SENT], report.counts[Status.FAILED])
-    return report.to_json()
+    def send_shard(self, task: Task, message: dict[str, Any]) -> dict[str, Any]:
+        """The task: send one shard's editions, return its report (JSON)."""
+        try:
+            run = self.edition_run(message["run"])
+            # Editions a dead sender left half-sent are sent now, not when stale: this is
+            # how a shard redelivered after its worker was killed goes on at once.
+            recover_abandoned(run.store, now=self.clock())
+        except StoreError as exc:  # the database is away (restarting?): the shard waits
+            return _again_later(task, message, exc)
+        items = [(Path(path), datetime.fromisoformat(slot) if slot else None)
+                 for path, slot in message["items"]]
+        now = datetime.fromisoformat(message["now"])
+        try:
+            # One subscriber's error is that edition's outcome (the run keeps it there);
+            # what escapes is the shard's: the database away (tried again later).
+            report = run_shard(run, [path for path, _ in items], now=now,
+                               show_all=message["show_all"],
+                               slots=[slot for _, slot in items])
+        except StoreError as exc:
+            return _again_later(task, message, exc)
+        for error in report.errors:  # profiles that would not load, editions that failed
+            log.warning("shard.problem %s", error)
+        held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
+        if message.get("carried"):
+            earlier = SendReport.from_json(message["carried"])
+            earlier.add(report)
+            report = earlier
+        waited = int(message.get("held_tries") or 0)
+        if held and waited * IN_FLIGHT_RETRY_S <= 2 * self.settings.mail.sending_stale_s:
+            # Another sender holds these: once it is done they are settled, and if it died
+            # (its heartbeat falls silent) they are taken back and sent then. Only they are
+            # tried again; the rest of the report travels with them.
+            report.counts[Status.IN_FLIGHT] -= len(held)
+            report.shown = [o for o in report.shown if o.status is not Status.IN_FLIGHT]
+            for o in held:  # counted when they are tried again
+                report.subscribers.pop(o.profile.subscriber_id, None)
+            # Exactly those editions: by profile and the slot each was for.
+            retry = dict(message, carried=report.to_json(), held_tries=waited + 1,
+                         items=[[str(o.profile.path), o.slot.isoformat() if o.slot else None]
+                                for o in held])
+            log.info("shard.waiting editions=%d (held by another sender; again in %.0f s)",
+                     len(held), IN_FLIGHT_RETRY_S)
+            raise task.retry(args=[retry], countdown=IN_FLIGHT_RETRY_S)
+        log.info("shard.done editions=%d sent=%d failed=%d", report.editions,
+                 report.counts[Status.SENT], report.counts[Status.FAILED])
+        return report.to_json()
 
 
 def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[str, Any]:
@@ -235,10 +249,9 @@ def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[s
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     """`digest worker`: one process taking one shard at a time; run one per core."""
-    global _settings
     check_sending(settings)
-    _settings = settings
-    app = make_app(settings.celery)
+    shard_worker = ShardWorker(settings)
+    app = make_app(settings.celery, shard_worker)
     worker = app.Worker(
         pool="solo", concurrency=1, loglevel=loglevel,
         hostname=f"digest-{os.getpid()}@{socket.gethostname()}",
@@ -248,5 +261,8 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     log.info("worker.started pid=%d broker=%s queue=%s", os.getpid(),
              redact_url(settings.celery.broker_url), settings.celery.queue)
-    worker.start()
+    try:
+        worker.start()
+    finally:
+        shard_worker.close()
     return int(worker.exitcode or 0)

@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -26,6 +25,7 @@ from digest.config import CelerySettings, Settings, SmtpSettings, load_settings
 from digest.models import Edition, EditionState
 from digest.pipeline import RECORD_EVERY, Status
 from digest.sending import SendReport
+from digest.workers import ShardWorker, shard_message
 from tests.running import ROOT, cli_ingest, digest_cli, last_editions, write_readers
 from tests.services import AMQP, REDIS, need, postgres_schema
 
@@ -40,17 +40,13 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def in_worker(settings: Settings) -> Iterator[ModuleType]:
-    """The worker module as `digest worker` sets it up, for calling its task directly;
+def in_worker(settings: Settings) -> Iterator[ShardWorker]:
+    """The worker as `digest worker` sets it up, for calling its task directly;
     afterwards the store the task opened is closed (its heartbeat thread with it), before
     the test's database goes away."""
-    from digest import workers
-
-    workers._settings, workers._run = settings, None
-    yield workers
-    if workers._run is not None:
-        workers._run.store.close()
-    workers._settings = workers._run = workers._run_id = None
+    worker = ShardWorker(settings)
+    yield worker
+    worker.close()
 
 
 def write_setup(tmp_path: Path, sink_port: int, subscribers: int, *, database: str,
@@ -290,12 +286,11 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
                                claimer="elsewhere:7:abcd")
     store.heartbeat("elsewhere:7:abcd", host="elsewhere", pid=7, started_at=beat, now=beat)
 
-    workers = in_worker
-    message = workers.shard_message([(ana, None), (ben, None)], now=now, run_id="r1",
+    message = shard_message([(ana, None), (ben, None)], now=now, run_id="r1",
                                     show_all=True)
     first = _Task()
     with pytest.raises(_Retry):
-        workers._send_shard(first, message)
+        in_worker.send_shard(first, message)
     assert first.retried is not None
     again = first.retried["message"]
     assert isinstance(again, dict)
@@ -307,7 +302,7 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
     store.heartbeat("elsewhere:7:abcd", host="elsewhere", pid=7, started_at=beat,
                     now=beat - timedelta(minutes=1))
     second = _Task(retries=1)
-    done = SendReport.from_json(workers._send_shard(second, again))
+    done = SendReport.from_json(in_worker.send_shard(second, again))
     assert second.retried is None
     assert dict(done.counts) == {Status.SENT: 2}
     assert set(done.subscribers) == {"ana", "ben"} and not done.errors
@@ -350,10 +345,9 @@ def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_
         return render(self, profile, *args, **kwargs)
 
     monkeypatch.setattr(EditionRun, "render", broken)
-    workers = in_worker
-    message = workers.shard_message([(p, None) for p in paths], now=now, run_id="r2",
+    message = shard_message([(p, None) for p in paths], now=now, run_id="r2",
                                     show_all=True)
-    report = SendReport.from_json(workers._send_shard(_Task(), message))
+    report = SendReport.from_json(in_worker.send_shard(_Task(), message))
     assert report.counts[Status.SENT] == 2 and report.counts[Status.ERROR] == 1
     [failed] = [o for o in report.shown if o.status is Status.ERROR]
     assert failed.profile.subscriber_id == "ben"
