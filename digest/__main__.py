@@ -1,5 +1,5 @@
 """`python -m digest` runs the command line."""
 
-from digest.cli import main
+from digest.commands.cli import main
 
 main()

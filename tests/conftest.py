@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from digest.cli import cli
+from digest.commands.cli import cli
+from digest.commands.smtpsink import SmtpSink
 from digest.config import MailSettings, RankSettings, Settings, SmtpSettings
-from digest.smtpsink import SmtpSink
 from digest.store import Store
 
 from .services import postgres_schema

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 
-from digest.cli import cli
+from digest.commands.cli import cli
 from digest.models import EditionState
 from digest.store import Store, migrate
 

@@ -14,8 +14,8 @@ import pytest
 
 from digest.config import SmtpSettings
 from digest.models import EditionState
-from digest.pipeline import RECORD_EVERY
-from digest.shards import SHARD, available_cores
+from digest.running.editions import RECORD_EVERY
+from digest.running.processes import SHARD, available_cores
 
 from .running import cli_ingest, digest_cli, last_editions, write_readers
 

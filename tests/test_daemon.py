@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from digest.config import DaemonSettings, Settings
-from digest.daemon import Daemon, retry_delay_s
 from digest.ingest import read_digest_file
 from digest.models import EditionState
-from digest.pipeline import ingest_files
+from digest.running.daemon import Daemon
+from digest.running.dispatch import retry_delay_s
+from digest.running.editions import ingest_files
 
 from .conftest import NOW
 from .feedserver import FEEDS, Behaviour, FeedServer
@@ -44,9 +45,9 @@ def _restart_and_catch_up(settings: Settings, clock: Clock) -> Daemon:
 
     async def cycle() -> None:
         daemon.reload_profiles()
-        daemon.catch_up()
-        daemon.queue.put_nowait(None)
-        await daemon.send_editions()
+        daemon.editions.catch_up()
+        daemon.editions.queue.put_nowait(None)
+        await daemon.editions.send_editions()
 
     asyncio.run(cycle())
     daemon.store.close()
@@ -56,10 +57,10 @@ def _restart_and_catch_up(settings: Settings, clock: Clock) -> Daemon:
 async def _retry_tick(daemon: Daemon) -> int:
     """The retry job once, then the sender until the queue is empty; how many it queued."""
     daemon.reload_profiles()
-    daemon.retry_failed()
-    queued = daemon.queue.qsize()
-    daemon.queue.put_nowait(None)
-    await daemon.send_editions()
+    daemon.editions.retry_failed()
+    queued = daemon.editions.queue.qsize()
+    daemon.editions.queue.put_nowait(None)
+    await daemon.editions.send_editions()
     return queued
 
 
@@ -78,26 +79,26 @@ def test_a_missed_edition_is_sent_once_after_downtime(daemon_settings, store, se
     again = _restart_and_catch_up(daemon_settings, clock)
     clock.now = NOW + timedelta(minutes=30)
     third = _restart_and_catch_up(daemon_settings, clock)
-    assert (first.sent, again.sent, third.sent) == (1, 0, 0)
+    assert (first.editions.sent, again.editions.sent, third.editions.sent) == (1, 0, 0)
     assert len(smtp_sink.received) == 1
 
     # Down for two days: only the latest missed edition goes out, with what arrived since.
     ingest_files(store, seeds[2:], now=NOW + timedelta(days=2), reference=NOW)
     clock.now = NOW + timedelta(days=2, hours=1)
-    assert _restart_and_catch_up(daemon_settings, clock).sent == 1
+    assert _restart_and_catch_up(daemon_settings, clock).editions.sent == 1
     slots = sorted(e.slot for e in [store.last_edition("ana")] if e)
     assert slots == [NOW.replace(hour=7) + timedelta(days=2)]
     assert store.get_edition("ana", NOW.replace(hour=7) + timedelta(days=1)) is None
 
     # Back after more than the grace period: that edition is skipped, not sent late.
     clock.now = NOW + timedelta(days=3, hours=8)  # 20:00, 13 h after the 07:00 slot
-    assert _restart_and_catch_up(daemon_settings, clock).sent == 0
+    assert _restart_and_catch_up(daemon_settings, clock).editions.sent == 0
     assert len(smtp_sink.received) == 2
 
 
 def test_failed_edition_is_retried_after_its_back_off(daemon_settings, store, seeds,
                                                      write_profile, smtp_sink):
-    from digest.smtpsink import SmtpSink
+    from digest.commands.smtpsink import SmtpSink
 
     write_profile("ana", interests=["retrieval"], schedule="daily 07:00")
     ingest_files(store, seeds, now=NOW - timedelta(hours=8), reference=NOW)
@@ -340,7 +341,7 @@ def test_sigterm_lets_the_email_in_flight_finish_and_a_second_exits_at_once(
         tmp_path, seeds, signals):
     import threading
 
-    from digest.smtpsink import SmtpSink
+    from digest.commands.smtpsink import SmtpSink
 
     arrived, release = threading.Event(), threading.Event()
 

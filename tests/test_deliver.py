@@ -9,11 +9,11 @@ from email.message import EmailMessage
 import pytest
 import trustme
 
+from digest.commands.smtpsink import SmtpSink
 from digest.config import SmtpSettings
 from digest.deliver import SmtpMailer
 from digest.errors import TransientDeliveryError
 from digest.models import OutgoingEmail
-from digest.smtpsink import SmtpSink
 
 
 @pytest.fixture(scope="module")

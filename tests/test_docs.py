@@ -1,6 +1,6 @@
 """The README against the code, in the manner of sqlite-utils' tests/test_docs.py.
 
-- Every command and every option of the CLI (collected from `digest.cli.cli`) is
+- Every command and every option of the CLI (collected from `digest.commands.cli.cli`) is
   documented in README.md or a page it links to, and every `digest ...` the docs show
   names a command and options that exist.
 - Every setting of `digest.toml` (collected from `digest.config.Settings`) is documented.
@@ -32,9 +32,9 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from digest.cli import cli
+from digest.commands.cli import cli
+from digest.commands.demo import bundled_seeds
 from digest.config import FeedSettings, Settings
-from digest.demo import bundled_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

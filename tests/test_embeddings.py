@@ -13,7 +13,7 @@ import pytest
 from digest.config import RankSettings
 from digest.embed import load_embedder
 from digest.models import Interest, Profile
-from digest.pipeline import EditionRun, embed_papers, ingest_files
+from digest.running.editions import EditionRun, embed_papers, ingest_files
 
 from .conftest import NOW
 

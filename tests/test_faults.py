@@ -10,12 +10,12 @@ import random
 import re
 from collections import Counter
 
+from digest.commands.smtpsink import DROP, SmtpSink
 from digest.config import MailSettings
 from digest.deliver import SmtpMailer
 from digest.models import EditionState
-from digest.pipeline import EditionRun, Status, ingest_files
 from digest.profiles import load_profile
-from digest.smtpsink import DROP, SmtpSink
+from digest.running.editions import EditionRun, Status, ingest_files
 
 from .conftest import NOW
 

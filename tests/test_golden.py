@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from digest.commands.demo import DemoResult, run_demo
 from digest.config import MailSettings
-from digest.demo import DemoResult, run_demo
 from digest.render import make_environment, render_edition
 from digest.tokens import Links, Signer
 
@@ -38,7 +38,7 @@ SUBSCRIBERS = ("ana", "ben", "chen")  # digest/data/profiles/*.yaml
 LINKS = Links("https://digest.example/links",
               Signer(["golden-files-test-secret-0123456789abcdef"]), days=90)
 DEMO_MAIL = MailSettings(from_address="digest@demo.example", from_name="digest demo",
-                         list_id="demo.digest.example")  # as digest/demo.py sets it
+                         list_id="demo.digest.example")  # as digest/commands/demo.py sets it
 FILES = [f"{name}.{kind}" for name in (*SUBSCRIBERS, "ana-links")
          for kind in ("headers", "txt", "html")]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine
 
-from digest.leader import FileLeadership, PostgresLeadership, leadership_for
+from digest.running.leader import FileLeadership, PostgresLeadership, leadership_for
 from digest.store import Store
 from tests.running import DaemonProcess, cli_ingest, digest_cli, wait_for, write_daemon_config
 from tests.services import postgres_schema

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from digest.commands.smtpsink import ACCEPT, Received, SmtpSink
 from digest.config import Settings
 from digest.deliver import SmtpMailer
-from digest.liveness import FENCE_AFTER_S, Sender
 from digest.models import Edition, EditionState, Profile
-from digest.pipeline import EditionOutcome, EditionRun, Status, ingest_files
 from digest.profiles import load_profile
-from digest.smtpsink import ACCEPT, Received, SmtpSink
+from digest.running.editions import EditionOutcome, EditionRun, Status, ingest_files
+from digest.running.liveness import FENCE_AFTER_S, Sender
 from digest.store import Store
 
 from .conftest import NOW

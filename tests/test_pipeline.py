@@ -7,12 +7,12 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+from digest.commands.smtpsink import DROP, SmtpSink
 from digest.config import Settings, SmtpSettings
 from digest.deliver import OutboxMailer, SmtpMailer
 from digest.models import EditionState
-from digest.pipeline import EditionRun, Status, ingest_files
 from digest.profiles import load_profile
-from digest.smtpsink import DROP, SmtpSink
+from digest.running.editions import EditionRun, Status, ingest_files
 from digest.store import Store
 
 from .conftest import NOW

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
+from digest.commands.smtpsink import ACCEPT, DROP, SmtpSink
 from digest.config import SmtpSettings
 from digest.deliver import SmtpMailer
 from digest.errors import TransientDeliveryError
 from digest.models import OutgoingEmail
-from digest.smtpsink import ACCEPT, DROP, SmtpSink
 
 
 def _email(i: int) -> OutgoingEmail:

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest.models import Interest, Profile
-from digest.pipeline import ingest_files, resolve_preferences
 from digest.rank import (
     DEFAULT_PARAMS,
     RankParams,
@@ -20,6 +19,7 @@ from digest.rank import (
     rank_papers,
 )
 from digest.rank.cache import candidate_cache
+from digest.running.editions import ingest_files, resolve_preferences
 
 from .conftest import NOW
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from digest.models import Profile
-from digest.pipeline import EditionOutcome, Status
-from digest.sending import SendReport
-from digest.shards import send_all
+from digest.running.editions import EditionOutcome, Status
+from digest.running.processes import send_all
+from digest.running.sending import SendReport
 
 from .conftest import NOW
 
@@ -40,23 +40,20 @@ def test_reports_add_up():
     assert [o.detail for o in total.shown] == ["550"]
 
 
-def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write_profile,
-                                     monkeypatch):
-    from digest import shards
-    from digest.pipeline import ingest_files
+def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write_profile):
+    from digest.running.editions import ingest_files
     from digest.store import Store
 
     store = Store.open(settings.db_url)
     ingest_files(store, seeds, now=NOW, reference=NOW)
     store.close()
-    monkeypatch.setattr(shards, "SHARD", 10)  # 25 profiles: three shards, two workers
     paths = [write_profile(f"r{i:03d}", interests=["dense retrieval"]) for i in range(25)]
-    report = send_all(settings, paths, now=NOW, processes=2)
+    report = send_all(settings, paths, now=NOW, processes=2, shard=10)  # 3 shards
     assert report.counts[Status.SENT] == 25 and not report.errors
     assert sorted(r.recipients[0] for r in smtp_sink.received) == sorted(
         f"r{i:03d}@example.org" for i in range(25))
     assert len(report.shown) == 25  # a small run shows every outcome
-    again = send_all(settings, paths, now=NOW, processes=2)
+    again = send_all(settings, paths, now=NOW, processes=2, shard=10)
     assert again.counts[Status.ALREADY_SENT] == 25 and len(smtp_sink.received) == 25
 
 
@@ -71,14 +68,13 @@ def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smt
     import os
     import sys
 
-    from digest import shards
-    from digest.pipeline import ingest_files
+    from digest.running import processes as shards
+    from digest.running.editions import ingest_files
     from digest.store import Store
 
     store = Store.open(settings.db_url)
     ingest_files(store, seeds, now=NOW, reference=NOW)
     store.close()
-    monkeypatch.setattr(shards, "SHARD", 2)  # with processes=2: two shards, two workers
     paths = [write_profile(f"g{i}", interests=["dense retrieval"]) for i in range(3)]
     seen = tmp_path / "collector"
     seen.mkdir()
@@ -92,7 +88,8 @@ def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smt
     monkeypatch.setattr(shards, "run_shard", noting)
     assert gc.get_freeze_count() == 0
     thresholds = gc.get_threshold()
-    report = send_all(settings, paths, now=NOW, processes=processes)
+    # with processes=2: two shards, two workers
+    report = send_all(settings, paths, now=NOW, processes=processes, shard=2)
     assert report.counts[Status.SENT] == 3 and not report.errors
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == thresholds

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from digest.commands.status import FeedStatus, collect_status
 from digest.config import FeedSettings, Settings
 from digest.models import Edition, EditionState, FeedState, PaperEntry
-from digest.status import FeedStatus, collect_status
 from digest.store import Store
 
 from .conftest import NOW

@@ -21,14 +21,14 @@ import uvicorn
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
+from digest.commands.web import make_app
 from digest.config import Settings, WebSettings
 from digest.deliver import OutboxMailer
 from digest.models import OutgoingEmail
-from digest.pipeline import EditionRun, ingest_files
 from digest.profiles import load_profile
+from digest.running.editions import EditionRun, ingest_files
 from digest.store import Store
 from digest.tokens import LinkToken, Signer
-from digest.web import make_app
 
 from .conftest import NOW
 from .running import wait_for
@@ -166,7 +166,7 @@ def test_bad_tokens_are_refused_and_change_nothing(client, email, tmp_path, tamp
                                                     NOW + timedelta(days=1))),
     }[tamper]
     before = _profile_text(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="digest.web"):
+    with caplog.at_level(logging.WARNING, logger="digest.commands.web"):
         answer = client.post(f"https://digest.example/u/{bad}")
     assert answer.status_code in (403, 410)
     assert "unsubscribed" not in answer.text

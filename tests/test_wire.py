@@ -16,11 +16,11 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from digest.commands.smtpsink import SmtpSink
 from digest.config import SmtpSettings
 from digest.deliver import SmtpMailer, wire_data
 from digest.errors import PermanentDeliveryError, TransientDeliveryError
 from digest.models import OutgoingEmail
-from digest.smtpsink import SmtpSink
 
 
 def _email(i: int, to: str | None = None) -> OutgoingEmail:

@@ -23,9 +23,9 @@ import pytest
 
 from digest.config import CelerySettings, Settings, SmtpSettings, load_settings
 from digest.models import Edition, EditionState
-from digest.pipeline import RECORD_EVERY, Status
-from digest.sending import SendReport
-from digest.workers import ShardWorker, shard_message
+from digest.running.editions import RECORD_EVERY, Status
+from digest.running.sending import SendReport
+from digest.running.workers import ShardWorker, shard_message
 from tests.running import ROOT, cli_ingest, digest_cli, last_editions, write_readers
 from tests.services import AMQP, REDIS, need, postgres_schema
 
@@ -153,7 +153,7 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(tmp_path, smtp_sink, se
 
 def test_send_report_round_trips_as_json(tmp_path):
     from digest.models import Profile
-    from digest.pipeline import EditionOutcome, Status
+    from digest.running.editions import EditionOutcome, Status
 
     profile = Profile(subscriber_id="ana", path=tmp_path / "ana.yaml", name="Ana",
                       email="ana@example.org")
@@ -270,7 +270,7 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
     heartbeat stops they are taken back and sent: each edition once, one report."""
     from datetime import timedelta
 
-    from digest.pipeline import _last_slot, ingest_files
+    from digest.running.editions import _last_slot, ingest_files
 
     ingest_files(store, seeds, now=now)
     ana = write_profile("ana", interests=["language models"], schedule="daily 07:00")
@@ -332,7 +332,7 @@ def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_
                                                            monkeypatch, smtp_sink, in_worker):
     """A bug while making one edition (here: rendering Ben's) is that edition's outcome;
     the shard's other editions go out, and the report says whose failed and why."""
-    from digest.pipeline import EditionRun, ingest_files
+    from digest.running.editions import EditionRun, ingest_files
 
     ingest_files(store, seeds, now=now)
     paths = [write_profile(name, interests=["language models", "retrieval"],

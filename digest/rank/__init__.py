@@ -1,7 +1,7 @@
 """Rank: score candidate papers against each profile and explain each pick in words.
 
 Pure computation over records, between ingest (the store's papers) and render (the picks);
-`digest.pipeline` calls `build_corpus`, `prepare_candidates` and `rank_many`.
+`digest.running.editions` calls `build_corpus`, `prepare_candidates` and `rank_many`.
 """
 
 # The modules, in data-flow order:

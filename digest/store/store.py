@@ -36,7 +36,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from digest.errors import StoreError
 from digest.identity import normalise_title, parse_arxiv_id
 from digest.models import Edition, EditionState, FeedState, Paper, PaperEntry, Pick, Profile
-from digest.store import migrate
+from digest.store.migrate import HEAD, current_revision, ensure_current
+from digest.store.migrate import upgrade as upgrade_schema
 from digest.store.schema import (
     TITLE_KEY_LENGTH,
     edition_papers,
@@ -133,7 +134,7 @@ class Store:
         store = cls(engine)
         if upgrade:
             try:
-                store._migrate(migrate.ensure_current, doing="open")
+                store._migrate(ensure_current, doing="open")
             except BaseException:
                 engine.dispose()
                 raise
@@ -147,7 +148,7 @@ class Store:
     def upgrade(self) -> tuple[str | None, str | None]:
         """Bring the schema to the newest revision; returns the revisions (before, after).
         Safe to run from many processes at once. Raises StoreError."""
-        return self._migrate(migrate.upgrade, doing="upgrade")
+        return self._migrate(upgrade_schema, doing="upgrade")
 
     def _migrate(self, how: Callable[[Engine], tuple[str | None, str | None]], *,
                  doing: str) -> tuple[str | None, str | None]:
@@ -161,7 +162,7 @@ class Store:
         """(the revision the database is at, the newest this digest knows); None when the
         database has none yet. Raises StoreError."""
         with self._begin() as conn:
-            return migrate.current_revision(conn), migrate.HEAD
+            return current_revision(conn), HEAD
 
     def close(self) -> None:
         self.closed = True  # a sender's heartbeat thread stops on seeing it

@@ -30,9 +30,7 @@ from digest import __version__
 from digest.config import CONFIG_NAME, Settings, load_settings
 from digest.deliver import OutboxMailer
 from digest.errors import DigestError
-from digest.liveness import recover_abandoned, utc_now
 from digest.models import Profile
-from digest.pipeline import EditionRun, Status, ingest_files, ingest_inbox
 from digest.profilecache import ProfileCache
 from digest.profiles import (
     load_profile,
@@ -44,9 +42,11 @@ from digest.profiles import (
     set_feedback,
     set_field,
 )
+from digest.running.editions import EditionRun, Status, ingest_files, ingest_inbox
+from digest.running.liveness import recover_abandoned, utc_now
+from digest.running.processes import send_all
+from digest.running.sending import SHOW_ALL, SendReport
 from digest.schedule import parse_schedule
-from digest.sending import SHOW_ALL, SendReport
-from digest.shards import send_all
 from digest.store import Store
 
 log = logging.getLogger("digest")
@@ -139,7 +139,7 @@ def init(folder: Path) -> None:
     Example:
         digest init ~/papers && cd ~/papers && digest send --dry-run
     """
-    from digest.demo import DATA
+    from digest.commands.demo import DATA
 
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("data", "profiles", "inbox", "outbox"):
@@ -172,7 +172,7 @@ def demo(out_dir: Path) -> None:
     Example:
         digest demo --out /tmp/demo
     """
-    from digest.demo import run_demo
+    from digest.commands.demo import run_demo
 
     started = time.perf_counter()
     wanted = os.environ.get("DIGEST_EMBEDDINGS", "auto")
@@ -382,7 +382,7 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
         store.close()  # workers open their own; none may inherit this one
     if not dry_run:
         if settings.send.workers == "celery":  # on the hosts of `digest worker`s
-            from digest.workers import send_through_celery
+            from digest.running.workers import send_through_celery
 
             report = send_through_celery(settings, [(path, None) for path in paths],
                                          now=utc_now(), show_all=len(paths) <= SHOW_ALL)
@@ -446,7 +446,7 @@ def run(obj: Context) -> None:
     Example:
         digest -c /etc/digest/digest.toml run
     """
-    from digest.daemon import Daemon
+    from digest.running.daemon import Daemon
 
     settings = obj.settings
     if obj.verbose == 0:
@@ -472,7 +472,7 @@ def worker(obj: Context) -> None:
     Example:
         digest -c /etc/digest/digest.toml worker   # DIGEST_BROKER_URL in the environment
     """
-    from digest.workers import run_worker
+    from digest.running.workers import run_worker
 
     settings = obj.settings
     if obj.verbose == 0:
@@ -499,7 +499,7 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     """
     import uvicorn
 
-    from digest.web import make_app
+    from digest.commands.web import make_app
 
     settings = obj.settings
     app = make_app(settings)
@@ -524,7 +524,7 @@ def status(obj: Context, as_json: bool) -> None:
     Example:
         digest status --json
     """
-    from digest.status import collect_status
+    from digest.commands.status import collect_status
 
     settings = obj.settings
     store = obj.open_store()

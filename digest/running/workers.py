@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
 from digest.errors import BrokerError, ConfigError, StoreError, first_line
-from digest.liveness import Sender, recover_abandoned, utc_now
-from digest.pipeline import EditionRun, Status, check_sending
-from digest.sending import SendReport, run_shard
+from digest.running.editions import EditionRun, Status, check_sending
+from digest.running.liveness import Sender, recover_abandoned, utc_now
+from digest.running.sending import SendReport, run_shard
 from digest.store import Store
 
 if TYPE_CHECKING:

@@ -11,15 +11,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from digest.commands.smtpsink import SmtpSink
 from digest.config import MailSettings, RankSettings, Settings, SmtpSettings
 from digest.deliver import SmtpMailer
 from digest.models import IngestReport
-from digest.pipeline import EditionOutcome, EditionRun, ingest_files
 from digest.profiles import ProfileSet, load_profiles, profile_paths
-from digest.smtpsink import SmtpSink
+from digest.running.editions import EditionOutcome, EditionRun, ingest_files
 from digest.store import Store
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass(frozen=True)

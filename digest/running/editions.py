@@ -37,7 +37,6 @@ from digest.errors import (
 from digest.identity import parse_arxiv_id
 from digest.ingest import read_digest_file
 from digest.ingest.inbox import InboxWatcher
-from digest.liveness import Sender, utc_now
 from digest.models import (
     Edition,
     EditionState,
@@ -59,6 +58,7 @@ from digest.rank import (
     rank_many,
 )
 from digest.render import mail_domain, make_environment, message_id, render_edition
+from digest.running.liveness import Sender, utc_now
 from digest.schedule import parse_schedule
 from digest.signing import DkimSigner, make_dkim
 from digest.store import Attempt, Store
@@ -252,7 +252,7 @@ class EditionRun:
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     _profile_cache: ProfileCache | None = field(init=False, default=None)
     # Called once the corpus is built (`digest send` takes memory that lives as long as the
-    # run out of the garbage collector's full passes then: digest/shards.py).
+    # run out of the garbage collector's full passes then: digest/running/processes.py).
     on_corpus: Callable[[], None] | None = None
 
     @property

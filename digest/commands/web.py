@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digest.config import Settings
 from digest.errors import ConfigError, ProfileError
-from digest.liveness import utc_now
 from digest.profiles import load_profile, set_feedback, set_field, set_interests
 from digest.render import make_environment
+from digest.running.liveness import utc_now
 from digest.store import Store
 from digest.tokens import Action, LinkToken, Signer, TokenError
 

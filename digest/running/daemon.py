@@ -2,12 +2,13 @@
 
 Jobs: watch the inbox, poll feeds, reload profiles, retry failed editions, and one job
 per subscriber (`edition:<subscriber>`) on that subscriber's schedule and time zone.
-Editions go through one queue to one sender, which calls `EditionRun.run_edition`, so
-the ledger, not the job store, says what was sent: after downtime a missed edition is
-sent once (within `catchup_grace_s`), and restarts send nothing twice.
+Editions go through one queue to one sender (digest/running/dispatch.py), which hands
+them to `EditionRun.run_editions`, so the ledger, not the job store, says what was sent:
+after downtime a missed edition is sent once (within `catchup_grace_s`), and restarts
+send nothing twice.
 
 One `digest run` per database leads; another started against the same database waits as
-a standby and takes over when the leader stops or dies (digest/leader.py). With
+a standby and takes over when the leader stops or dies (digest/running/leader.py). With
 `send.workers = "celery"`, due editions go to `digest worker`s in shards instead of
 being sent here.
 
@@ -23,43 +24,33 @@ import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from digest.background import off_loop
 from digest.config import FeedSettings, Settings
-from digest.deliver import SmtpMailer
-from digest.embed import Embedder
-from digest.errors import ConfigError, ProfileError, StoreError
+from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
-from digest.leader import leadership_for
-from digest.liveness import Sender, recover_abandoned, utc_now
-from digest.models import Profile
-from digest.pipeline import EditionRun, Status, check_sending
 from digest.profiles import load_profile, profile_paths
-from digest.schedule import Schedule, parse_schedule
+from digest.running.dispatch import EditionQueue, LoadedProfile
+from digest.running.editions import check_sending
+from digest.running.leader import leadership_for
+from digest.running.liveness import Sender, recover_abandoned, utc_now
+from digest.schedule import parse_schedule
 from digest.store import Store
-from digest.store.store import SILENT_AFTER_S, engine_name
+from digest.store.store import engine_name
 
 if TYPE_CHECKING:
-    from celery import Celery
+    pass
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedProfile:
-    profile: Profile
-    schedule: Schedule
-    signature: tuple[int, int]  # (size, mtime_ns) of the file when it was read
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -68,11 +59,6 @@ def _signature(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (stat.st_size, stat.st_mtime_ns)
-
-
-def retry_delay_s(attempts: int, base_s: float, max_s: float) -> float:
-    """How long after its last attempt a failed edition is tried again."""
-    return float(min(base_s * 2 ** max(0, attempts - 1), max_s))
 
 
 class Daemon:
@@ -91,18 +77,12 @@ class Daemon:
         self.inbox = InboxWatcher(self.settings.inbox_dir, self.settings.daemon.inbox_settle_s)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         _quiet_cancelled_jobs()
-        self.queue: asyncio.Queue[tuple[str, datetime | None] | None] = asyncio.Queue()
-        self._queued: set[tuple[str, datetime | None]] = set()
         self.stopping = asyncio.Event()
-        self.sent = 0
-        self.enqueued = 0  # handed to Celery workers (send.workers = "celery")
-        self._embedder: Embedder | None | Literal["unloaded"] = "unloaded"
         self.leadership = leadership_for(self.store.engine)
-        self._asked_again: dict[tuple[str, datetime], datetime] = {}
         self.exit_status = 0
-        self._celery_app: Celery | None = None  # send.workers = "celery", made on first use
         self._feed_polls: dict[str, asyncio.Task[None]] = {}  # by feed URL
-        self.sender = Sender(clock=clock)  # every run's; its heartbeat lives with the store
+        self.editions = EditionQueue(self.settings, self.store, self.profiles, clock=clock,
+                                     stopping=self.stopping, sender=Sender(clock=clock))
 
     # Profiles --------------------------------------------------------------------------
 
@@ -155,158 +135,9 @@ class Daemon:
 
     # Editions --------------------------------------------------------------------------
 
-    def enqueue(self, subscriber_id: str, slot: datetime | None = None) -> None:
-        """Ask the sender for this subscriber's edition (the due one, or `slot`)."""
-        key = (subscriber_id, slot)
-        if key in self._queued or self.stopping.is_set():
-            return
-        self._queued.add(key)
-        self.queue.put_nowait(key)
-
     async def _enqueue_job(self, subscriber_id: str) -> None:
         # A coroutine, so APScheduler runs it in the event loop, not in a worker thread.
-        self.enqueue(subscriber_id)
-
-    def catch_up(self) -> None:
-        """Queue every subscriber whose latest slot passed within the grace period; the
-        ledger turns this into nothing for editions already sent."""
-        now = self.clock()
-        grace = timedelta(seconds=self.settings.daemon.catchup_grace_s)
-        for subscriber_id, loaded in sorted(self.profiles.items()):
-            slot = loaded.schedule.last_slot(now)
-            if loaded.profile.active and slot is not None and now - slot <= grace:
-                self.enqueue(subscriber_id)
-
-    def retry_failed(self) -> None:
-        """Queue failed editions whose back-off has passed and which are still timely, and
-        editions nobody is sending: left `pending`, or taken back from a sender that died
-        (on any host: `recover_abandoned`)."""
-        now = self.clock()
-        daemon = self.settings.daemon
-        grace = timedelta(seconds=daemon.catchup_grace_s)
-        idle = now - timedelta(seconds=2 * SILENT_AFTER_S)
-        # Editions taken back now are marked as touched at `idle`, so this tick asks for
-        # them at once rather than a tick later.
-        recover_abandoned(self.store, now=now, touched_at=idle - timedelta(microseconds=1))
-        self._asked_again = {k: t for k, t in self._asked_again.items() if now - k[1] <= grace}
-        again = timedelta(seconds=daemon.retry_base_s)
-        for key in self.store.unsettled_editions(untouched_since=idle, slots_since=now - grace):
-            loaded = self.profiles.get(key[0])
-            asked = self._asked_again.get(key)
-            if (loaded is not None and loaded.profile.active
-                    and (asked is None or now - asked >= again)):
-                self._asked_again[key] = now  # once per retry_base_s: workers may be busy
-                self.enqueue(*key)
-        for edition in self.store.retryable_editions():
-            if edition.subscriber_id not in self.profiles or now - edition.slot > grace:
-                continue
-            wait = retry_delay_s(edition.attempts, daemon.retry_base_s, daemon.retry_max_s)
-            last = edition.updated_at or edition.slot
-            if last + timedelta(seconds=wait) <= now:
-                self.enqueue(edition.subscriber_id, edition.slot)
-
-    async def send_editions(self) -> None:
-        """The one sender: takes queued editions in batches, one SMTP connection a batch."""
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while not self.queue.empty():
-                more = self.queue.get_nowait()
-                if more is None:
-                    self.queue.put_nowait(None)  # keep the stop marker for the outer loop
-                    break
-                batch.append(more)
-            if self.settings.send.workers == "celery":  # the workers rank and send
-                await self._hand_to_workers(self._take_due(batch))
-                continue
-            # A corpus fitted on today's papers; the embedding model is loaded only once,
-            # and one sender (one heartbeat) serves every run.
-            try:
-                run = EditionRun(self.store, self.settings, embedder=self._embedder,
-                                 stopping=self.stopping, sender=self.sender,
-                                 clock=self.clock)
-            except ConfigError as exc:  # checked at start and reload; the key file may go
-                log.error("editions.not-sent count=%d reason=%r", len(batch), str(exc))
-                self._queued.difference_update(batch)
-                continue
-            due = self._take_due(batch)
-            if due:
-                await self._send(run, due)
-            self._embedder = run.embedder
-
-    def _take_due(self, batch: list[tuple[str, datetime | None]]
-                  ) -> list[tuple[Profile, datetime]]:
-        """The queued editions of `batch` that are still due, off the queue's books."""
-        due = []
-        for key in batch:
-            self._queued.discard(key)
-            ready = self._due(*key)
-            if ready is not None:
-                due.append(ready)
-        return due
-
-    async def _hand_to_workers(self, due: list[tuple[Profile, datetime]]) -> None:
-        """`send.workers = "celery"`: the editions go to `digest worker`s in shards; the
-        ledger, which they share, records what they send."""
-        from digest.workers import enqueue, make_app
-
-        if not due:
-            return
-        if self._celery_app is None:  # one client (and broker connection pool) for all
-            self._celery_app = make_app(self.settings.celery)
-        items = [(profile.path, slot) for profile, slot in due]
-        try:
-            await asyncio.to_thread(enqueue, self.settings, items, now=self.clock(),
-                                    app=self._celery_app)
-            self.enqueued += len(items)
-        except Exception as exc:  # the broker is down: asked for again a little later
-            wait = min(self.settings.daemon.retry_base_s, 60.0)
-            log.error("editions.not-enqueued count=%d reason=%r (trying again in %.0f s)",
-                      len(due), str(exc), wait)
-
-            def again() -> None:
-                for profile, slot in due:
-                    self.enqueue(profile.subscriber_id, slot)
-
-            asyncio.get_running_loop().call_later(wait, again)
-
-    def _due(self, subscriber_id: str, slot: datetime | None
-             ) -> tuple[Profile, datetime] | None:
-        """The profile and slot to send for a queued edition; None if it is gone or late."""
-        loaded = self.profiles.get(subscriber_id)
-        if loaded is None:
-            return None
-        due = slot or loaded.schedule.last_slot(self.clock())
-        grace = timedelta(seconds=self.settings.daemon.catchup_grace_s)
-        if due is None or self.clock() - due > grace:
-            log.info("edition.skipped subscriber=%s slot=%s reason=older-than-grace",
-                     subscriber_id, due)
-            return None
-        return loaded.profile, due
-
-    async def _send(self, run: EditionRun, due: list[tuple[Profile, datetime]]) -> None:
-        """Run the due editions; an edition's own error is its outcome (the run keeps it
-        there). What can still go wrong is the run's: the database away, a broken
-        template. Its editions stay pending for the retry job, which also tries failed
-        ones again (so none is retried within the run)."""
-        smtp = self.settings.smtp
-        try:
-            async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
-                outcomes = await run.run_editions(
-                    [profile for profile, _ in due], mailer, now=self.clock(),
-                    slots=[slot for _, slot in due], retry_in_run=False)
-        except (StoreError, ConfigError) as exc:
-            log.error("editions.not-sent count=%d reason=%r (the retry job asks again)",
-                      len(due), str(exc))
-            return
-        for outcome in outcomes:
-            if outcome.status is Status.SENT:
-                self.sent += 1
-            elif outcome.status is Status.EMPTY:
-                log.info("edition.empty subscriber=%s slot=%s", outcome.profile.subscriber_id,
-                         outcome.slot.isoformat() if outcome.slot else "")
+        self.editions.enqueue(subscriber_id)
 
     # Inbox and feeds -------------------------------------------------------------------
 
@@ -347,7 +178,7 @@ class Daemon:
             self.reload_profiles()
 
         async def retry_failed() -> None:
-            self.retry_failed()
+            self.editions.retry_failed()
 
         # Every job is a coroutine so that it runs in the event loop, never in a thread.
         jobs: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
@@ -384,11 +215,7 @@ class Daemon:
             log.warning("config.reload database_url changed; restart to use the new database")
             settings = settings.model_copy(update={"database_url": self.settings.database_url,
                                                    "data_dir": self.settings.data_dir})
-        if settings.rank != self.settings.rank:
-            self._embedder = "unloaded"
-        if settings.celery != self.settings.celery and self._celery_app is not None:
-            self._celery_app.close()  # the next hand-over connects as now configured
-            self._celery_app = None
+        self.editions.reload(settings)
         self.settings = settings
         self.inbox = InboxWatcher(settings.inbox_dir, settings.daemon.inbox_settle_s)
         self._add_periodic_jobs()
@@ -465,28 +292,27 @@ class Daemon:
         log.info("daemon.started pid=%d profiles=%d feeds=%d inbox=%s database=%s",
                  os.getpid(), len(self.profiles), len(self.settings.feeds),
                  self.settings.inbox_dir, engine_name(self.settings.db_url))
-        self.catch_up()
-        sender = asyncio.create_task(self.send_editions())
+        self.editions.catch_up()
+        sender = asyncio.create_task(self.editions.send_editions())
         await self.stopping.wait()
         self.scheduler.shutdown(wait=False)
         for poll in self._feed_polls.values():
             poll.cancel()  # a fetch still going runs on in a daemon thread, not waited for
-        self.queue.put_nowait(None)
+        self.editions.stop()
         try:
             await asyncio.wait_for(sender, self.settings.daemon.shutdown_timeout_s)
         except TimeoutError:
             log.error("daemon.stop sending did not finish within %ss",
                       self.settings.daemon.shutdown_timeout_s)
-        if self._celery_app is not None:
-            self._celery_app.close()
+        self.editions.close()
         try:  # a database that stopped answering must not hold up the exit
             await off_loop(self.leadership.release, 10, name="digest-leader")
         except TimeoutError:
             log.warning("leader.release timed out (the server frees the lock when the "
                         "session ends)")
         self.store.close()
-        log.info("daemon.stopped editions_sent=%d editions_to_workers=%d", self.sent,
-                 self.enqueued)
+        log.info("daemon.stopped editions_sent=%d editions_to_workers=%d", self.editions.sent,
+                 self.editions.enqueued)
         return self.exit_status
 
 

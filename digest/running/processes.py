@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 from digest.config import Settings
-from digest.pipeline import EditionRun, check_sending
-from digest.sending import SHOW_ALL, SendReport, run_shard
+from digest.running.editions import EditionRun, check_sending
+from digest.running.sending import SHOW_ALL, SendReport, run_shard
 from digest.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ YOUNG_GENERATION = 20_000
 
 
 def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
-             processes: int = 0) -> SendReport:
+             processes: int = 0, shard: int = SHARD) -> SendReport:
     """Every profile's due edition, over `processes` worker processes on this machine (0:
-    one per core; a run of one shard stays in this process)."""
+    one per core), `shard` profiles at a time; a run of one shard stays in this process."""
     show_all = len(paths) <= SHOW_ALL
-    workers = min(processes or available_cores(), -(-len(paths) // SHARD))
+    workers = min(processes or available_cores(), -(-len(paths) // shard))
     if workers <= 1:
         store = Store.open(settings.db_url)
         try:
@@ -56,7 +56,7 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
         finally:
             store.close()
     check_sending(settings)  # a configuration error is said here, not in every worker
-    shards = [list(paths[i:i + SHARD]) for i in range(0, len(paths), SHARD)]
+    shards = [list(paths[i:i + shard]) for i in range(0, len(paths), shard)]
     # fork shares the loaded modules; a parent that loaded PyTorch must not fork (its
     # thread pools do not survive it), so its workers start afresh.
     method = "spawn" if "torch" in sys.modules else "fork"

@@ -15,8 +15,8 @@ from typing import Any
 
 from digest.deliver import SmtpMailer
 from digest.models import Profile
-from digest.pipeline import EditionOutcome, EditionRun, Status
 from digest.profiles import load_profiles
+from digest.running.editions import EditionOutcome, EditionRun, Status
 
 SHOW_ALL = 100  # up to this many subscribers, every outcome is kept for the report
 WORTH_SHOWING = frozenset({Status.FAILED, Status.ERROR, Status.IN_FLIGHT})
