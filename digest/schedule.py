@@ -131,6 +131,7 @@ def parse_schedule(text: str, timezone: str = "UTC") -> Schedule:
     except ValueError as exc:
         raise ValueError(f"bad schedule {text!r}: {exc}") from exc
     schedule = Schedule(text=spec, timezone=timezone, trigger=trigger)
-    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+    # From a fixed instant: whether a cron schedule ever fires does not depend on the date.
+    if trigger.get_next_fire_time(None, _EPOCH) is None:
         raise ValueError(f"bad schedule {text!r}: it never comes round (no such day)")
     return schedule

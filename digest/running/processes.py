@@ -80,6 +80,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# In a worker process only: the EditionRun its initializer opened, which each shard it is
+# given uses. A process pool hands its tasks nothing but their arguments, so this one slot
+# is how a worker keeps its store, templates and fitted corpus from shard to shard; it is
+# never set in the process that runs `send_all`.
 _worker_run: EditionRun | None = None
 
 
