@@ -105,11 +105,14 @@ class Profile:
 
 @dataclass(frozen=True)
 class Pick:
-    """A paper chosen for a subscriber, with its score and the reason in words."""
+    """A paper chosen for a subscriber, with its score, the reason in words, and the
+    heading of the email's section it is shown in: the interest (as the reader wrote it)
+    or the liked paper it serves most ("" when it serves neither)."""
 
     paper: Paper
     score: float
     reason: str
+    section: str = ""
 
 
 class EditionState(enum.StrEnum):

@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
 from digest.errors import StoreError
-from digest.models import Edition, EditionState, PaperEntry
+from digest.models import Edition, EditionState
 from digest.store import Store, migrate
 from digest.store.schema import metadata
 
@@ -129,17 +129,18 @@ def test_a_postgresql_database_from_before_migrations_is_adopted():
 def _adopt_postgresql(database_url: str) -> None:
     engine = create_engine(database_url)
     # What digest did before migrations (the tables of then, since then without the
-    # column): the tables added by later revisions were not there.
+    # columns later revisions added): the tables added by later revisions were not there.
     before = [t for t in metadata.sorted_tables if t.name != "senders"]
     metadata.create_all(engine, tables=before)
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE editions DROP COLUMN claimed_by"))
+        conn.execute(text("ALTER TABLE edition_papers DROP COLUMN section"))  # 0003
+        conn.execute(text("ALTER TABLE papers DROP COLUMN reference"))  # 0003
+        # A paper, as digest then wrote it (today's code would read columns not yet there).
+        conn.execute(text("INSERT INTO papers (key, title_key, title, abstract, authors, "
+                          "first_seen) VALUES ('t', 't', 'T', 'A', '[]', :now)"),
+                     {"now": NOW.replace(tzinfo=None)})
     engine.dispose()
-    old = Store.open(database_url, upgrade=False)
-    try:
-        old.add_entries([PaperEntry(title="T", abstract="A", source="f")], NOW)
-    finally:
-        old.close()
 
     store = Store.open(database_url)
     try:

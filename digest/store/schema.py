@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 
@@ -77,6 +78,9 @@ papers = Table(
     Column("url", CleanText),
     Column("published", Date),
     Column("first_seen", UTCDateTime, nullable=False, index=True),
+    # Known only as a reference (a liked paper imported from a reader's library): matched
+    # by liked and disliked references and used for ranking, never offered as new.
+    Column("reference", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 paper_sources = Table(
@@ -133,6 +137,9 @@ edition_papers = Table(
     Column("position", Integer, nullable=False),
     Column("score", Float, nullable=False),
     Column("reason", CleanText, nullable=False),
+    # The heading of the email's section the pick is shown in (the interest or liked
+    # paper it serves most); "" for picks made before sections.
+    Column("section", CleanText, nullable=False, default="", server_default=""),
 )
 
 feeds = Table(

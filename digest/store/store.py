@@ -378,14 +378,14 @@ class Store:
         for chunk in _chunks(ids):
             pick_rows = conn.execute(
                 select(papers, edition_papers.c.edition_id, edition_papers.c.score,
-                       edition_papers.c.reason)
+                       edition_papers.c.reason, edition_papers.c.section)
                 .join(edition_papers, edition_papers.c.paper_id == papers.c.id)
                 .where(edition_papers.c.edition_id.in_(chunk))
                 .order_by(edition_papers.c.edition_id, edition_papers.c.position))
             for r in pick_rows:
                 m = r._mapping
                 picks.setdefault(int(m["edition_id"]), []).append(
-                    Pick(_paper(r), m["score"], m["reason"]))
+                    Pick(_paper(r), m["score"], m["reason"], m["section"]))
         return [_edition_from(r, tuple(picks.get(int(r._mapping["id"]), ()))) for r in rows]
 
     def create_editions(self, drafts: Sequence[Edition], *, candidates_until: datetime,
@@ -405,7 +405,7 @@ class Store:
                                 retryable=True, created_at=now, updated_at=now)
                         for row_id, message_id in rows]
                 _INSERT_PICKS.run(conn, ((e.row_id, pick.paper.row_id, position, pick.score,
-                                          pick.reason)
+                                          pick.reason, pick.section)
                                          for e in made for position, pick in enumerate(e.picks)))
                 created.extend(made)
         return created
@@ -798,8 +798,8 @@ _INSERT_PICKS = _DriverStatement(
     lambda _: insert(edition_papers).values(
         {c: _param(c.name, c) for c in (edition_papers.c.edition_id, edition_papers.c.paper_id,
                                         edition_papers.c.position, edition_papers.c.score,
-                                        edition_papers.c.reason)}),
-    ("edition_id", "paper_id", "position", "score", "reason"))
+                                        edition_papers.c.reason, edition_papers.c.section)}),
+    ("edition_id", "paper_id", "position", "score", "reason", "section"))
 
 
 def _record_statement(claimed: bool) -> ClauseElement:
