@@ -136,6 +136,7 @@ def _adopt_postgresql(database_url: str) -> None:
         conn.execute(text("ALTER TABLE editions DROP COLUMN claimed_by"))
         conn.execute(text("ALTER TABLE edition_papers DROP COLUMN section"))  # 0003
         conn.execute(text("ALTER TABLE papers DROP COLUMN reference"))  # 0003
+        conn.execute(text("ALTER TABLE papers DROP COLUMN doi"))  # 0003 (and its index)
         # A paper, as digest then wrote it (today's code would read columns not yet there).
         conn.execute(text("INSERT INTO papers (key, title_key, title, abstract, authors, "
                           "first_seen) VALUES ('t', 't', 'T', 'A', '[]', :now)"),

@@ -81,6 +81,7 @@ papers = Table(
     # Known only as a reference (a liked paper imported from a reader's library): matched
     # by liked and disliked references and used for ranking, never offered as new.
     Column("reference", Boolean, nullable=False, default=False, server_default=false()),
+    Column("doi", String(255), index=True),  # lower case, without https://doi.org/
 )
 
 paper_sources = Table(

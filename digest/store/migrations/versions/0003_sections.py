@@ -1,6 +1,7 @@
 """Each pick's section (the interest or liked paper it serves, as the email heads it), so
-an edition rendered again from the ledger is grouped as first made; and papers known only
-as references (imported from a reader's library), which are never offered as new.
+an edition rendered again from the ledger is grouped as first made; papers known only as
+references (imported from a reader's library), which are never offered as new; and each
+paper's DOI, by which a library's entries are matched.
 
 Revision ID: 0003
 Revises: 0002
@@ -26,10 +27,14 @@ def upgrade() -> None:
     with op.batch_alter_table("papers") as batch:
         batch.add_column(sa.Column("reference", sa.Boolean(), nullable=False,
                                    server_default=sa.false()))
+        batch.add_column(sa.Column("doi", sa.String(255)))
+        batch.create_index("ix_papers_doi", ["doi"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("papers") as batch:
+        batch.drop_index("ix_papers_doi")
+        batch.drop_column("doi")
         batch.drop_column("reference")
     with op.batch_alter_table("edition_papers") as batch:
         batch.drop_column("section")
