@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +28,18 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
 from ruamel.yaml.events import (
     AliasEvent,
     CollectionEndEvent,
     CollectionStartEvent,
     NodeEvent,
 )
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString
+from ruamel.yaml.tokens import CommentToken
 
 from digest.errors import ProfileError
 from digest.identity import check_email, normalise_title, parse_arxiv_id
@@ -199,13 +201,7 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
 
     With `strict_id` off (ranking only, nothing recorded) any file name will do.
     """
-    if len(text) > MAX_PROFILE_BYTES:
-        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024:,} KiB, too large "
-                                 "for a profile file")
-    _check_structure(text, path)
-    data = _validate_fast(text)
-    if data is None:
-        data = _validate_located(text, path)
+    data = _parse_file(text, path)
     subscriber_id = data.id or path.stem
     if strict_id and not _SUBSCRIBER_ID.match(subscriber_id):
         raise ProfileError(path, "the file name is the subscriber id, so it must be letters, "
@@ -232,6 +228,31 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
         min_score=data.min_score,
         when_nothing=data.when_nothing,
     )
+
+
+def _parse_file(text: str, path: Path) -> ProfileFile:
+    """The fields of a profile file as written (no defaults filled in from settings)."""
+    if len(text) > MAX_PROFILE_BYTES:
+        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024:,} KiB, too large "
+                                 "for a profile file")
+    _check_structure(text, path)
+    data = _validate_fast(text)
+    if data is None:
+        data = _validate_located(text, path)
+    return data
+
+
+def _problem(error: ErrorDetails) -> str:
+    """What is wrong with one value, in the words `digest profile validate` uses."""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    elif error["type"] == "too_long" and "ctx" in error:
+        message = (f"at most {error['ctx']['max_length']:,} entries (this list has "
+                   f"{error['ctx']['actual_length']:,})")
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return message
 
 
 _loaders = threading.local()
@@ -326,14 +347,9 @@ def _validate_located(text: str, path: Path) -> ProfileFile:
         error = max(errors, key=lambda e: len(e["loc"]))
         loc = _clean_loc(tuple(error["loc"]))
         problems = len({_field_name(tuple(e["loc"])[:2]) for e in errors})
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling)"
-        elif error["type"] == "too_long" and "ctx" in error:
-            message = (f"at most {error['ctx']['max_length']:,} entries (this list has "
-                       f"{error['ctx']['actual_length']:,}); see docs/limits.md")
-        elif error["type"] == "missing":
-            message = "required field is missing"
+        message = _problem(error)
+        if error["type"] == "too_long" and "ctx" in error:
+            message += "; see docs/limits.md"
         more = f" (and {problems - 1} more problems)" if problems > 1 else ""
         raise ProfileError(path, message + more, line=_line_of(root, loc) or 1,
                            field=_field_name(loc)) from exc
@@ -363,6 +379,13 @@ def load_profile(path: Path, *, default_max_papers: int = 10,
     text = _decode_profile(_read_profile(path), path)
     return parse_profile(text, path, default_max_papers=default_max_papers,
                          strict_id=strict_id)
+
+
+def load_profile_file(path: Path) -> ProfileFile:
+    """Read one profile file's fields as written: `max_papers` is None where the file has
+    none, interests keep their form. For showing a profile to be edited; raises
+    ProfileError."""
+    return _parse_file(_decode_profile(_read_profile(path), path), path)
 
 
 @dataclass(frozen=True)
@@ -474,7 +497,10 @@ def edit_profile(path: Path, change: Callable[[CommentedMap], str]) -> str:
         except YAMLError as exc:
             raise ProfileError(path, f"cannot be edited safely, edit it by hand: {exc}") \
                 from exc
-        result = change(root)
+        try:
+            result = change(root)
+        except _Unchanged as unchanged:
+            return unchanged.result  # nothing to write
         buffer = io.StringIO()
         yaml.dump(root, buffer)
         new_text = buffer.getvalue()
@@ -502,6 +528,192 @@ def _same_text(a: str, b: str) -> bool:
     return normalise_title(a) == normalise_title(b)
 
 
+# Lists are edited in place, so that their comments stay where the person put them. ruamel
+# keeps an item's end-of-line comment together with the comment lines after it (up to the
+# next item or key) in one token: those lines are split off and kept before the item they
+# preceded, or after the list when they followed its last item.
+
+def _comment(text: str, column: int = 0) -> CommentToken:
+    return CommentToken(text, CommentMark(column), None)
+
+
+def _flow(node: CommentedMap | CommentedSeq) -> bool:
+    return bool(node.fa.flow_style())
+
+
+def _tail_slot(seq: CommentedSeq, index: int, *, create: bool = False
+               ) -> tuple[list[Any], int] | None:
+    """Where the comment after item `index` is kept: (the comment entry, its slot)."""
+    item = seq[index]
+    if (isinstance(item, CommentedMap) and item and not _flow(item) and index not in seq.ca.items
+            and not isinstance(item[list(item)[-1]], CommentedMap | CommentedSeq)):
+        last = list(item)[-1]  # a block mapping: after its last value
+        if create:
+            item.ca.items.setdefault(last, [None, None, None, None])
+        entry = item.ca.items.get(last)
+        return (entry, 2) if entry is not None else None
+    if isinstance(item, CommentedSeq | CommentedMap) and not _flow(item):
+        return None  # nested deeper than a profile needs: left as it is
+    if create:
+        seq.ca.items.setdefault(index, [None, None, None, None])
+    entry = seq.ca.items.get(index)
+    return (entry, 0) if entry is not None else None
+
+
+def _take_after(seq: CommentedSeq, index: int) -> str:
+    """Remove the comment lines after item `index` (not its end-of-line comment) and
+    return them."""
+    slot = _tail_slot(seq, index)
+    token = slot[0][slot[1]] if slot is not None else None
+    if slot is None or token is None:
+        return ""
+    first, _, after = str(token.value).partition("\n")
+    if first:
+        token.value = first + "\n"
+    else:
+        slot[0][slot[1]] = None
+    return after
+
+
+def _put_after(seq: CommentedSeq, index: int, lines: str) -> None:
+    """Put comment lines after item `index`, after those already there."""
+    slot = _tail_slot(seq, index, create=True)
+    if slot is None:
+        return
+    entry, at = slot
+    token = entry[at]
+    if token is None:
+        entry[at] = _comment("\n" + lines)
+    else:
+        token.value = token.value + lines if "\n" in token.value else token.value + "\n" + lines
+
+
+def _comment_lines(tokens: Sequence[CommentToken | None] | None) -> str:
+    """Full-line comment tokens (as ruamel keeps those before a list's first item) as
+    text, indented as they were."""
+    text = ""
+    for token in tokens or ():
+        if token is not None:
+            column = getattr(token.start_mark, "column", 0) or 0
+            text += token.value if token.value.startswith("\n") else " " * column + token.value
+    return text
+
+
+def _put_before_first(seq: CommentedSeq, lines: str) -> None:
+    tokens = [_comment(line.lstrip(" ") if line.strip() else "\n",
+                       len(line) - len(line.lstrip(" ")) if line.strip() else 0)
+              for line in lines.splitlines(keepends=True)]
+    if seq.ca.comment is None:
+        seq.ca.comment = [None, tokens]
+    elif seq.ca.comment[0] is not None:  # after the key's own end-of-line comment
+        seq.ca.comment[0].value += lines
+    elif len(seq.ca.comment) > 1 and isinstance(seq.ca.comment[1], list):
+        seq.ca.comment[1].extend(tokens)
+    else:
+        seq.ca.comment = [None, tokens]
+
+
+def _empty_list(parent: CommentedMap, key: str, seq: CommentedSeq, lines: str) -> None:
+    """Make a list that lost its last item `key: []`, its comments written after it (a
+    block list's comments would otherwise surround `[]` and make it invalid YAML)."""
+    head = seq.ca.comment[0] if seq.ca.comment else None  # the key's end-of-line comment
+    before = seq.ca.comment[1] if seq.ca.comment and len(seq.ca.comment) > 1 else None
+    eol, _, after_head = head.value.partition("\n") if head is not None else ("", "", "")
+    lines = after_head + _comment_lines(before) + lines
+    seq.fa.set_flow_style()
+    seq.ca.comment = None
+    parent.ca.items.pop(key, None)
+    if eol or lines:
+        token = _comment(eol + "\n" + lines)
+        if head is not None:
+            token.start_mark = head.start_mark  # the end-of-line comment keeps its column
+        seq.ca.comment = [token, None]
+        parent.ca.items[key] = [None, None, token, None]
+
+
+def _refill(parent: CommentedMap, key: str, items: Sequence[tuple[Any, int | None]]) -> None:
+    """Make `parent[key]` the list of these values, each paired with the index of the old
+    item it replaces (whose comments it takes) or None for a new one. Comment lines stay
+    before the kept item they preceded (or the next kept one), and after the list if they
+    followed it; emptied, a block list becomes `[]` with its comments after it."""
+    seq = parent.get(key)
+    values = [value for value, _ in items]
+    if not isinstance(seq, CommentedSeq):
+        parent[key] = CommentedSeq(values)
+        return
+    if _flow(seq):  # one line: nothing between its items to keep
+        del seq[:]
+        seq.extend(values)
+        if not values:
+            _empty_list(parent, key, seq, "")
+        return
+    count = len(seq)
+    after = [_take_after(seq, index) for index in range(count)]
+    kept = {old for _, old in items if old is not None}
+    before: dict[int, str] = {}
+    carried = ""
+    for index in range(count):
+        carried += after[index - 1] if index else ""
+        if index in kept:
+            before[index], carried = carried, ""
+    trailing = carried + (after[-1] if count else "")
+    entries = dict(seq.ca.items)
+    seq.ca.items.clear()
+    list.__delitem__(seq, slice(None))  # comments are placed again below
+    seq.extend(values)
+    for index, (value, old) in enumerate(items):
+        entry = entries.get(old) if old is not None else None
+        if entry is None:
+            continue
+        if isinstance(value, CommentedMap) and value and not _flow(value):
+            last = list(value)[-1]  # a text that became a mapping: its comment after it
+            if entry[0] is not None and value.ca.items.get(last, [None] * 4)[2] is None:
+                value.ca.items.setdefault(last, [None, None, None, None])[2] = entry[0]
+            continue
+        seq.ca.items[index] = entry
+    if not values:
+        _empty_list(parent, key, seq, trailing)
+        return
+    heads = [before.get(old, "") if old is not None else "" for _, old in items]
+    if heads[0]:
+        _put_before_first(seq, heads[0])
+    for index in range(len(values)):
+        lines = heads[index + 1] if index + 1 < len(values) else trailing
+        if lines:
+            _put_after(seq, index, lines)
+
+
+def _match(old: Sequence[Any], new: Sequence[Any]) -> list[int | None]:
+    """For each new key, the index of an old item with that key not matched yet."""
+    free: dict[Any, list[int]] = {}
+    for index, key in enumerate(old):
+        free.setdefault(key, []).append(index)
+    return [free[key].pop(0) if free.get(key) else None for key in new]
+
+
+def _list_key(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else json.dumps(_plain(value), default=str)
+
+
+def _refill_values(parent: CommentedMap, key: str, values: Sequence[Any]) -> None:
+    """`_refill` with the values given: one equal to an old item keeps that item (its
+    quoting and comments)."""
+    old = parent.get(key)
+    if not isinstance(old, CommentedSeq):
+        parent[key] = CommentedSeq(values)
+        return
+    matches = _match([_list_key(item) for item in old], [_list_key(v) for v in values])
+    _refill(parent, key, [(old[m] if m is not None else v, m) for v, m in zip(values, matches,
+                                                                            strict=True)])
+
+
+class _Unchanged(Exception):  # noqa: N818 - control flow inside edit_profile, never seen
+    """Raised by a change that found nothing to do: the file is not rewritten."""
+
+    def __init__(self, result: str):
+        self.result = result
+
+
 def set_feedback(path: Path, reference: str, *, liked: bool,
                  same: Callable[[str, str], bool] | None = None) -> str:
     """Move a paper (title or arXiv id) into `liked` or `disliked`, out of the other list.
@@ -516,34 +728,64 @@ def set_feedback(path: Path, reference: str, *, liked: bool,
     def change(root: CommentedMap) -> str:
         removed = False
         if isinstance(root.get(remove), CommentedSeq):
-            kept = [item for item in root[remove] if not _same(str(item), reference)]
+            kept = [(item, index) for index, item in enumerate(root[remove])
+                    if not _same(str(item), reference)]
             removed = len(kept) != len(root[remove])
-            while len(root[remove]) > len(kept):  # remove in place: comments stay put
-                for index, item in enumerate(root[remove]):
-                    if _same(str(item), reference):
-                        del root[remove][index]
-                        break
+            if removed:
+                _refill(root, remove, kept)
         target = root.get(add)
-        if not isinstance(target, CommentedSeq):
-            target = CommentedSeq()
-            root[add] = target
-        if any(_same(str(item), reference) for item in target):
-            return f"already in {add}" + (f" (removed from {remove})" if removed else "")
-        target.append(DoubleQuotedScalarString(reference))  # "2401.01234" stays a string
+        if isinstance(target, CommentedSeq) and any(_same(str(item), reference)
+                                                    for item in target):
+            outcome = f"already in {add}" + (f" (removed from {remove})" if removed else "")
+            if not removed:
+                raise _Unchanged(outcome)
+            return outcome
+        entry = DoubleQuotedScalarString(reference)  # "2401.01234" stays a string
+        if isinstance(target, CommentedSeq):
+            _refill(root, add, [*((item, index) for index, item in enumerate(target)),
+                                (entry, None)])
+        else:
+            root[add] = CommentedSeq([entry])
         return f"added to {add}" + (f", removed from {remove}" if removed else "")
 
     return edit_profile(path, change)
+
+
+def remove_feedback(path: Path, entry: str, *, liked: bool) -> bool:
+    """Take `entry` (as the profile reads it: the text, without spaces around it) out of
+    `liked` or `disliked`: the undo of a "more / less like this". Returns whether it was
+    there; the rest of the file is kept as it is, and not rewritten if it was not."""
+    key = "liked" if liked else "disliked"
+    entry = entry.strip()
+
+    def change(root: CommentedMap) -> str:
+        seq = root.get(key)
+        if not isinstance(seq, CommentedSeq):
+            raise _Unchanged("")
+        kept = [(item, index) for index, item in enumerate(seq)
+                if str(item).strip() != entry]
+        if len(kept) == len(seq):
+            raise _Unchanged("")
+        _refill(root, key, kept)
+        return "removed"
+
+    return edit_profile(path, change) == "removed"
+
+
+def _check_key(path: Path, key: str) -> list[str]:
+    parts = key.split(".")
+    known = ProfileFile.model_fields
+    if parts[0] not in known or (len(parts) == 2 and (
+            parts[0] != "keywords" or parts[1] not in _Keywords.model_fields)) or len(parts) > 2:
+        raise ProfileError(path, f"{key}: unknown field (one of: {', '.join(known)})")
+    return parts
 
 
 def set_field(path: Path, key: str, value: Any) -> str:
     """Set one field (`keywords.mute` for a nested one) to `value`, keeping the rest of the
     file as it is. Raises ProfileError if the key is unknown or the value invalid (the file
     is then left untouched). Returns a sentence saying what changed."""
-    parts = key.split(".")
-    known = ProfileFile.model_fields
-    if parts[0] not in known or (len(parts) == 2 and (
-            parts[0] != "keywords" or parts[1] not in _Keywords.model_fields)) or len(parts) > 2:
-        raise ProfileError(path, f"{key}: unknown field (one of: {', '.join(known)})")
+    parts = _check_key(path, key)
 
     def change(root: CommentedMap) -> str:
         table = root
@@ -553,15 +795,185 @@ def set_field(path: Path, key: str, value: Any) -> str:
             table = table[part]
         before = table.get(parts[-1])
         if before == value:
-            return "unchanged"
+            raise _Unchanged("unchanged")
         if isinstance(before, CommentedSeq) and isinstance(value, list):
-            del before[:]  # the same list, refilled: its style and comments stay
-            before.extend(value)
+            _refill_values(table, parts[-1], value)  # the same list: style, comments stay
         else:
             table[parts[-1]] = CommentedSeq(value) if isinstance(value, list) else value
         return f"{key} set"
 
     return edit_profile(path, change)
+
+
+def _interest_of(value: Any) -> tuple[Any, Any]:
+    """An interest as written (a text, or a mapping of text and weight): text, weight."""
+    if isinstance(value, str):
+        return value.strip(), 1
+    if isinstance(value, Mapping):
+        text = value.get("text")
+        return (text.strip() if isinstance(text, str) else text), value.get("weight", 1)
+    return value, 1
+
+
+def _same_weight(a: Any, b: Any) -> bool:
+    numbers = all(isinstance(w, int | float) and not isinstance(w, bool) for w in (a, b))
+    return numbers and float(a) == float(b)
+
+
+def _interest_items(old: Any, values: Sequence[Any]) -> list[tuple[Any, int | None]]:
+    """New interests as `_refill` takes them: one whose text was there keeps its entry
+    (changing only its weight); a new one of weight 1 is written as a plain text."""
+    olds = list(old) if isinstance(old, CommentedSeq) else []
+    texts = [_list_key(_interest_of(item)[0]) for item in olds]
+    matches = _match(texts, [_list_key(_interest_of(v)[0]) for v in values])
+    items: list[tuple[Any, int | None]] = []
+    for value, match in zip(values, matches, strict=True):
+        text, weight = _interest_of(value)
+        if match is None:
+            if _same_weight(weight, 1) and isinstance(text, str):
+                items.append((text, None))
+            else:
+                items.append((CommentedMap(value) if isinstance(value, Mapping) else value,
+                              None))
+            continue
+        item = olds[match]
+        if _same_weight(_interest_of(item)[1], weight):
+            items.append((item, match))
+        elif isinstance(item, CommentedMap):
+            item["weight"] = weight
+            items.append((item, match))
+        else:
+            items.append((CommentedMap([("text", item), ("weight", weight)]), match))
+    return items
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """Why one value of a profile is refused, in `digest profile validate`'s words."""
+
+    field: str  # where, as the CLI names it: `schedule`, `interests[2].weight`, `avoid[0]`
+    message: str
+
+
+@dataclass(frozen=True)
+class FieldsEdit:
+    """What `set_fields` did: the fields it wrote, or the problems that stopped it."""
+
+    changed: tuple[str, ...] = ()
+    problems: tuple[FieldProblem, ...] = ()
+
+
+def _field_problems(exc: ValidationError) -> tuple[FieldProblem, ...]:
+    """Every problem of a validation, one per value (per list item), each where
+    `digest profile validate` would say it is."""
+    chosen: dict[tuple[int | str, ...], ErrorDetails] = {}
+    for error in exc.errors():
+        loc = _clean_loc(tuple(error["loc"]))
+        cut = next((i + 1 for i, part in enumerate(loc) if isinstance(part, int)), len(loc))
+        # Of a union's alternatives, the one that got furthest is what the person meant.
+        if loc[:cut] not in chosen or len(error["loc"]) > len(chosen[loc[:cut]]["loc"]):
+            chosen[loc[:cut]] = error
+    return tuple(FieldProblem(_field_name(tuple(e["loc"])), _problem(e))
+                 for e in chosen.values())
+
+
+class _Invalid(Exception):  # noqa: N818 - control flow inside set_fields, never seen
+    def __init__(self, problems: tuple[FieldProblem, ...]):
+        self.problems = problems
+
+
+def _field_unchanged(root: CommentedMap, current: ProfileFile, parts: list[str],
+                     value: Any) -> bool:
+    table: Any = root
+    for part in parts[:-1]:
+        table = table.get(part) if isinstance(table, CommentedMap) else None
+    if value is None:
+        return not (isinstance(table, CommentedMap) and parts[-1] in table)
+    now: Any = current
+    for part in parts:
+        now = getattr(now, part)
+    if parts == ["interests"]:
+        if not isinstance(value, list):
+            return False
+        old = [(i, 1.0) if isinstance(i, str) else (i.text, i.weight) for i in now]
+        new = [_interest_of(v) for v in value]
+        return len(old) == len(new) and all(
+            text == n_text and _same_weight(weight, n_weight)
+            for (text, weight), (n_text, n_weight) in zip(old, new, strict=True))
+    if isinstance(now, list):
+        return isinstance(value, list) and value == now and all(
+            isinstance(v, str) for v in value)
+    return type(value) is type(now) and bool(value == now)
+
+
+def _drop_key(table: CommentedMap, key: str) -> None:
+    """Delete a key; the comment lines after its value (not its end-of-line comment) stay,
+    after the key before it."""
+    entry = table.ca.items.get(key)
+    token = entry[2] if entry is not None and len(entry) > 2 else None
+    lines = token.value.partition("\n")[2] if token is not None else ""
+    keys = list(table)
+    del table[key]
+    position = keys.index(key)
+    if not lines or position == 0 or isinstance(table[keys[position - 1]],
+                                                 CommentedMap | CommentedSeq):
+        return
+    slot = table.ca.items.setdefault(keys[position - 1], [None, None, None, None])
+    if slot[2] is None:
+        slot[2] = _comment("\n" + lines)
+    else:
+        slot[2].value += lines
+
+
+def set_fields(path: Path, values: Mapping[str, Any]) -> FieldsEdit:
+    """Set several fields in one edit of the file, each as `set_field` would (keys like
+    `keywords.mute`; lists keep the entries, quoting and comments of items that stay; an
+    interest keeps its entry when only its weight changes). None removes a field, so its
+    default applies. A field already holding the value (or, absent, whose default it is)
+    is left as written, and a file with nothing to change is not rewritten.
+
+    The values are checked by the rules `digest profile validate` applies; if any fails,
+    nothing is written and every problem comes back, with its field. Raises ProfileError
+    for an unknown key, or a file that is broken or cannot be edited."""
+    keys = {key: _check_key(path, key) for key in values}
+
+    def change(root: CommentedMap) -> str:
+        current = ProfileFile.model_validate(_plain(root))  # it loaded: it is valid
+        changed = []
+        for key, value in values.items():
+            parts = keys[key]
+            if _field_unchanged(root, current, parts, value):
+                continue
+            changed.append(key)
+            table = root
+            for part in parts[:-1]:
+                if not isinstance(table.get(part), CommentedMap):
+                    table[part] = CommentedMap()
+                table = table[part]
+            name, before = parts[-1], table.get(parts[-1])
+            if value is None:
+                _drop_key(table, name)
+            elif parts == ["interests"] and isinstance(value, list):
+                _refill(table, name, _interest_items(before, value))
+            elif isinstance(value, list):
+                _refill_values(table, name, value)
+            elif isinstance(before, ScalarString) and isinstance(value, str):
+                table[name] = type(before)(value)  # keep its quotes
+            else:
+                table[name] = value
+        if not changed:
+            raise _Unchanged("")
+        try:
+            ProfileFile.model_validate(_plain(root))
+        except ValidationError as exc:
+            raise _Invalid(_field_problems(exc)) from exc
+        return "\n".join(changed)
+
+    try:
+        written = edit_profile(path, change)
+    except _Invalid as exc:
+        return FieldsEdit(problems=exc.problems)
+    return FieldsEdit(changed=tuple(written.split("\n")) if written else ())
 
 
 def set_interests(path: Path, interests: Sequence[str]) -> None:
@@ -573,15 +985,24 @@ def set_interests(path: Path, interests: Sequence[str]) -> None:
         if not isinstance(old, CommentedSeq):
             root["interests"] = CommentedSeq(interests)
             return "interests set"
-        kept: dict[str, Any] = {}
-        for item in old:
-            text = item.get("text") if isinstance(item, CommentedMap) else item
-            kept.setdefault(str(text), item)
-        del old[:]  # the same list, refilled: its style and comments stay
-        old.extend(kept.get(text, text) for text in interests)
+        matches = _match([_list_key(_interest_of(item)[0]) for item in old],
+                         [_list_key(text) for text in interests])
+        _refill(root, "interests", [(old[m] if m is not None else text, m)
+                                    for text, m in zip(interests, matches, strict=True)])
         return "interests set"
 
     edit_profile(path, change)
+
+
+def read_value(text: str) -> Any:
+    """A value typed as text, read as `digest profile set` reads its VALUE: as YAML (`15`,
+    `2.5`, `false`, `[a, b]`); empty text, or text that is not YAML, stays text (for the
+    profile's rules to judge)."""
+    try:
+        value = _safe_loader().load(text)
+    except YAMLError:
+        return text
+    return text if value is None else value
 
 
 def new_profile_text(name: str, email: str, interests: Sequence[str],

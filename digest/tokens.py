@@ -28,8 +28,10 @@ from digest.errors import ConfigError, DigestError
 if TYPE_CHECKING:
     from digest.config import WebSettings
 
-Action = Literal["unsubscribe", "more", "less", "profile"]
-ACTIONS: tuple[Action, ...] = ("unsubscribe", "more", "less", "profile")
+# "resubscribe" is never in an email: `digest serve` signs it for the page shown after
+# unsubscribing, so that it works for link_days from then.
+Action = Literal["unsubscribe", "more", "less", "profile", "resubscribe"]
+ACTIONS: tuple[Action, ...] = ("unsubscribe", "more", "less", "profile", "resubscribe")
 MIN_SECRET_CHARS = 32
 _VERSION = "v1"
 _PURPOSE = b"digest.link.v1"  # keys for anything else made from the secret differ
@@ -114,12 +116,14 @@ def _signature(keyed: hmac.HMAC, payload: str) -> str:
         "ascii")
 
 
-PATHS: dict[Action, str] = {"unsubscribe": "u", "more": "f", "less": "f", "profile": "p"}
+PATHS: dict[Action, str] = {"unsubscribe": "u", "more": "f", "less": "f", "profile": "p",
+                            "resubscribe": "r"}
 
 
 @dataclass(frozen=True)
 class Links:
-    """Makes the signed URLs an email carries: `{base_url}/{u|f|p}/{token}`."""
+    """Makes the signed URLs an email carries: `{base_url}/{u|f|p}/{token}` (and `r`, which
+    only `digest serve`'s own page carries)."""
 
     base_url: str
     signer: Signer

@@ -1,8 +1,10 @@
 """The subscriber's side in real headless Chromium (Debian's chromium + chromedriver, driven
 by Selenium): the email at desktop and phone widths, its links clicked through a real
-`digest serve`, and hostile paper text that must not run.
+`digest serve` (unsubscribe and resubscribe, more like this and its undo, the interests
+form saved and refused), and hostile paper text that must not run.
 
-Screenshots go to $DIGEST_ARTIFACTS (default: tests/artifacts/, not committed)."""
+Screenshots go to $DIGEST_ARTIFACTS (default: tests/artifacts/, not committed): each page
+at 390 and 800 px, light and dark."""
 
 from __future__ import annotations
 
@@ -67,8 +69,11 @@ def served(tmp_path: Path, config_file: Path, seeds: list[Path], smtp_sink, run_
     """Ana's edition sent through `digest send` with links to a running `digest serve`;
     yields the email's HTML file and the profile path."""
     port = _free_port()
-    with config_file.open("a", encoding="utf-8") as handle:
-        handle.write(f'\n[web]\nbase_url = "http://127.0.0.1:{port}"\n')
+    text = config_file.read_text(encoding="utf-8")
+    assert "from_name" not in text
+    config_file.write_text(text.replace("[mail]\n", '[mail]\nfrom_name = "Test Papers"\n')
+                           + f'\n[web]\nbase_url = "http://127.0.0.1:{port}"\n',
+                           encoding="utf-8")
     profile = tmp_path / "profiles" / "ana.yaml"
     profile.write_text("# mine\nname: Ana Lima\nemail: ana@example.org\n"
                        "interests: [dense retrieval, long context]\n", encoding="utf-8")
@@ -140,17 +145,65 @@ def test_email_holds_up_at_desktop_and_phone_widths(browser, served):
     assert card.size["width"] <= 600
 
 
-def test_unsubscribe_link_confirms_then_unsubscribes(browser, served):
+def _set_dark(driver, dark: bool) -> None:
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+        {"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+
+
+def _check_page(driver, name: str) -> None:
+    """The page at phone and desktop widths, light and dark: screenshots for a person to
+    look at, and what can be measured: no sideways scrolling, tap targets at least 44 px,
+    text at least 14 px, every box with a label."""
+    for dark in (False, True):
+        _set_dark(driver, dark)
+        for width in (390, 800):
+            _screenshot(driver, f"{name}{'-dark' if dark else ''}", width)
+            assert driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    _set_dark(driver, False)
+    driver.set_window_size(390, 1200)
+    small = driver.execute_script("""
+        const out = [];
+        for (const e of document.querySelectorAll('button, input:not([type=hidden]), textarea')) {
+          const r = e.getBoundingClientRect();
+          if (r.height < 44 || r.width < 44) out.push(e.outerHTML.slice(0, 80));
+        }
+        return out;""")
+    assert small == [], small
+    tiny = driver.execute_script("""
+        const out = [];
+        const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        while (walk.nextNode()) {
+          const e = walk.currentNode.parentElement;
+          if (!walk.currentNode.textContent.trim() || e.closest('.vh')) continue;
+          if (parseFloat(getComputedStyle(e).fontSize) < 14) out.push(e.tagName);
+        }
+        return out;""")
+    assert tiny == [], tiny
+    unlabelled = driver.execute_script("""
+        return [...document.querySelectorAll('input:not([type=hidden]), textarea')]
+          .filter(e => !e.labels || e.labels.length === 0).map(e => e.id);""")
+    assert unlabelled == []
+
+
+def test_unsubscribe_then_resubscribe(browser, served):
     url, profile = served
     browser.get(url)
     browser.find_element("link text", "Unsubscribe").click()
     _heading_becomes(browser, "Unsubscribe?")
     assert load_profile(profile).active  # looking at the page changed nothing
+    assert browser.title == "Unsubscribe? · Test Papers"  # the list's name, not its id
     browser.find_element("id", "confirm").click()
     _heading_becomes(browser, "You are unsubscribed")
     assert not load_profile(profile).active
     assert profile.read_text(encoding="utf-8").startswith("# mine\n")
-    _screenshot(browser, "unsubscribed", 390)
+    _check_page(browser, "unsubscribed")
+    browser.find_element("id", "resubscribe").click()
+    _heading_becomes(browser, "You are subscribed again")
+    assert "/r/" in browser.current_url
+    assert load_profile(profile).active
+    assert profile.read_text(encoding="utf-8").startswith("# mine\n")
+    _check_page(browser, "resubscribed")
 
 
 def test_more_like_this_and_editing_interests(browser, served):
@@ -165,14 +218,64 @@ def test_more_like_this_and_editing_interests(browser, served):
 
     browser.get(url)
     browser.find_element("link text", "Edit your interests").click()
-    box = _wait_for(browser, "id", "interests")
+    box = _wait_for(browser, "id", "interest-0")
     box.clear()
-    box.send_keys("graph neural networks\nlong context")
+    box.send_keys("graph neural networks")
+    browser.find_element("id", "weight-0").clear()
+    browser.find_element("id", "weight-0").send_keys("2")
+    browser.find_element("id", "authors").send_keys("Zhuyun Dai")
     browser.find_element("id", "save").click()
     assert _wait_for(browser, "id", "saved").is_displayed()
-    assert [i.text for i in load_profile(profile).interests] == ["graph neural networks",
-                                                                 "long context"]
-    _screenshot(browser, "interests", 390)
+    edited = load_profile(profile)
+    assert [(i.text, i.weight) for i in edited.interests] == [("graph neural networks", 2.0),
+                                                              ("long context", 1.0)]
+    assert edited.authors == ("Zhuyun Dai",)
+    assert profile.read_text(encoding="utf-8").startswith("# mine\n")
+    _check_page(browser, "interests")
+
+    # The click is listed with an Undo button; undoing it empties `liked` again.
+    undo = browser.find_element("css selector", "ul.feedback button")
+    assert undo.accessible_name.startswith("Undo: more like these, ")  # which one it undoes
+    undo.click()
+    _wait_for(browser, "id", "notice")
+    assert load_profile(profile).liked == ()
+
+
+def test_an_invalid_value_is_shown_beside_its_box_with_the_input_kept(browser, served):
+    url, profile = served
+    before = profile.read_text(encoding="utf-8")
+    browser.get(url)
+    browser.find_element("link text", "Edit your interests").click()
+    schedule = _wait_for(browser, "id", "schedule")
+    schedule.clear()
+    schedule.send_keys("every other tuesday")
+    weight = browser.find_element("id", "weight-1")
+    weight.clear()
+    weight.send_keys("heavy")
+    browser.find_element("id", "save").click()
+    _wait_for(browser, "id", "error-summary")
+    assert browser.title.startswith("Error: Your interests")
+    assert profile.read_text(encoding="utf-8") == before  # nothing saved
+    # The summary has the focus, so a screen reader starts there; each problem is under
+    # its box (the next thing after it on the page) and is the box's description.
+    assert browser.switch_to.active_element.get_attribute("id") == "error-summary"
+    for box, words in (("schedule", "bad schedule 'every other tuesday'"),
+                       ("weight-1", "Input should be a valid number")):
+        control = browser.find_element("id", box)
+        error = browser.find_element("id", f"{box}-error")
+        assert words in error.text and error.is_displayed()
+        assert f"{box}-error" in control.get_attribute("aria-describedby").split()
+        assert control.get_attribute("aria-invalid") == "true"
+        below = error.location["y"] - (control.location["y"] + control.size["height"])
+        assert 0 <= below < 40, (box, below)
+    assert browser.find_element("id", "schedule").get_attribute("value") == "every other tuesday"
+    assert browser.find_element("id", "weight-1").get_attribute("value") == "heavy"
+    assert browser.find_element("id", "interest-1").get_attribute("value") == "long context"
+    _check_page(browser, "interests-error")
+    browser.find_element("link text", "When: bad schedule 'every other tuesday': expected "
+                                      "`daily HH:MM`, `weekdays HH:MM`, `weekly DAY HH:MM`, "
+                                      "`every 6h` or a five-field cron expression").click()
+    assert browser.switch_to.active_element.get_attribute("id") == "schedule"
 
 
 def test_hostile_paper_text_does_not_run(browser, tmp_path):

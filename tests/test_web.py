@@ -7,6 +7,7 @@ files; tests/test_browser.py clicks through the same pages in Chromium."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import re
 import socket
@@ -14,7 +15,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import uvicorn
@@ -78,8 +81,8 @@ def client(web_settings: Settings, email: OutgoingEmail):
 def _links(email: OutgoingEmail) -> dict[str, list[str]]:
     html = email.email.get_body(("html",)).get_content()
     found: dict[str, list[str]] = {}
-    for url, text in re.findall(r'<a href="(https://digest\.example/[^"]+)"[^>]*>([^<]+)</a>',
-                                html):
+    for url, text in re.findall(
+            r'<a\b[^>]*\bhref="(https://digest\.example/[^"]+)"[^>]*>([^<]+)</a>', html):
         found.setdefault(text, []).append(url.replace("&amp;", "&"))
     return found
 
@@ -134,18 +137,248 @@ def test_more_and_less_like_this_move_the_paper(client, email, tmp_path):
     assert "  - dense retrieval      # the main thing\n" in text
 
 
-def test_interests_page_edits_only_the_interests(client, email, tmp_path):
+class _Forms(HTMLParser):
+    """The forms of a page as a browser would send them, each by its one button:
+    (action, [(name, value)])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[str | None, list[tuple[str, str]]]] = []
+        self._textarea: tuple[str, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append((a.get("action"), []))
+        elif tag in ("input", "button") and a.get("name") and self.forms:  # its one button
+            self.forms[-1][1].append((a["name"] or "", a.get("value") or ""))
+        elif tag == "textarea":
+            self._textarea = (a["name"] or "", [])
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea is not None:
+            self._textarea[1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea" and self._textarea is not None:
+            name, parts = self._textarea
+            self.forms[-1][1].append((name, "".join(parts).removeprefix("\n")))
+            self._textarea = None
+
+
+def _forms(html: str) -> list[tuple[str | None, list[tuple[str, str]]]]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+def _form_data(fields: list[tuple[str, str]], **changes: str | list[str]
+               ) -> dict[str, str | list[str]]:
+    """A form's fields as the TestClient sends them (repeated names as lists), changed."""
+    data: dict[str, str | list[str]] = {}
+    for name, value in fields:
+        if name in data:
+            data[name] = [*([data[name]] if isinstance(data[name], str) else data[name]), value]
+        else:
+            data[name] = value
+    return {**data, **changes}
+
+
+def _interests_form(page_html: str) -> dict[str, str | list[str]]:
+    [(_action, fields)] = [form for form in _forms(page_html)
+                           if any(name == "interest" for name, _ in form[1])]
+    return _form_data(fields)
+
+
+def test_interests_page_shows_the_profile_and_saves_it_in_one_edit(client, email, tmp_path):
     [link] = _links(email)["Edit your interests"]
     page = client.get(link)
-    assert "dense retrieval\nlong context</textarea>" in page.text
-    saved = client.post(link, data={"interests": "long context\r\n\r\n  sparse   retrieval \n"})
-    assert "Saved." in saved.text
+    assert page.status_code == 200
+    form = _interests_form(page.text)
+    assert form["interest"] == ["dense retrieval", "long context", "", "", ""]
+    assert form["weight"] == ["1", "2", "", "", ""]
+    assert (form["schedule"], form["timezone"], form["max_papers"]) == (
+        "daily 07:00", "UTC", "")
+    assert '<label for="schedule">' in page.text
+    assert '<label class="vh" for="weight-1">Weight of interest 2</label>' in page.text
+
+    before = _profile_text(tmp_path)
+    saved = client.post(link, data={
+        **form, "interest": ["long context", "", "  sparse   retrieval ",
+                             "graph neural networks", ""],
+        "weight": ["3", "", "", "0.5", ""], "mute": "crypto\r\n\r\nblockchain\r\n",
+        "authors": "Zhuyun Dai", "schedule": "weekdays 07:30", "max_papers": "12"})
+    assert saved.status_code == 200 and 'id="saved"' in saved.text
+    assert _changed(before, _profile_text(tmp_path)) == [
+        "-   - dense retrieval      # the main thing",
+        "-     weight: 2", "+     weight: 3", "+   - sparse retrieval",
+        "+   - text: graph neural networks", "+     weight: 0.5",
+        "+ keywords:", "+   mute:", "+     - crypto", "+     - blockchain",
+        "+ authors:", "+   - Zhuyun Dai", "+ schedule: weekdays 07:30", "+ max_papers: 12"]
     profile = load_profile(tmp_path / "profiles" / "ana.yaml")
-    assert [(i.text, i.weight) for i in profile.interests] == [("long context", 2.0),
-                                                               ("sparse retrieval", 1.0)]
-    text = _profile_text(tmp_path)
-    assert text.startswith("# Ana's reading list\nname: Ana Lima\n")
-    assert "liked:\n  - \"T2Ranking" in text
+    assert [(i.text, i.weight) for i in profile.interests] == [
+        ("long context", 3.0), ("sparse retrieval", 1.0), ("graph neural networks", 0.5)]
+    assert (profile.mute, profile.authors, profile.schedule, profile.max_papers) == (
+        ("crypto", "blockchain"), ("Zhuyun Dai",), "weekdays 07:30", 12)
+    # The page now shows what was saved; saving it again as shown changes nothing.
+    after = _profile_text(tmp_path)
+    inode = (tmp_path / "profiles" / "ana.yaml").stat().st_ino
+    again = client.post(link, data=_interests_form(saved.text))
+    assert again.status_code == 200 and _profile_text(tmp_path) == after
+    assert (tmp_path / "profiles" / "ana.yaml").stat().st_ino == inode  # not even rewritten
+
+
+def test_a_form_without_some_boxes_leaves_their_fields_as_they_are(client, email, tmp_path):
+    """A page from an older version of the form, or a hand-made request: what it does not
+    send is not emptied."""
+    before = _profile_text(tmp_path)
+    answer = client.post(_links(email)["Edit your interests"][0],
+                         data={"schedule": "weekly fri 09:00"})
+    assert answer.status_code == 200
+    assert _changed(before, _profile_text(tmp_path)) == ["+ schedule: weekly fri 09:00"]
+
+
+def _changed(before: str, after: str) -> list[str]:
+    return [line for line in difflib.ndiff(before.splitlines(), after.splitlines())
+            if line[:2] in ("- ", "+ ")]
+
+
+def test_invalid_values_keep_the_input_and_say_why_beside_each_box(client, email, tmp_path):
+    [link] = _links(email)["Edit your interests"]
+    form = _interests_form(client.get(link).text)
+    before = _profile_text(tmp_path)
+    sent = {**form, "interest": ["dense retrieval", "long context", "x" * 501, "", ""],
+            "weight": ["1", "200", "", "", ""], "mute": "crypto\n\n" + "y" * 501,
+            "schedule": "sometimes", "timezone": "Mars/Olympus", "max_papers": "ten"}
+    answer = client.post(link, data=sent)
+    assert answer.status_code == 422
+    assert _profile_text(tmp_path) == before  # nothing saved
+    assert "<title>Error: Your interests" in answer.text
+    # What the reader typed is all still there ...
+    assert _interests_form(answer.text) == sent
+    # ... and each problem is under its box, tied to it, in `digest profile validate`'s words.
+    for box, words in (("weight-1", "less than or equal to 100"),
+                       ("interest-2", "at most 500 characters"),
+                       ("mute", "line 3: String should have at most 500 characters"),
+                       ("schedule", "bad schedule &#39;sometimes&#39;"),
+                       ("timezone", "unknown time zone &#39;Mars/Olympus&#39;"),
+                       ("max_papers", "Input should be a valid integer")):
+        error = re.search(rf'<p class="error" id="{box}-error">(.*?)</p>', answer.text)
+        assert error is not None and words in error.group(1), box
+        control = re.search(rf'<(?:input|textarea)[^>]* id="{box}"[^>]*>', answer.text)
+        assert control is not None
+        assert re.search(rf'aria-describedby="[^"]*\b{box}-error\b', control.group(0))
+        assert 'aria-invalid="true"' in control.group(0)
+        assert f'<a href="#{box}">' in answer.text  # the summary at the top links to it
+    assert 'id="weight-0"' in answer.text and "weight-0-error" not in answer.text
+
+
+def test_the_page_names_the_list_by_its_from_name(web_settings, email, tmp_path):
+    settings = web_settings.model_copy(update={"mail": web_settings.mail.model_copy(
+        update={"from_name": "Reading Group Papers"})})
+    with TestClient(make_app(settings, clock=lambda: NOW),
+                    base_url="https://digest.example") as named:
+        for link in (_links(email)["Edit your interests"][0], _links(email)["Unsubscribe"][0]):
+            page = named.get(link).text
+            assert re.search(r"<title>[^<]* · Reading Group Papers</title>", page)
+            assert "test.digest.example" not in page  # the List-Id is for machines
+
+
+def test_recent_feedback_is_listed_and_each_click_can_be_undone(client, email, tmp_path):
+    links = _links(email)
+    before = _profile_text(tmp_path)
+    more, less = links["More like this"][0], links["Less like this"][1]
+    assert "Thank you" in client.post(more).text
+    assert "Thank you" in client.post(less).text
+    [profile_link] = links["Edit your interests"]
+    page = client.get(profile_link).text
+    undo_forms = [fields for action, fields in _forms(page)
+                  if ("do", "undo") in fields and action == "#feedback"]  # back to this page
+    listed = [(dict(f)["list"], dict(f)["entry"]) for f in undo_forms]
+    profile = load_profile(tmp_path / "profiles" / "ana.yaml")
+    assert listed == [("liked", profile.liked[1]), ("liked", profile.liked[0]),
+                      ("disliked", profile.disliked[0])]  # newest first
+    liked_title = _title_in(client, more)
+    assert page.index(liked_title) < page.index("T2Ranking")  # titles, not ids
+
+    answer = client.post(profile_link, data=dict(undo_forms[0]))
+    assert answer.status_code == 200 and "Undone:" in answer.text
+    answer = client.post(profile_link, data=dict(undo_forms[2]))
+    assert "Undone:" in answer.text
+    # Both clicks undone: the file is as it was, but for the list the dislike started.
+    assert _profile_text(tmp_path) == before + "disliked: []\n"
+    again = client.post(profile_link, data=dict(undo_forms[2]))
+    assert again.status_code == 200 and "nothing was changed" in again.text
+
+
+def _title_in(client: TestClient, feedback_link: str) -> str:
+    confirm = client.get(feedback_link).text
+    found = re.search(r"like “(.+?)” in your next emails", confirm)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.parametrize("data", [{"do": "undo", "list": "interests", "entry": "long context"},
+                                  {"do": "undo", "entry": "x"}])
+def test_an_undo_naming_no_feedback_list_changes_nothing(client, email, tmp_path, data):
+    before = _profile_text(tmp_path)
+    answer = client.post(_links(email)["Edit your interests"][0], data=data)
+    assert answer.status_code == 400 and _profile_text(tmp_path) == before
+
+
+def test_unsubscribed_page_offers_a_signed_resubscribe(web_settings, client, email, tmp_path,
+                                                       caplog):
+    [link] = _links(email)["Unsubscribe"]
+    before = _profile_text(tmp_path)
+    with caplog.at_level(logging.INFO, logger="digest.commands.web"):
+        done = client.post(link)
+    assert "You are unsubscribed" in done.text
+    [(action, fields)] = _forms(done.text)
+    assert fields == [] and action is not None and action.startswith("../r/")
+    resubscribe = urljoin(link, action)  # beside /u/, whatever prefix base_url has
+    assert resubscribe.startswith("https://digest.example/r/")
+    until = NOW + timedelta(days=web_settings.web.link_days)
+    assert f"works until {until.day} {until:%B %Y}" in done.text
+    # Its token is a new one, for resubscribing only, and its own lifetime.
+    token = Signer([SECRET]).verify(resubscribe.rsplit("/", 1)[1], now=NOW)
+    assert (token.subscriber_id, token.action) == ("ana", "resubscribe")
+    assert token.expires == until
+
+    unsubscribed = _profile_text(tmp_path)
+    for method in (client.get, client.head):  # a link scanner: nothing happens
+        assert method(resubscribe).status_code == 200
+    assert _profile_text(tmp_path) == unsubscribed
+    assert "Resubscribe?" in client.get(resubscribe).text
+    with caplog.at_level(logging.INFO, logger="digest.commands.web"):
+        answer = client.post(resubscribe)
+    assert answer.status_code == 200 and "subscribed again" in answer.text
+    assert load_profile(tmp_path / "profiles" / "ana.yaml").active is True
+    assert _profile_text(tmp_path) == before + "active: true\n"  # comments and all kept
+    assert "web.unsubscribed subscriber=ana" in caplog.text
+    assert "web.resubscribed subscriber=ana" in caplog.text
+    assert token_text(resubscribe) not in caplog.text
+
+
+def token_text(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def test_resubscribe_link_expires_after_link_days_and_does_only_that(web_settings, client,
+                                                                     email, tmp_path):
+    [link] = _links(email)["Unsubscribe"]
+    [(action, _)] = _forms(client.post(link).text)
+    resubscribe = urljoin(link, action)
+    expires = NOW + timedelta(days=web_settings.web.link_days)
+    late = make_app(web_settings, clock=lambda: expires)
+    with TestClient(late, base_url="https://digest.example") as later:
+        answer = later.post(resubscribe)
+        assert answer.status_code == 403 and "expired" in answer.text
+    assert load_profile(tmp_path / "profiles" / "ana.yaml").active is False
+    # The unsubscribe link does not resubscribe, nor the resubscribe link unsubscribe.
+    swapped = client.post(f"https://digest.example/r/{token_text(link)}")
+    assert swapped.status_code == 403
+    assert client.post(f"https://digest.example/u/{token_text(resubscribe)}").status_code == 403
+    assert load_profile(tmp_path / "profiles" / "ana.yaml").active is False
 
 
 @pytest.mark.parametrize("tamper", ["forged", "other secret", "expired", "wrong page",
@@ -195,9 +428,17 @@ def test_serve_needs_the_secret(web_settings):
 
 def test_head_requests_change_nothing(client, email, tmp_path):
     before = _profile_text(tmp_path)
-    for link in (_links(email)["Unsubscribe"][0], _links(email)["More like this"][0]):
+    for link in (_links(email)["Unsubscribe"][0], _links(email)["More like this"][0],
+                 _links(email)["Edit your interests"][0]):
         assert client.head(link).status_code == 200
     assert _profile_text(tmp_path) == before
+
+
+def test_no_page_redirects(client, email):
+    """Not even Starlette's trailing-slash redirect, which names the Host header's site."""
+    link = _links(email)["Unsubscribe"][0]
+    answer = client.get(link + "/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 404 and "location" not in answer.headers
 
 
 def test_a_profile_file_now_someone_elses_is_not_edited(client, email, tmp_path):

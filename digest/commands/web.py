@@ -6,20 +6,27 @@ a POST changes anything, so the link scanners of mail systems, which follow link
 nothing. Unsubscribing is also one POST with no page at all (RFC 8058 one-click, from the
 `List-Unsubscribe-Post` header). Each change is an edit of the subscriber's YAML profile
 that keeps their comments and formatting (digest.profiles.edit_profile).
+
+No page sets a cookie or keeps a session: the token in the URL is the only authority, so a
+form posted from another site can do nothing its author could not do with the token
+alone (no CSRF), and no page redirects anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
@@ -28,7 +35,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digest.config import Settings
 from digest.errors import ConfigError, ProfileError
-from digest.profiles import load_profile, set_feedback, set_field, set_interests
+from digest.profiles import (
+    FieldProblem,
+    ProfileFile,
+    load_profile,
+    load_profile_file,
+    read_value,
+    remove_feedback,
+    set_feedback,
+    set_field,
+    set_fields,
+)
 from digest.render import make_environment
 from digest.running.liveness import utc_now
 from digest.store import Store
@@ -36,9 +53,11 @@ from digest.tokens import Action, LinkToken, Signer, TokenError
 
 log = logging.getLogger(__name__)
 
-MAX_INTERESTS = 50
-MAX_INTEREST_CHARS = 200
-MAX_BODY_BYTES = 64 * 1024  # the largest form here (interests) is under 16 KiB
+# The largest form here, the interests page, is a few KiB for a profile people write; what
+# its values may hold is the profile's rules alone (digest.profiles), not the web's.
+MAX_BODY_BYTES = 64 * 1024
+RECENT_FEEDBACK = 10  # of each of liked and disliked, listed with an Undo button
+BLANK_INTEREST_ROWS = 3  # empty rows under the interests, to add new ones
 SECURITY_HEADERS = {
     # Pages of our own markup and inline CSS only: no script runs, no form posts elsewhere.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -62,8 +81,9 @@ def make_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> 
         yield
         pages.close()
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/u/{token}", pages.unsubscribe, methods=["GET", "POST"]),
+        Route("/r/{token}", pages.resubscribe, methods=["GET", "POST"]),
         Route("/f/{token}", pages.feedback, methods=["GET", "POST"]),
         Route("/p/{token}", pages.profile, methods=["GET", "POST"]),
         Route("/", pages.home, methods=["GET"]),
@@ -73,6 +93,10 @@ def make_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> 
         ClientDisconnect: pages.client_gone,
         BodyRefused: pages.body_refused,
     })
+    # Starlette would answer `/u/<token>/` with a redirect built from the Host header; no
+    # page here redirects anywhere.
+    app.router.redirect_slashes = False
+    return app
 
 
 class BodyRefused(Exception):
@@ -134,8 +158,13 @@ class Pages:
         self.store.close()
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        """A page headed by `title`; its <title> adds the list's name (`mail.from_name`),
+        and starts "Error:" when the page shows `errors` (the first words a screen reader
+        says)."""
+        head = ("Error: " if context.get("errors") else "") + context["title"]
         html = self.templates.get_template(f"web/{template}.html.j2").render(
-            list_id=self.settings.mail.list_id, **context)
+            list_name=self.settings.mail.from_name, list_id=self.settings.mail.list_id,
+            head_title=head, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def _token(self, request: Request, *actions: Action) -> LinkToken:
@@ -196,7 +225,7 @@ class Pages:
                          message=f"The request was not read: {exc.reason}.")
 
     async def home(self, request: Request) -> Response:
-        return self.page("message", title=self.settings.mail.list_id,
+        return self.page("message", title=self.settings.mail.from_name,
                          message="This server answers the links in the list's emails.")
 
     # Plain functions run in Starlette's thread pool: file locks and fsync do not stall
@@ -208,16 +237,41 @@ class Pages:
         token, path = opened
         if request.method != "POST":  # GET or HEAD: never act
             return self.page("confirm", title="Unsubscribe?",
-                             message=f"Stop sending {self.settings.mail.list_id} emails to "
+                             message=f"Stop sending {self.settings.mail.from_name} emails to "
                                      "this subscription?", button="Unsubscribe")
         try:
             set_field(path, "active", False)
         except ProfileError as exc:
             return self._not_changed(exc)
         log.info("web.unsubscribed subscriber=%s", token.subscriber_id)
-        return self.page("message", title="You are unsubscribed",
-                         message="No more emails will be sent to you. To come back, ask the "
-                                 "list's operator, or reply to one of the emails.")
+        # A new token, not the unsubscribe link's: it works for link_days from now, however
+        # old the email was, and no link in an email (nor a List-Unsubscribe POST) can
+        # ever resubscribe anyone.
+        expires = self.clock() + timedelta(days=self.settings.web.link_days)
+        again = self.signer.sign(LinkToken(token.subscriber_id, "resubscribe", expires))
+        return self.page("unsubscribed", title="You are unsubscribed",
+                         message="No more emails will be sent to you.",
+                         resubscribe_url=f"../r/{again}",  # beside /u/, under any prefix
+                         until=f"{expires.day} {expires:%B %Y}")
+
+    def resubscribe(self, request: Request) -> Response:
+        opened = self._open(request, "resubscribe")
+        if isinstance(opened, Response):
+            return opened
+        token, path = opened
+        if request.method != "POST":  # GET or HEAD: never act
+            return self.page("confirm", title="Resubscribe?",
+                             message=f"Send {self.settings.mail.from_name} emails to this "
+                                     "subscription again?", button="Resubscribe")
+        try:
+            done = set_field(path, "active", True)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        log.info("web.resubscribed subscriber=%s", token.subscriber_id)
+        return self.page("message", title="You are subscribed again",
+                         message="Your emails start again with the next one your schedule "
+                                 "brings." if done != "unchanged" else
+                                 "You were subscribed already; nothing was changed.")
 
     def feedback(self, request: Request) -> Response:
         opened = self._open(request, "more", "less")
@@ -249,32 +303,220 @@ class Pages:
         if isinstance(opened, Response):
             return opened
         token, path = opened
-        if request.method == "POST":
-            form = await request.form()
-            field = form.get("interests", "")
-            if not isinstance(field, str):  # a file upload, not text
-                return self.page("message", 400, title="Not text",
-                                 message="Interests are sent as text.")
-            lines = [" ".join(line.split()) for line in field.splitlines()]
-            interests = [line for line in lines if line]
-            if len(interests) > MAX_INTERESTS or any(len(i) > MAX_INTEREST_CHARS
-                                                      for i in interests):
-                return self.page("message", 400, title="Too long",
-                                 message=f"At most {MAX_INTERESTS} interests of "
-                                         f"{MAX_INTEREST_CHARS} characters each.")
-            try:
-                await run_in_threadpool(set_interests, path, interests)
-            except ProfileError as exc:
-                return self._not_changed(exc)
-            log.info("web.interests subscriber=%s count=%d", token.subscriber_id,
-                     len(interests))
+        if request.method != "POST":  # GET or HEAD: never act
+            return await run_in_threadpool(self._profile_page, path)
+        form = await request.form()
+        if form.get("do") == "undo":
+            return await run_in_threadpool(self._undo, token, path, form)
+        return await run_in_threadpool(self._save, token, path, form)
+
+    def _save(self, token: LinkToken, path: Path, form: FormData) -> Response:
         try:
-            current = await run_in_threadpool(load_profile, path)
+            current = load_profile_file(path)
         except ProfileError as exc:
             return self._not_changed(exc)
-        return self.page("profile", title="Your interests", name=current.name,
-                         interests="\n".join(i.text for i in current.interests),
-                         saved=request.method == "POST")
+        sent = ProfileForm.read(form, ProfileForm.of(current))
+        if sent is None:
+            return self.page("message", 400, title="Not text",
+                             message="The form's fields are sent as text.")
+        values, positions = sent.values()
+        try:
+            edit = set_fields(path, values)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        if edit.problems:  # the reader's input is shown again, each problem beside its box
+            return self._profile_page(path, sent, _form_errors(edit.problems, positions),
+                                      status=422)
+        log.info("web.profile-saved subscriber=%s fields=%s", token.subscriber_id,
+                 ",".join(edit.changed) or "-")
+        return self._profile_page(path, notice="Saved. Your next email follows these "
+                                               "settings.", saved=True)
+
+    def _undo(self, token: LinkToken, path: Path, form: FormData) -> Response:
+        which, entry = form.get("list"), form.get("entry")
+        if which not in ("liked", "disliked") or not isinstance(entry, str):
+            return self.page("message", 400, title="Nothing to undo",
+                             message="This request does not name a paper of your feedback.")
+        try:
+            removed = remove_feedback(path, entry, liked=which == "liked")
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        paper = self.store.find_papers([entry]).get(entry)
+        title = paper.title if paper is not None else entry
+        if not removed:
+            return self._profile_page(path, notice=f"“{title}” was not in your feedback any "
+                                                   "more; nothing was changed.")
+        log.info("web.feedback-undone subscriber=%s list=%s paper=%s", token.subscriber_id,
+                 which, paper.row_id if paper is not None else "-")
+        return self._profile_page(path, notice=f"Undone: “{title}” no longer asks for "
+                                               f"{'more' if which == 'liked' else 'fewer'} "
+                                               "papers like it.")
+
+    def _profile_page(self, path: Path, form: ProfileForm | None = None,
+                      errors: dict[str, list[str]] | None = None, *, status: int = 200,
+                      notice: str | None = None, saved: bool = False) -> Response:
+        try:
+            current = load_profile_file(path)
+        except ProfileError as exc:
+            return self._not_changed(exc)
+        errors = errors or {}
+        shown = form or ProfileForm.of(current)
+        # Sent back, the rows are as sent (with the empty ones the page had); else a few
+        # empty rows to add interests in.
+        blank = [] if form is not None else [("", "")] * BLANK_INTEREST_ROWS
+        return self.page(
+            "profile", status, title="Your interests", name=current.name, form=shown,
+            rows=[*shown.interests, *blank], errors=errors,
+            summary=[(anchor, _label(anchor), message)
+                     for anchor, messages in errors.items() for message in messages],
+            feedback=self._recent_feedback(current), notice=notice, saved=saved,
+            default_max_papers=self.settings.default_max_papers)
+
+    def _recent_feedback(self, current: ProfileFile) -> list[FeedbackEntry]:
+        """The newest entries of liked and disliked (each list is in the order they were
+        added: newest last), with the titles of the papers the store knows."""
+        entries: list[tuple[str, str]] = []
+        for which, listed in (("liked", current.liked), ("disliked", current.disliked)):
+            newest = list(dict.fromkeys(reversed(listed)))[:RECENT_FEEDBACK]
+            entries += [(which, entry) for entry in newest]
+        papers = self.store.find_papers([entry for _, entry in entries])
+        return [FeedbackEntry(which, entry, papers[entry].title if entry in papers else entry)
+                for which, entry in entries]
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    """One paper of liked or disliked, as the interests page lists it."""
+
+    which: str  # "liked" or "disliked"
+    entry: str  # as the profile holds it: what Undo takes out
+    title: str
+
+
+# The interests page's boxes: the profile field each list box edits, by form name.
+_TERM_FIELDS = {"mute": "keywords.mute", "avoid": "avoid", "require": "keywords.require",
+                "authors": "authors"}
+_LABELS = {"interests": "Interests", "mute": "Never show papers that mention",
+           "avoid": "Fewer papers about", "require": "Only papers that mention",
+           "authors": "Authors you follow", "schedule": "When", "timezone": "Time zone",
+           "max_papers": "Papers per email", "form": "Your profile"}
+_PROBLEM_FIELD = re.compile(r"(?P<field>[a-z_]+(?:\.[a-z_]+)?)(?:\[(?P<index>\d+)\])?"
+                            r"(?:\.(?P<part>[a-z_]+))?")
+
+
+def _label(anchor: str) -> str:
+    """What the error summary calls a box."""
+    kind, _, row = anchor.partition("-")
+    if row.isdigit():
+        return f"Interest {int(row) + 1}" if kind == "interest" else \
+            f"Weight of interest {int(row) + 1}"
+    return _LABELS.get(anchor, anchor)
+
+
+def _weight_text(weight: float) -> str:
+    """A weight as its box shows it: `2`, not `2.0`; read back, it is the same number."""
+    return str(int(weight)) if weight.is_integer() else repr(weight)
+
+
+@dataclass
+class ProfileForm:
+    """The interests page's form as text: what the profile holds, or what the reader sent
+    (shown again as sent when it is refused)."""
+
+    interests: list[tuple[str, str]]  # text and weight, a row each
+    terms: dict[str, str] = field(default_factory=dict)  # form name: one entry per line
+    schedule: str = ""
+    timezone: str = ""
+    max_papers: str = ""
+
+    @classmethod
+    def of(cls, current: ProfileFile) -> ProfileForm:
+        rows = [(i, "1") if isinstance(i, str) else (i.text, _weight_text(i.weight))
+                for i in current.interests]
+        lists = {"mute": current.keywords.mute, "avoid": current.avoid,
+                 "require": current.keywords.require, "authors": current.authors}
+        return cls(rows, {name: "\n".join(listed) for name, listed in lists.items()},
+                   current.schedule, current.timezone,
+                   "" if current.max_papers is None else str(current.max_papers))
+
+    @classmethod
+    def read(cls, form: FormData, current: ProfileForm) -> ProfileForm | None:
+        """The form as sent; a box it lacks keeps its `current` value (so a form from an
+        older page never empties what it does not show). None if a field is not text (a
+        file upload)."""
+        sent = [value for name in ("interest", "weight", *_TERM_FIELDS, "schedule",
+                                   "timezone", "max_papers") for value in form.getlist(name)]
+        if not all(isinstance(value, str) for value in sent):
+            return None
+
+        def text(name: str, default: str) -> str:
+            return str(form[name]) if name in form else default
+
+        texts = [str(t) for t in form.getlist("interest")]
+        weights = [str(w) for w in form.getlist("weight")]
+        rows = current.interests
+        if texts or weights:
+            pad = max(len(texts), len(weights))
+            rows = list(zip([*texts, *[""] * (pad - len(texts))],
+                            [*weights, *[""] * (pad - len(weights))], strict=True))
+        return cls(rows, {name: text(name, current.terms.get(name, ""))
+                          for name in _TERM_FIELDS},
+                   text("schedule", current.schedule), text("timezone", current.timezone),
+                   text("max_papers", current.max_papers))
+
+    def values(self) -> tuple[dict[str, Any], dict[str, list[int]]]:
+        """The profile's new values (what `set_fields` takes), and for each list the form
+        position of every entry (interests: its row; the others: their line, from 1)."""
+        interests: list[Any] = []
+        positions: dict[str, list[int]] = {"interests": []}
+        for row, (text, weight) in enumerate(self.interests):
+            text = " ".join(text.split())
+            if not text:  # an emptied row: the interest is removed
+                continue
+            weight = weight.strip()
+            interests.append({"text": text, "weight": read_value(weight)} if weight else text)
+            positions["interests"].append(row)
+        values: dict[str, Any] = {"interests": interests}
+        for name, key in _TERM_FIELDS.items():
+            lines = [(number, " ".join(line.split())) for number, line
+                     in enumerate(self.terms.get(name, "").splitlines(), start=1)]
+            values[key] = [line for _, line in lines if line]
+            positions[key] = [number for number, line in lines if line]
+        values["schedule"] = self.schedule.strip()
+        values["timezone"] = self.timezone.strip()
+        number = self.max_papers.strip()
+        values["max_papers"] = read_value(number) if number else None  # empty: the default
+        return values, positions
+
+
+def _form_errors(problems: Sequence[FieldProblem], positions: dict[str, list[int]]
+                 ) -> dict[str, list[str]]:
+    """Each problem under the id of the box it concerns (`weight-3`, `authors`), in the
+    order of the page."""
+    found: dict[str, list[str]] = {}
+    for problem in problems:
+        match = _PROBLEM_FIELD.fullmatch(problem.field)
+        name, index, part = (match["field"], match["index"], match["part"]) if match else (
+            "", None, None)
+        message = problem.message
+        at = positions.get(name, [])
+        if name == "interests" and index is not None and int(index) < len(at):
+            anchor = f"{'weight' if part == 'weight' else 'interest'}-{at[int(index)]}"
+        elif name == "interests":
+            anchor = "interests"
+        elif name in _TERM_FIELDS.values():
+            anchor = next(form for form, key in _TERM_FIELDS.items() if key == name)
+            if index is not None and int(index) < len(at):
+                message = f"line {at[int(index)]}: {message}"
+        elif name in ("schedule", "timezone", "max_papers"):
+            anchor = name
+        else:  # a field the page does not show: cannot come from its form, but say it
+            anchor, message = "form", f"{problem.field}: {message}"
+        found.setdefault(anchor, []).append(message)
+    rows = sorted((a for a in found if a.startswith(("interest-", "weight-"))),
+                  key=lambda a: (int(a.split("-")[1]), a))
+    order = ["form", "interests", *rows, *_TERM_FIELDS, "schedule", "timezone", "max_papers"]
+    return {anchor: found[anchor] for anchor in order if anchor in found}
 
 
 def _client(request: Request) -> str:
