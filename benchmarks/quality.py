@@ -28,6 +28,11 @@ weights, unwanted ones avoided), no library, on the same pools, against a keywor
 and a tf-idf query of the names.
 
     python benchmarks/quality.py [--splits 5] [--seed 0] [--no-embeddings]
+                                 [--param NAME=VALUE ...]
+
+`--param` ranks with a `digest.rank.RankParams` field changed (e.g. `--param
+scattered_phrase=1` for the behaviour before phrases were preferred): run it beside a run
+without, to measure a change of one constant.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -53,8 +58,10 @@ from digest.embed import load_embedder, paper_vectors
 from digest.identity import normalise_title
 from digest.models import Interest, Paper, Profile
 from digest.rank import (
+    DEFAULT_PARAMS,
     Corpus,
     Preferences,
+    RankParams,
     build_corpus,
     prepare_candidates,
     rank_papers,
@@ -126,7 +133,8 @@ def load_topics() -> dict[str, list[dict[str, str]]]:
     return {p.stem: load_jsonl(p) for p in sorted(DATA.glob("train/*.jsonl"))}
 
 
-def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) -> list[Day]:
+def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool,
+               params: RankParams = DEFAULT_PARAMS) -> list[Day]:
     filed = {normalise_title(p["title"]): p for papers in topics.values() for p in papers}
     downloads = {path.stem: {normalise_title(p["title"]): p for p in load_jsonl(path)}
                  for path in sorted(DATA.glob("downloads/*.jsonl"))}
@@ -140,12 +148,12 @@ def build_days(topics: dict[str, list[dict[str, str]]], use_embeddings: bool) ->
     texts = [p.text for p in papers]
     vectors = embed_all(texts, use_embeddings)  # the whole texts', for zotero-arxiv-daily
     embedder = load_embedder("auto") if vectors is not None else None
-    corpus = build_corpus(papers)
+    corpus = build_corpus(papers, params=params)
     corpus_emb = None
     if vectors is not None and embedder is not None:  # digest's: as `digest rank` makes them
         corpus_emb = build_corpus(
             papers, embeddings=paper_vectors(lambda t: embed_all(list(t), True), papers),
-            embed_text=embedder.encode)
+            embed_text=embedder.encode, params=params)
     plain = plain_tfidf()
     tfidf, asl = plain.fit_transform(texts).tocsr(), asl_tfidf(texts)
     index = {k: i for i, k in enumerate(keys)}
@@ -511,15 +519,32 @@ def _print_reader(described: str, scores: dict[str, LibraryScore], compared: str
         for name, t in scores.items()})
 
 
+def _params(changes: Sequence[str]) -> RankParams:
+    """RankParams with `NAME=VALUE` changes, each value of its field's type."""
+    values: dict[str, object] = {}
+    for change in changes:
+        name, _, text = change.partition("=")
+        if name not in RankParams.__dataclass_fields__:
+            raise SystemExit(f"--param {change}: RankParams has no field {name!r}")
+        kind = type(getattr(DEFAULT_PARAMS, name))
+        values[name] = kind(text)
+    return replace(DEFAULT_PARAMS, **values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-embeddings", action="store_true")
     parser.add_argument("--topics", type=int, default=0, help="only the first N topics")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="rank with this RankParams field changed (repeatable)")
     args = parser.parse_args()
     started = time.perf_counter()
-    days = build_days(load_topics(), not args.no_embeddings)
+    params = _params(args.param)
+    if args.param:
+        print(f"digest ranks with: {', '.join(args.param)}")
+    days = build_days(load_topics(), not args.no_embeddings, params)
     scores, described = evaluate(args.splits, args.seed, not args.no_embeddings, args.topics,
                                  days=days)
     _print_table(described, f"{'recall@10':>16s} {'nDCG@10':>16s} {'time':>8s}", {

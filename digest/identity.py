@@ -17,7 +17,7 @@ _NEW_ID = r"\d{2}(?:0[1-9]|1[0-2])\.\d{4,5}"  # YYMM.NNNNN
 _OLD_ID = r"[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7}"
 _ARXIV_ID = re.compile(rf"(?<![\w.])(?P<id>{_NEW_ID}|{_OLD_ID})(?:v\d+)?(?!\w|\.\d)")
 _ARXIV_HINT = re.compile(
-    rf"arxiv(?:\.org/(?:abs|pdf|html)/|:)|huggingface\.co/papers/|^(?:{_NEW_ID}|{_OLD_ID})(?:v\d+)?$",
+    rf"arxiv(?:\.org/(?:abs|pdf|html)/|:)|(?:huggingface|hf)\.co/papers/|^(?:{_NEW_ID}|{_OLD_ID})(?:v\d+)?$",
     re.IGNORECASE,
 )
 _NON_ALNUM = re.compile(r"[\W_]+")

@@ -20,7 +20,7 @@ from email.utils import format_datetime, formataddr
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 from weakref import WeakKeyDictionary
 from zoneinfo import ZoneInfo
 
@@ -136,16 +136,17 @@ def safe_url(url: str | None) -> str | None:
     return parts.geturl()
 
 
-def shorten(text: str, words: int = ABSTRACT_WORDS) -> str:
-    """The first `words` words, ending at a sentence if one ends near the cut."""
+def shorten(text: str, words: int = ABSTRACT_WORDS) -> tuple[str, bool]:
+    """The first `words` words, ending at a sentence if one ends near the cut, and whether
+    it was cut (a cut text ends with an ellipsis, even at a sentence's end)."""
     split = text.split()
     if len(split) <= words:
-        return " ".join(split)
+        return " ".join(split), False
     cut = " ".join(split[:words])
     stop = cut.rfind(". ")
     if stop > len(cut) * 0.6:
-        return cut[: stop + 1]
-    return cut.rstrip(",;:") + " …"
+        return cut[: stop + 1] + " …", True
+    return cut.rstrip(",;:") + " …", True
 
 
 def format_authors(authors: Sequence[str], limit: int = 6) -> str:
@@ -170,34 +171,110 @@ class PickView:
     """One pick as the templates see it: display strings only, all computed here."""
 
     title: str
-    url: str | None
+    url: str  # every paper has a link: its arXiv page, its source's page, or a search
+    link_label: str  # what that link is ("arXiv", "Hugging Face", "Source", "Search arXiv")
     authors: str
     abstract: str
+    cut: bool  # the abstract was shortened: "Read more" follows it
     reason: str
     score: float
+    pdf_url: str | None = None  # when its arXiv id is known
     more_url: str | None = None  # "more like this" / "less like this", when links are on
     less_url: str | None = None
+    # The heading of the section this pick opens ("" for the picks after the first of a
+    # section, and in an email of one section).
+    section: str = ""
+
+
+ARXIV_ABS = "https://arxiv.org/abs/"
+ARXIV_PDF = "https://arxiv.org/pdf/"
+ARXIV_TITLE_SEARCH = "https://arxiv.org/search/?searchtype=title&query="
+
+
+def paper_links(paper: Paper) -> tuple[str, str, str | None]:
+    """Where a paper's title links, what that page is, and its PDF: the arXiv abstract
+    page (and PDF) when its arXiv id is known; else the page its source gave (a feed
+    entry's link, a Hugging Face paper page); else a title search on arXiv."""
+    if paper.arxiv_id:
+        return ARXIV_ABS + paper.arxiv_id, "arXiv", ARXIV_PDF + paper.arxiv_id
+    page = safe_url(paper.url)
+    if page is not None:
+        host = (urlsplit(page).hostname or "").removeprefix("www.")
+        return page, "Hugging Face" if host in ("huggingface.co", "hf.co") else "Source", None
+    query = quote_plus(" ".join(paper.title.split()))
+    return ARXIV_TITLE_SEARCH + query, "Search arXiv", None
 
 
 @lru_cache(maxsize=8192)
-def _paper_view(paper: Paper) -> tuple[str, str | None, str, str]:
-    """A paper's title, link, authors and abstract as shown: the same in every email."""
-    return (one_line(paper.title), safe_url(paper.url), format_authors(paper.authors),
-            shorten(paper.abstract))
+def _paper_view(paper: Paper) -> tuple[str, str, str, str, str, bool, str | None]:
+    """A paper's title, link (and what it is), authors, abstract (and whether it was cut)
+    and PDF as shown: the same in every email."""
+    url, label, pdf = paper_links(paper)
+    abstract, cut = shorten(paper.abstract)
+    return (one_line(paper.title), url, label, format_authors(paper.authors), abstract, cut,
+            pdf)
+
+
+OTHER_SECTION = "More for you"
+
+
+def grouped(picks: Sequence[Pick]) -> list[tuple[str, list[Pick]]]:
+    """The picks by section, each shown once: the section of the best pick first, the
+    best pick first within each (picks come best first). Picks of no section go last,
+    under OTHER_SECTION; an email of one section has no heading ("")."""
+    sections: dict[str, list[Pick]] = {}
+    for pick in picks:
+        sections.setdefault(pick.section, []).append(pick)
+    if len(sections) == 1:
+        return [("", list(picks))]
+    rest = sections.pop("", [])
+    ordered = list(sections.items())
+    if rest:
+        ordered.append((OTHER_SECTION, rest))
+    return ordered
+
+
+def cadence(schedule: str) -> str:
+    """"weekly" for a schedule that comes round once a week, "daily" for once or on
+    weekdays, "" for any other."""
+    fields = schedule.split()
+    if fields[:1] == ["weekly"]:
+        return "weekly"
+    if fields[:1] in (["daily"], ["weekdays"]):
+        return "daily"
+    if len(fields) == 5 and fields[2] == "*" and fields[3] == "*" and "," not in fields[1] \
+            and "*" not in fields[1] and "/" not in fields[1]:
+        days = fields[4]
+        if days not in ("*", "1-5", "mon-fri") and not any(c in days for c in ",-/*"):
+            return "weekly"
+        return "daily"
+    return ""
 
 
 def edition_subject(profile: Profile, picks: Sequence[Pick], day: datetime) -> str:
-    top = one_line(picks[0].paper.title) if picks else "nothing new today"
+    """The subject: which edition it is, plainly, and the top pick. A weekly edition is
+    "Weekly papers" whatever day it arrives; others name their day."""
+    weekly = cadence(profile.schedule) == "weekly"
+    top = (one_line(picks[0].paper.title) if picks
+           else f"nothing new {'this week' if weekly else 'today'}")
     if len(top) > SUBJECT_TITLE_CHARS:
         top = top[: SUBJECT_TITLE_CHARS - 1].rstrip() + "…"
+    if weekly:
+        return f"Weekly papers: {top}"
     return f"Papers for {_day_names(day.date())[0]}: {top}"
+
+
+def edition_heading(profile: Profile, day: datetime) -> str:
+    if cadence(profile.schedule) == "weekly":
+        return f"Weekly papers, {_day_names(day.date())[1]}"
+    return f"Papers for {_day_names(day.date())[1]}"
 
 
 @lru_cache(maxsize=64)
 def _day_names(day: date) -> tuple[str, str]:
     """The day as the subject ("Wed 25 Nov") and the heading ("Wednesday 25 November
     2026") name it; a run's emails share a few days."""
-    return f"{day:%a %d %b}", f"{day:%A %d %B %Y}"
+    return f"{day:%a} {day.day} {day:%b}", f"{day:%A} {day.day} {day:%B %Y}"
 
 
 @lru_cache(maxsize=16)
@@ -240,14 +317,19 @@ def render_edition(
             return None
         return url(action, pick.paper.row_id)
 
-    views = [PickView(*_paper_view(p.paper), reason=one_line(p.reason), score=p.score,
-                      more_url=feedback(p, "more"), less_url=feedback(p, "less"))
-             for p in picks]
+    views = []
+    for section, members in grouped(picks):
+        for position, p in enumerate(members):
+            title, link, label, authors, abstract, cut, pdf = _paper_view(p.paper)
+            views.append(PickView(title, link, label, authors, abstract, cut,
+                                  reason=one_line(p.reason), score=p.score, pdf_url=pdf,
+                                  more_url=feedback(p, "more"), less_url=feedback(p, "less"),
+                                  section=one_line(section) if position == 0 else ""))
     unsubscribe = url("unsubscribe", None) if url else None
     count = len(views)
     context = {
         "subject": subject,
-        "heading": f"Papers for {_day_names(local_day.date())[1]}",
+        "heading": edition_heading(profile, local_day),
         "lede": (f"{profile.name}, here {'is' if count == 1 else 'are'} {count} new "
                  f"paper{'' if count == 1 else 's'} picked for your interests." if count else
                  f"{profile.name}, nothing that arrived since your last email matched your "
@@ -431,7 +513,7 @@ def _wrap_value(params: tuple[int, bool, str, bool], value: str) -> str:
     return _wrap(value, *params)
 
 
-Shape = tuple[bool, bool, bool, bool]
+Shape = tuple[bool, bool, bool, bool, bool, bool]
 
 
 @dataclass(frozen=True)
@@ -461,12 +543,14 @@ class _Stencil:
 
 def _shape(view: PickView) -> Shape:
     """What a row's template branches on: which of its parts are there."""
-    return (view.url is not None, bool(view.authors), bool(view.abstract),
-            view.more_url is not None)
+    return (bool(view.authors), bool(view.abstract), view.cut, view.pdf_url is not None,
+            view.more_url is not None, bool(view.section))
 
 
-_SHAPES: list[Shape] = [(url, authors, abstract, links) for url, authors, abstract, links
-                        in itertools.product((True, False), repeat=4)]
+_SHAPES: list[Shape] = [(authors, abstract, cut, pdf, links, section)
+                        for authors, abstract, cut, pdf, links, section
+                        in itertools.product((True, False), repeat=6)
+                        if abstract or not cut]  # only an abstract is cut
 
 
 @dataclass(frozen=True)
@@ -511,13 +595,16 @@ def _make_stencil(env: Environment, part: _Part, with_links: bool, heading: str 
         context["unsubscribe_url"] = context["profile_url"] = None
     mark = Markup("<!--digest-row-->") if part.html else f"{holes.prefix}row"
 
-    def pick(url: bool, authors: bool, abstract: bool, links: bool) -> PickView:
-        return PickView(title=holes("title"), url=holes("url") if url else None,
+    def pick(authors: bool, abstract: bool, cut: bool, pdf: bool, links: bool,
+             section: bool) -> PickView:
+        return PickView(title=holes("title"), url=holes("url"), link_label=holes("link_label"),
                         authors=holes("authors") if authors else "",
-                        abstract=holes("abstract") if abstract else "",
+                        abstract=holes("abstract") if abstract else "", cut=cut,
                         reason=holes("reason"), score=0.0,
+                        pdf_url=holes("pdf_url") if pdf else None,
                         more_url=holes("more_url") if links else None,
-                        less_url=holes("less_url") if links else None)
+                        less_url=holes("less_url") if links else None,
+                        section=holes("section") if section else "")
 
     def render(picks: list[PickView]) -> list[str]:
         out = env.get_template(part.template).render(

@@ -197,3 +197,30 @@ def test_a_feed_broken_before_its_first_entry_is_a_failure_with_the_reason(store
     assert "not well-formed and no entry could be read: " in str(outcome.problems[0])
     assert "unclosed token" in str(outcome.problems[0])  # feedparser's own reason
     assert store.feed_state(server.url("broken.xml")).failures == 1
+
+
+def test_a_feed_sourced_edition_links_every_pick(store, settings, write_profile, tmp_path):
+    """Papers from the Hugging Face and arXiv fixture feeds, ranked and rendered as a real
+    run does: every pick's title links to its arXiv page, in the HTML and the text."""
+    import re
+
+    from digest.deliver import OutboxMailer
+    from digest.profiles import load_profile
+    from digest.running.editions import EditionRun
+
+    for name in (HF, "arxiv-api/q_testing_s0_m10_bc5a6c384fe9.atom.xml"):
+        store.add_entries(list(_parse(name).entries), NOW)
+    path = write_profile("ana", interests=["speech recognition", "language models",
+                                           "software testing"])
+    run = EditionRun(store, settings)
+    [outcome] = asyncio.run(run.run_editions([load_profile(path)],
+                                             OutboxMailer(tmp_path / "out"), now=NOW))
+    assert outcome.picks and outcome.email is not None
+    html = outcome.email.email.get_body(("html",)).get_content()
+    text = outcome.email.email.get_body(("plain",)).get_content()
+    titles = re.findall(r'<p class="title"[^>]*><a href="([^"]+)"', html)
+    assert len(titles) == len(outcome.picks)
+    for pick in outcome.picks:
+        url = f"https://arxiv.org/abs/{pick.paper.arxiv_id}"
+        assert pick.paper.arxiv_id and url in titles
+        assert f"arXiv: {url}" in text

@@ -280,3 +280,25 @@ def test_parser_never_raises_on_any_text(text: str) -> None:
 @given(MIXED_TEXT)
 def test_parser_never_raises_on_mixed_lines(text: str) -> None:
     _check(text, parse_digest_text(text, source="s", reference=REFERENCE))
+
+
+def test_links_under_a_title_give_its_arxiv_id_and_page():
+    """A digest file that carries links keeps them: an arXiv id from a Hugging Face link
+    (hf.co or huggingface.co), an arXiv link or an `arXiv:` line, with the page linked;
+    another page is kept as the paper's link; a second link is reported, not taken."""
+    text = "\n".join([
+        "Mar 11", "",
+        "Titans: Learning to Memorize at Test Time", "https://hf.co/papers/2501.00663", "",
+        "We present a neural long-term memory module that learns to memorize.", "",
+        "FollowIR: Evaluating and Teaching Retrieval Models to Follow Instructions", "",
+        "We introduce a dataset for following instructions in retrieval.",
+        "arXiv:2403.15246", "https://arxiv.org/abs/2403.15246", "",
+        "A Paper Without an arXiv Id", "<https://example.org/papers/42>", "",
+        "An abstract of a paper published elsewhere, with its own page.", ""])
+    parsed = parse_digest_text(text, source="links.txt", reference=REFERENCE)
+    titans, follow, other = parsed.entries
+    assert (titans.arxiv_id, titans.url) == ("2501.00663", "https://hf.co/papers/2501.00663")
+    assert (follow.arxiv_id, follow.url) == ("2403.15246", "https://arxiv.org/abs/2403.15246")
+    assert (other.arxiv_id, other.url) == (None, "https://example.org/papers/42")
+    assert [(p.line, p.reason) for p in parsed.problems] == [
+        (12, "link line (the entry has one already)")]

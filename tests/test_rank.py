@@ -19,6 +19,7 @@ from digest.rank import (
     rank_papers,
 )
 from digest.rank.cache import candidate_cache
+from digest.rank.reasons import liked_section
 from digest.running.editions import ingest_files, resolve_preferences
 
 from .conftest import NOW
@@ -45,8 +46,9 @@ def test_interests_pick_matching_papers_and_say_which_terms(store, papers):
     picks = _rank(store, papers, _profile(interests=(Interest("dense retrieval"),)), top=5)
     assert len(picks) == 5
     assert all("retriev" in p.paper.text.lower() for p in picks)
-    assert picks[0].reason.startswith("matches: ")
-    assert "dense retrieval" in picks[0].reason
+    assert picks[0].reason.startswith("matches \u201c")
+    assert "dense retriev" in picks[0].reason
+    assert all(p.section == "dense retrieval" for p in picks)
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
 
 
@@ -64,8 +66,9 @@ def test_an_interest_matches_other_forms_of_its_words_and_the_reason_uses_the_pa
     picks = _rank(store, all_papers, _profile(interests=(Interest("legged robots"),)), top=3)
     assert picks[0].paper.title == "Teaching a legged robot to climb stairs"
     # The paper's own words, not the stems the model matched ("leg robot") nor the
-    # profile's ("robots"): the reason says what is in the paper.
-    assert picks[0].reason == "matches: legged robot"
+    # profile's ("robots"): the reason quotes the phrase as the paper writes it.
+    assert picks[0].reason == "matches \u201clegged robot\u201d"
+    assert picks[0].section == "legged robots"  # the section: the interest as written
 
 
 def test_words_are_stems_of_any_script_and_hyphenated_words_their_parts():
@@ -81,12 +84,15 @@ def test_liked_paper_is_never_picked_and_explains_its_neighbours(store, papers):
     liked = "Promptagator: Few-shot Dense Retrieval From 8 Examples"
     picks = _rank(store, papers, _profile(liked=(liked,)), top=5)
     assert liked not in [p.paper.title for p in picks]
-    assert all(p.reason == f"like: {liked}" for p in picks)
+    # One section for the liked paper, which heads it; no pick repeats its title.
+    assert all(p.section == liked_section(liked) for p in picks)
+    assert not any("Promptagator" in p.reason for p in picks)
 
 
 def test_liked_title_not_in_the_store_still_steers(store, papers):
     picks = _rank(store, papers, _profile(liked=("Sparse autoencoders for vision transformers",)))
-    assert picks and "like: Sparse autoencoders" in picks[0].reason
+    assert picks and picks[0].section == liked_section(
+        "Sparse autoencoders for vision transformers")
 
 
 def test_muted_keyword_removes_papers_and_required_keyword_restricts(store, papers):
@@ -170,8 +176,8 @@ def test_weights_change_the_order(store, papers):
     a, b = Interest("vision transformer"), Interest("dense retrieval")
     vision_first = _rank(store, papers, _profile(interests=(replace(a, weight=5), b)), top=3)
     retrieval_first = _rank(store, papers, _profile(interests=(a, replace(b, weight=5))), top=3)
-    assert "vision" in vision_first[0].reason
-    assert "retrieval" in retrieval_first[0].reason
+    assert vision_first[0].section == "vision transformer"
+    assert retrieval_first[0].section == "dense retrieval"
 
 
 def test_profile_with_nothing_to_go_on_gets_nothing(store, papers):
@@ -441,9 +447,11 @@ def test_feedback_brings_in_what_the_best_candidates_share():
     with_feedback = position_of_related(DEFAULT_PARAMS)
     assert with_feedback == len(close)  # right after the papers like the liked one
     assert position_of_related(RankParams(feedback_papers=0)) > with_feedback
-    # Its reason names no liked paper it shares nothing with, but the pick it resembles.
-    reason = next(p.reason for p in ranked(DEFAULT_PARAMS) if p.paper.title == related)
-    assert reason.startswith("similar to: graph neural networks for molecule docking")
+    # It shares nothing with the liked paper, so its reason names none: it came in by
+    # resembling the papers like it, and joins their section.
+    pick = next(p for p in ranked(DEFAULT_PARAMS) if p.paper.title == related)
+    assert pick.reason == "close to other papers on this topic"
+    assert pick.section == liked_section(liked)
 
 
 def test_feedback_widens_interests_when_nothing_is_liked():
@@ -467,8 +475,9 @@ def test_feedback_widens_interests_when_nothing_is_liked():
     picks = ranked()
     titles = [p.paper.title for p in picks]
     assert titles.index(related) == len(close)  # right after the papers that match
-    assert all(p.reason.startswith("matches: molecule docking") for p in picks[:len(close)])
-    assert picks[len(close)].reason.startswith("similar to: molecule docking with graph")
+    assert all(p.reason == "matches \u201cmolecule docking\u201d" for p in picks[:len(close)])
+    assert picks[len(close)].reason == "close to other papers on this topic"
+    assert {p.section for p in picks[:len(close) + 1]} == {"molecule docking"}
     without = ranked(RankParams(feedback_papers=0))
     assert related not in [p.paper.title for p in without][:len(close) + 1]
 
@@ -503,7 +512,7 @@ def test_papers_that_match_nothing_never_stand_in_for_liked_ones():
     assert {p.paper.title for p in picks[:2]} == set(close)
     rest = picks[2:]
     assert rest and all(p.score < picks[1].score for p in rest)
-    assert not any("similar to" in p.reason for p in rest)
+    assert not any("close to" in p.reason for p in rest)
 
 
 def test_picks_are_the_same_with_queries_kept_or_not(store, papers):
@@ -564,3 +573,29 @@ def test_profiles_ranked_together_get_what_each_gets_alone(store, papers):
     for batch in [DEFAULT_PARAMS.rank_batch_profiles, 4, 1]:
         batched = build_corpus(papers, params=RankParams(rank_batch_profiles=batch))
         assert rank_many(batched, prepare_candidates(batched, papers), requests) == alone
+
+
+def test_a_phrase_of_several_words_prefers_papers_holding_it():
+    """The interest "state space models": a paper holding the phrase (here as "state-space
+    model") comes before one that has its words scattered ("the state of these models in
+    a latent space"), and the reasons say which is which, in the papers' own
+    words. Without the preference (`scattered_phrase=1`), the scattered one came first,
+    explained as "matches: space, state, models"."""
+    from digest.rank import Preferences
+
+    holder = ("a selective state-space model for long sequences of audio, genomes and "
+              "language tokens")
+    scattered = "the state of these models in a latent space"
+    papers = _synthetic([holder, scattered, *_UNRELATED])
+    prefs = Preferences(profile=_profile(interests=(Interest("state space models"),)))
+
+    def ranked(params: RankParams) -> list:
+        corpus = build_corpus(papers, params=params)
+        return rank_papers(corpus, prefs, prepare_candidates(corpus, papers), top=2)
+
+    first, second = ranked(DEFAULT_PARAMS)
+    assert first.paper.title == holder
+    assert first.reason == "matches \u201cstate-space model\u201d"
+    assert second.reason == "mentions state, space and models"
+    assert {first.section, second.section} == {"state space models"}
+    assert ranked(RankParams(scattered_phrase=1.0))[0].paper.title == scattered

@@ -229,14 +229,16 @@ def test_a_full_edition_with_links_stays_small_and_its_text_reads_at_72_columns(
 _ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
     ["", "a & b", "<i>x</i>", 'say "hi"', "it's", "non\xa0breaking", "nul\x00here", "é…"])
 _PAPERS = st.builds(
-    lambda i, title, url, abstract, authors: Paper(
+    lambda i, title, url, abstract, authors, arxiv_id: Paper(
         key=str(i), title=title or "untitled", abstract=abstract, first_seen=NOW,
-        url=url, authors=tuple(authors), row_id=i),
+        url=url, authors=tuple(authors), row_id=i, arxiv_id=arxiv_id),
     st.integers(0, 5),
     _ANY_TEXT,
     st.none() | _ANY_TEXT.map(lambda path: "https://arxiv.org/" + path),
-    _ANY_TEXT,
-    st.lists(_ANY_TEXT.filter(bool), max_size=3))
+    _ANY_TEXT | st.just("word " * 120),  # and one long enough to be cut
+    st.lists(_ANY_TEXT.filter(bool), max_size=3),
+    st.none() | st.just("2401.01234"))
+_SECTIONS = st.sampled_from(["", "dense retrieval", "Because you liked \u201cX\u201d"]) | _ANY_TEXT
 _PREPARED_ENV = make_environment()  # one per run, as `digest send` has: its stencil is reused
 
 
@@ -251,14 +253,14 @@ def _both_ways(env, profile, picks, links=None):
     return parts(prepared=True), parts(prepared=False)
 
 
-@given(papers=st.lists(st.tuples(_PAPERS, _ANY_TEXT), max_size=12), name=_ANY_TEXT,
-       with_links=st.booleans())
+@given(papers=st.lists(st.tuples(_PAPERS, _ANY_TEXT, _SECTIONS), max_size=12),
+       name=_ANY_TEXT, with_links=st.booleans())
 def test_prepared_parts_are_exactly_what_jinja_and_the_inliner_write(papers, name, with_links):
     from digest.tokens import Links, Signer
 
     links = Links("https://digest.example/a&b", Signer(["k" * 40]), 90) if with_links else None
     profile = _profile(name=name or "Ana")
-    picks = [Pick(paper, 1.0, reason) for paper, reason in papers]
+    picks = [Pick(paper, 1.0, reason, section) for paper, reason, section in papers]
     prepared, full = _both_ways(_PREPARED_ENV, profile, picks, links)
     assert prepared == full
 
@@ -325,3 +327,70 @@ def test_more_picks_than_a_profile_may_ask_for_are_rendered_in_full():
     prepared, full = _both_ways(make_environment(), _profile(), picks)
     assert prepared == full
     assert f"{MAX_PAPERS + 1}. Paper {MAX_PAPERS}" in prepared[0]
+
+
+def test_every_paper_has_a_link_and_a_cut_abstract_says_so():
+    """The arXiv page (and PDF) when the arXiv id is known; else the page the source gave
+    (a Hugging Face paper page, a feed entry's link); else a title search on arXiv. A cut
+    abstract ends with an ellipsis and a "Read more" link; a whole one has neither."""
+    long = "Sentence one of many words here. " * 30
+    papers = [
+        Paper(key="a", title="With an id", abstract=long, first_seen=NOW, arxiv_id="2401.01234",
+              url="https://huggingface.co/papers/2401.01234"),
+        Paper(key="b", title="From Hugging Face", abstract="Short.", first_seen=NOW,
+              url="https://huggingface.co/papers/x"),
+        Paper(key="c", title="From a feed", abstract="Short.", first_seen=NOW,
+              url="https://blog.example/post?id=1&x=2"),
+        Paper(key="d", title="Only a title & more", abstract="Short.", first_seen=NOW),
+        Paper(key="e", title="Unsafe link", abstract="Short.", first_seen=NOW,
+              url="javascript:alert(1)"),
+    ]
+    message = _reparse(_render([Pick(p, 1.0, "r") for p in papers]))
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    expected = [("arXiv", "https://arxiv.org/abs/2401.01234"),
+                ("Hugging Face", "https://huggingface.co/papers/x"),
+                ("Source", "https://blog.example/post?id=1&x=2"),
+                ("Search arXiv", "https://arxiv.org/search/?searchtype=title"
+                                 "&query=Only+a+title+%26+more"),
+                ("Search arXiv", "https://arxiv.org/search/?searchtype=title"
+                                 "&query=Unsafe+link")]
+    titles = re.findall(r'<p class="title"[^>]*><a href="([^"]+)"', html)
+    assert [t.replace("&amp;", "&") for t in titles] == [url for _, url in expected]
+    for label, url in expected:
+        assert f"{label}: {url}" in text.replace("\n   ", " ")
+    assert "PDF: https://arxiv.org/pdf/2401.01234" in text
+    assert 'href="https://arxiv.org/pdf/2401.01234"' in html
+    assert "javascript" not in html
+    assert html.count(">Read more</a>") == 1 and html.count("\u2026 <a") + html.count(
+        "&#8230; <a") == 1
+    assert text.count("\u2026") == 1
+
+
+def test_a_weekly_edition_is_named_for_the_week_not_a_weekday():
+    from dataclasses import replace
+
+    weekly = replace(_profile(), schedule="weekly fri 07:00")
+    assert _render([_pick()], weekly)["Subject"] == "Weekly papers: Dense retrieval at scale"
+    cron = replace(_profile(), schedule="0 7 * * 1")
+    assert _render([_pick()], cron)["Subject"].startswith("Weekly papers: ")
+    daily = _render([_pick()], replace(_profile(), schedule="weekdays 07:00"))["Subject"]
+    assert daily.startswith("Papers for ")
+    assert _render([], weekly)["Subject"] == "Weekly papers: nothing new this week"
+
+
+def test_picks_are_grouped_by_section_best_section_first_each_shown_once():
+    sections = ["dense retrieval", "Because you liked \u201cX\u201d", "dense retrieval", ""]
+    picks = [Pick(Paper(key=str(i), title=f"Paper {i}", abstract="a", first_seen=NOW),
+                  1.0 - i / 10, "r", s) for i, s in enumerate(sections)]
+    message = _reparse(_render(picks))
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = message.get_body(("html",)).get_content()
+    order = re.findall(r"^(## .*|\d+\. Paper \d)$", text, re.MULTILINE)
+    assert order == ["## dense retrieval", "1. Paper 0", "2. Paper 2",
+                     "## Because you liked \u201cX\u201d", "3. Paper 1",
+                     "## More for you", "4. Paper 3"]
+    assert re.findall(r"<h2[^>]*>([^<]+)</h2>", html) == [
+        "dense retrieval", "Because you liked &#8220;X&#8221;", "More for you"]
+    single = _reparse(_render(picks[:1])).get_body(("plain",)).get_content()
+    assert "## " not in single  # one section: no heading

@@ -184,12 +184,19 @@ class _Parser:
                 self.pending.authors = tuple(n.strip() for n in names if n.strip())
             return True
         if _URL_ONLY.match(text) or _ARXIV_LINE.match(text):
+            # A link under a title is that paper's: an arXiv id (from an arXiv or Hugging
+            # Face link, or an `arXiv:` line) is kept, and the page it links to.
             arxiv_id = parse_arxiv_id(text)
-            if arxiv_id and self.pending is not None and self.pending.arxiv_id is None:
+            page = text.strip("<>") if _URL_ONLY.match(text) else None
+            if self.pending is None:
+                self.skip(number, "link line before any title")
+            elif arxiv_id and self.pending.arxiv_id is None:
                 self.pending.arxiv_id = arxiv_id
-                self.pending.url = f"https://arxiv.org/abs/{arxiv_id}"
+                self.pending.url = page or f"https://arxiv.org/abs/{arxiv_id}"
+            elif page and self.pending.url is None and not arxiv_id:
+                self.pending.url = page
             else:
-                self.skip(number, "link line")
+                self.skip(number, "link line (the entry has one already)")
             return True
         return False
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 from digest.rank.corpus import Candidates, Corpus
 from digest.rank.evidence import Similarity
 from digest.rank.queries import QueryBank
-from digest.rank.reasons import Surfaces
+from digest.rank.reasons import Phrases
 from digest.rank.words import LoweredTexts, Mentions
 
 
 class CandidateCache:
     """Kept per set of candidates: none of it changes a pick, all of it saves work for the
     next profiles. Keyword rules' matches (`mentions`), query scores (`queries`), the
-    similarity of candidates for MMR (`similarity`), and each pick's own words for its
-    reasons (`surfaces`)."""
+    similarity of candidates for MMR (`similarity`), and where each pick holds each
+    interest, for its reasons (`phrases`)."""
 
     def __init__(self, corpus: Corpus, candidates: Candidates):
         params = corpus.params
@@ -25,7 +25,7 @@ class CandidateCache:
         self.queries = QueryBank()
         self.similarity = Similarity(candidates.matrix, max_papers=params.similarity_max_papers,
                                      pairs_per_profile=params.similarity_pairs_per_profile)
-        self.surfaces: Surfaces = {}
+        self.phrases = Phrases()
 
 
 def candidate_cache(corpus: Corpus, candidates: Candidates) -> CandidateCache:

@@ -23,6 +23,9 @@ class RankParams:
     # weighing this much of a liked paper (top few at half weight: a common Rocchio setting).
     feedback_papers: int = 5
     feedback_weight: float = 0.5
+    # A paper holding none of the word pairs of a phrase of several words (an interest, an
+    # avoided topic) keeps this share of its score for that phrase: its words scattered.
+    scattered_phrase: float = 0.5
     # Liked papers, and disliked papers, needed (each) before a classifier is learned.
     classifier_min_papers: int = 5
     # Stored papers sampled as the typical ones that scores are measured against.

@@ -71,7 +71,7 @@ def plan_request(corpus: Corpus, candidates: Candidates, mentions: Mentions,
         allowed &= mentions.of(profile.require)
     if not allowed.any():
         return None
-    interests: list[tuple[Key, Paper | None]] = [(("text", i.text), None)
+    interests: list[tuple[Key, Paper | None]] = [(("phrase", i.text), None)
                                                 for i in profile.interests]
     weights = None
     if profile.interests:
@@ -80,7 +80,7 @@ def plan_request(corpus: Corpus, candidates: Candidates, mentions: Mentions,
     liked = paper_keys(corpus, prefs.liked, "linking") + [
         (("text", t), None) for t in prefs.liked_titles]
     disliked = paper_keys(corpus, prefs.disliked, "vector")
-    avoid: list[tuple[Key, Paper | None]] = [(("text", a), None) for a in profile.avoid]
+    avoid: list[tuple[Key, Paper | None]] = [(("phrase", a), None) for a in profile.avoid]
     for key, source in (*interests, *liked, *disliked, *avoid):
         wanted.setdefault(key, source)
     return Plan(request, allowed, [k for k, _ in interests], weights, [k for k, _ in liked],

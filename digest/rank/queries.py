@@ -14,7 +14,9 @@ from scipy import sparse
 from digest.models import Paper
 from digest.rank.corpus import Candidates, Corpus, SparseRows
 
-Key = tuple[str, Any]  # ("text", phrase), ("whole", paper text), ("linking" or "vector", row_id)
+# ("phrase", interest or avoided topic), ("text", liked title), ("whole", paper text),
+# ("linking" or "vector", row_id)
+Key = tuple[str, Any]
 
 
 def paper_keys(corpus: Corpus, papers: Sequence[Paper], kind: str
@@ -94,11 +96,11 @@ def _score_queries(corpus: Corpus, candidates: Candidates, keys: Sequence[Key],
                    sources: Mapping[Key, Paper | None]) -> tuple[list[SparseRows], np.ndarray]:
     """The query row of each key, and its scores (`scoring @ row`, float64) as a row."""
     found: dict[Key, SparseRows] = {}
-    for kind in ("text", "whole", "linking", "vector"):
+    for kind in ("phrase", "text", "whole", "linking", "vector"):
         of_kind = [k for k in keys if k[0] == kind]
         if not of_kind:
             continue
-        if kind == "text":
+        if kind in ("phrase", "text"):
             rows = corpus.transform([k[1] for k in of_kind])
         elif kind == "whole":
             rows = SparseRows.of(corpus.vectorizer.transform([k[1] for k in of_kind]))
@@ -109,7 +111,29 @@ def _score_queries(corpus: Corpus, candidates: Candidates, keys: Sequence[Key],
                 [p for p in papers if p is not None])
         found.update(zip(of_kind, rows.split(), strict=True))
     ordered = [found[k] for k in keys]
-    return ordered, products(candidates, SparseRows.stack(ordered))
+    scores = products(candidates, SparseRows.stack(ordered))
+    for i, key in enumerate(keys):
+        if key[0] == "phrase":
+            _prefer_the_phrase(corpus, candidates, ordered[i], scores[i])
+    return ordered, scores
+
+
+def _prefer_the_phrase(corpus: Corpus, candidates: Candidates, row: SparseRows,
+                       scores: np.ndarray) -> None:
+    """A phrase of several words (an interest, an avoided topic) is about papers holding
+    the phrase, or a close variant (its words in other forms: "state-space model"), not
+    its words scattered ("the state of the art" ... "latent space" ... "models"). The
+    phrase's word pairs are terms of the model: a paper holding none of them keeps only
+    `params.scattered_phrase` of its score. Candidates and reference papers alike, so
+    what is typical is measured the same way."""
+    pairs = [t for t in row.terms.tolist() if " " in str(corpus.terms[t])]
+    if not pairs:
+        return
+    by_term = candidates.by_term
+    holders = np.zeros(len(scores), dtype=bool)
+    for term in pairs:
+        holders[by_term.indices[by_term.indptr[term]:by_term.indptr[term + 1]]] = True
+    scores[~holders] *= corpus.params.scattered_phrase
 
 
 def products(candidates: Candidates, queries: SparseRows) -> np.ndarray:

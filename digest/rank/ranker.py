@@ -23,7 +23,7 @@ from digest.rank.evidence import (
 )
 from digest.rank.plans import Preferences, RankRequest, plan_request
 from digest.rank.queries import Key, candidate_key
-from digest.rank.reasons import make_picks, matched_terms
+from digest.rank.reasons import make_picks
 
 # Ordering only, not a tuning constant: added to the score of a followed author's paper so
 # that it comes before any other (scores are a few standard deviations).
@@ -179,20 +179,13 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     eligible = allowed & ((score > floors[:, None]) | by_followed)  # followed: a hard rule
     chosen = diverse_top(score + FOLLOWED_FIRST * by_followed, eligible, cache.similarity,
                          [p.request.top for p in plans], params.diversity_sd)
-    asks: dict[int, tuple[list[str], np.ndarray, list[int]]] = {}
-    for j, plan in enumerate(plans):
-        if interests[1][j] and plan.interest_weights is not None and chosen[j]:
-            asks[j] = ([i.text for i in plan.request.prefs.profile.interests],
-                       plan.interest_weights, chosen[j])
-    matched = dict(zip(asks, matched_terms(corpus, candidates, cache.surfaces,
-                                           list(asks.values())), strict=True))
-
     picks: list[list[Pick]] = []
     for j, plan in enumerate(plans):
         by_family = {name: values[j] for name, (values, present) in
                      (("interests", interests), ("liked", liked), ("classifier", classified))
                      if present[j]}
         picks.append(make_picks(corpus, candidates, bank, plan, chosen[j], score[j],
-                                by_family, followed[j], matched.get(j), liked_embedded[j]))
+                                by_family, followed[j], scale, cache.phrases,
+                                liked_embedded[j]))
     made = iter(picks)
     return [[] if p is None else next(made) for p in planned]

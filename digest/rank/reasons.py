@@ -1,161 +1,186 @@
-"""Reasons: each pick's explanation in words ("matches: dense retrieval", "like: ...",
-"similar to: ...", "by ...", "learned from ..."), from the evidence that chose it; the
-last step of ranking, turning chosen candidates into `Pick` records."""
+"""Reasons: each pick's explanation in plain words and the section of the email it goes
+in, from the evidence that chose it; the last step of ranking, turning chosen candidates
+into `Pick` records.
+
+A reason quotes only whole phrases: an interest as the paper writes it (`matches "State
+Space Models"` for the interest "state space models"), whole words of the paper, a liked
+paper's title, followed authors' names. Never a stem, never two words the paper does not
+write side by side. A pick's section is what it serves most: an interest (headed as the
+reader wrote it) or a liked paper ("Because you liked ..."); a liked paper is named once
+per section, not on every pick.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from digest.identity import normalise_title
 from digest.models import Pick
-from digest.rank.corpus import Candidates, Corpus, spans
+from digest.rank.corpus import Candidates, Corpus
+from digest.rank.evidence import Scale
 from digest.rank.plans import Plan
-from digest.rank.queries import QueryScores, candidate_key
-from digest.rank.words import words_of
+from digest.rank.queries import Key, QueryScores, candidate_key
+from digest.rank.words import Words
 
-# A candidate's position -> its own word for each stem it holds, and its words.
-Surfaces = dict[int, tuple[dict[str, str], frozenset[str]]]
-
-
-def matched_terms(corpus: Corpus, candidates: Candidates, surfaces: Surfaces,
-                  asks: Sequence[tuple[Sequence[str], np.ndarray, Sequence[int]]]
-                  ) -> list[list[list[str]]]:
-    """For each ask (interest phrases, their weights, chosen candidates), for each chosen
-    candidate: the terms of its row that contribute most to its match with the phrases'
-    weighted query (looked up for every ask's picks at once), in the pick's words
-    (`surfaces`: those of the candidates met so far, kept for the next asks).
-
-    Two words that both match and form one of the query's phrases are named as that
-    phrase ("dense retrieval", not "dense, retrieval").
-    """
-    if not asks:
-        return []
-    n_terms = len(corpus.terms)
-    # Each ask's query: its phrases' rows times their weights, summed in float32 row after
-    # row; a cell is (ask, term).
-    queries = corpus.transform([text for texts, _, _ in asks for text in texts])
-    asking = np.repeat(np.arange(len(asks)), [len(texts) for texts, _, _ in asks])  # by row
-    cells, where = np.unique(asking[queries.rows] * n_terms + queries.terms,
-                             return_inverse=True)
-    summed = np.zeros(len(cells), dtype=np.float32)
-    row_weights = np.concatenate([weights for _, weights, _ in asks])
-    np.add.at(summed, where, queries.values * row_weights[queries.rows])
-    cells, summed = cells[summed != 0], summed[summed != 0]
-
-    matrix = candidates.matrix
-    positions = np.fromiter((i for _, _, chosen in asks for i in chosen), dtype=np.int64)
-    asker = np.repeat(np.arange(len(asks)), [len(chosen) for _, _, chosen in asks])
-    starts, ends = matrix.indptr[positions], matrix.indptr[positions + 1]
-    entries = spans(starts, ends)
-    terms = matrix.indices[entries]
-    owner = np.repeat(np.arange(len(positions)), ends - starts)
-    # Only the entries of terms some query has can match: the rest (most) go first.
-    queried = np.zeros(n_terms, dtype=bool)
-    queried[cells % n_terms] = True
-    useful = queried[terms]
-    entries, terms, owner = entries[useful], terms[useful], owner[useful]
-    wanted = asker[owner] * n_terms + terms
-    found = np.minimum(np.searchsorted(cells, wanted), max(len(cells) - 1, 0))
-    value = (np.where(cells[found] == wanted, summed[found], np.float32(0)) if len(cells)
-             else np.zeros(len(wanted), dtype=np.float32))
-    contribution = matrix.data[entries] * value
-    keep = contribution > 0
-    terms, contribution, owner = terms[keep], contribution[keep], owner[keep]
-    order = np.lexsort((-contribution, owner))  # by pick, then best first
-    terms, owner = terms[order], owner[order]
-    bounds = np.searchsorted(owner, np.arange(len(positions) + 1)).tolist()
-    names = corpus.terms[terms].tolist()
-    phrase_terms = [str(t) for t in corpus.terms[cells % n_terms]]
-    phrase_bounds = np.searchsorted(cells // n_terms, np.arange(len(asks) + 1)).tolist()
-    named: list[list[list[str]]] = []
-    pick = 0
-    for j, (texts, _, chosen) in enumerate(asks):
-        phrases: dict[str, list[tuple[str, list[str]]]] = {}  # word -> the phrases with it
-        for t in phrase_terms[phrase_bounds[j]:phrase_bounds[j + 1]]:
-            if " " in t:
-                words = t.split()
-                for word in dict.fromkeys(words):
-                    phrases.setdefault(word, []).append((t, words))
-        said = [_name_terms(names[bounds[k]:bounds[k + 1]], phrases,
-                            corpus.params.reason_terms)
-                for k in range(pick, pick + len(chosen))]
-        named.append(_in_their_words(corpus, candidates, surfaces, texts, chosen, said))
-        pick += len(chosen)
-    return named
+_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")  # as the model's tokenizer reads words
+# The same with hyphenated words whole ("re-ranking" as "reranking"): a second reading, so
+# that "passage reranking" is found in "passage re-ranking" and the other way round.
+_COMPOUND = re.compile(r"\b(?=[\w-]*[^\W\d_])\w[\w]*(?:-\w+)+\b|\b(?=\w*[^\W\d_])\w\w+\b")
+# What may stand between two words of a phrase as a paper writes it: spaces, a hyphen or a
+# slash ("state-space models"); any other word or sign breaks the phrase.
+_JOIN = re.compile(r"[\s\-/]+")
+FOLLOWED_SECTION = "By authors you follow"
 
 
-def _in_their_words(corpus: Corpus, candidates: Candidates, surfaces: Surfaces,
-                    phrases: Sequence[str], chosen: Sequence[int], said: list[list[str]]
-                    ) -> list[list[str]]:
-    """Each pick's matched terms (stems) in words: the phrase's word where the pick has that
-    very word, else the pick's own ("robot" where the profile asked for "robots", "contrast"
-    and not "contrastive" when a paper says "in contrast"). Every word of a matched term is
-    in the pick and in some phrase."""
-    if corpus.words is None or not any(said):
-        return said
-    asked: dict[str, str] = {}
-    for phrase in reversed(phrases):  # the first phrase with a stem names it
-        asked.update(corpus.words.surfaces(phrase))
-    shown: list[list[str]] = []
-    for position, terms in zip(chosen, said, strict=True):
-        if not terms:
-            shown.append(terms)
-            continue
-        own = surfaces.get(position)
+def liked_section(title: str) -> str:
+    """The heading of the section of picks that serve a liked paper."""
+    return f"Because you liked \u201c{_short(title)}\u201d"
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """A text's words (stop words out) as the model reads them: each one's stem, where it
+    is in the text, and the text."""
+
+    stems: list[str]
+    spans: list[tuple[int, int]]
+    text: str
+
+
+def _tokens(words: Words, text: str, *, compounds: bool = False) -> _Tokens:
+    pattern = _COMPOUND if compounds else _TOKEN
+    found = [m for m in pattern.finditer(text.lower()) if m.group() not in ENGLISH_STOP_WORDS]
+    return _Tokens(words.stems([m.group().replace("-", "") for m in found]),
+                   [m.span() for m in found], text)
+
+
+class Phrases:
+    """Where each pick holds each interest: the phrase as the pick writes it, or the
+    interest's words it holds apart. Kept per set of candidates (their texts read once)."""
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[int, bool], _Tokens] = {}  # (position, compounds) -> words
+        self._asked: dict[tuple[str, bool], tuple[_Tokens, list[str]]] = {}
+        self._found: dict[tuple[int, str], tuple[str | None, tuple[str, ...]]] = {}
+        self._typical: dict[Key, tuple[float, float]] = {}  # query -> its mean and spread
+
+    def on_scale(self, bank: QueryScores, keys: Sequence[Key], scale: Scale,
+                 positions: np.ndarray) -> np.ndarray:
+        """The queries' scores of the candidates at `positions` on `scale` (as
+        `Scale.own` puts them), a row per query: each query's typical score and spread
+        worked out once for every profile that asks it."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._typical]
+        if missing:
+            mean, spread = scale.typical(bank.scores[bank.columns(missing)])
+            spread = np.maximum(spread, scale.min_spread)
+            self._typical.update(zip(missing, zip(mean.tolist(), spread.tolist(),
+                                                  strict=True), strict=True))
+        typical = np.array([self._typical[k] for k in keys], dtype=np.float32)
+        scores = bank.scores[bank.columns(keys)][:, positions].astype(np.float32)
+        scaled: np.ndarray = np.maximum((scores - typical[:, :1]) / typical[:, 1:], 0)
+        return scaled
+
+    def find(self, words: Words, candidates: Candidates, position: int, phrase: str
+             ) -> tuple[str | None, tuple[str, ...]]:
+        """(The phrase as the paper writes it, or None; the phrase's words the paper holds,
+        in the paper's own form, when it does not hold the phrase)."""
+        key = (position, phrase)
+        if key not in self._found:
+            found = self._find(words, candidates, position, phrase, compounds=False)
+            if found[0] is None and "-" in phrase + candidates.papers[position].text:
+                joined = self._find(words, candidates, position, phrase, compounds=True)
+                if joined[0] is not None:
+                    found = joined
+            self._found[key] = found
+        return self._found[key]
+
+    def _find(self, words: Words, candidates: Candidates, position: int, phrase: str, *,
+              compounds: bool) -> tuple[str | None, tuple[str, ...]]:
+        asked, joins = self._phrase(words, phrase, compounds)
+        own = self._texts.get((position, compounds))
         if own is None:
-            words = words_of(candidates.papers[position].text.lower())
-            own = surfaces[position] = (corpus.words.surfaces_of(words), frozenset(words))
-        shown.append([_word(t, asked, *own) if " " not in t else
-                      " ".join([_word(w, asked, *own) for w in t.split()]) for t in terms])
-    return shown
+            own = self._texts[(position, compounds)] = _tokens(
+                words, candidates.papers[position].text, compounds=compounds)
+        wanted = asked.stems
+        if not wanted:
+            return None, ()
+        n = len(wanted)
+        for i in range(len(own.stems) - n + 1):
+            if own.stems[i:i + n] != wanted:
+                continue
+            gaps = [own.text[own.spans[i + j][1]:own.spans[i + j + 1][0]]
+                    for j in range(n - 1)]
+            if all(_JOIN.fullmatch(gap) or " ".join(gap.lower().split()) == join
+                   for gap, join in zip(gaps, joins, strict=True)):
+                return own.text[own.spans[i][0]:own.spans[i + n - 1][1]], ()
+        held = []
+        for stem in dict.fromkeys(wanted):
+            if stem in own.stems:
+                start, end = own.spans[own.stems.index(stem)]
+                held.append(own.text[start:end])
+        return None, tuple(held)
 
-
-def _word(stem: str, asked: Mapping[str, str], surface: Mapping[str, str],
-          words: frozenset[str]) -> str:
-    """A stem in the phrases' word for it (`asked`) if the pick has that very word, else in
-    the pick's own (`surface`; `words`: every word of the pick)."""
-    wanted = asked.get(stem)
-    return wanted if wanted in words else surface.get(stem, stem)
-
-
-def _name_terms(matched: list[str], phrases: Mapping[str, Sequence[tuple[str, list[str]]]],
-                most: int) -> list[str]:
-    """The first `most` matched terms, a word named by the query phrase (with its words)
-    that it forms with other matched words: the first of the phrases with it
-    (`phrases[word]`, each with its words) whose words all matched."""
-    present = set(matched)
-    chosen: list[str] = []
-    said: set[str] = set()  # the chosen terms, and the words of each
-    for term in matched:
-        if " " not in term and phrases:
-            whole = next((p for p, words in phrases.get(term, ())
-                          if all(w in present for w in words)), None)
-            term = whole or term
-        if term in said:
-            continue  # already said, alone or inside a phrase
-        chosen.append(term)
-        if len(chosen) == most:
-            break
-        said.add(term)
-        said.update(term.split())
-    return chosen
+    def _phrase(self, words: Words, phrase: str, compounds: bool
+                ) -> tuple[_Tokens, list[str]]:
+        key = (phrase, compounds)
+        if key not in self._asked:
+            asked = _tokens(words, phrase, compounds=compounds)
+            # What joins two of the phrase's words where the reader wrote stop words
+            # between them ("learning to rank"): a paper may write the same.
+            joins = [" ".join(phrase[asked.spans[j][1]:asked.spans[j + 1][0]].lower().split())
+                     for j in range(len(asked.spans) - 1)]
+            self._asked[key] = (asked, joins)
+        return self._asked[key]
 
 
 def _short(title: str, limit: int = 80) -> str:
-    return title if len(title) <= limit else title[: limit - 1].rstrip() + "…"
+    """The title, or as many of its whole words as fit in `limit` characters and "…"."""
+    title = " ".join(title.split())
+    if len(title) <= limit:
+        return title
+    return title[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,:;-") + "…"
+
+
+def _plain(text: str) -> str:
+    """A paper's words as a sentence shows them: capitalised words (a title's) in lower
+    case, acronyms and names with capitals inside ("LLM", "BERTScore") as written."""
+    return " ".join(w.lower() if w[:1].isupper() and w[1:] == w[1:].lower() else w
+                    for w in text.split(" "))
+
+
+def _quoted(phrases: Sequence[str]) -> str:
+    quoted = [f"\u201c{_plain(p)}\u201d" for p in phrases]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _listed(words: Sequence[str]) -> str:
+    words = [_plain(w) for w in words]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def make_picks(corpus: Corpus, candidates: Candidates, bank: QueryScores, plan: Plan,
                chosen: Sequence[int], score: np.ndarray, by_family: dict[str, np.ndarray],
-               followed: frozenset[str], matched: list[list[str]] | None,
+               followed: frozenset[str], scale: Scale, phrases: Phrases,
                liked_embedded: np.ndarray | None) -> list[Pick]:
-    """One profile's chosen candidates as picks, each with its score and reasons
-    (`matched`: each pick's `matched_terms`, when its interests count)."""
+    """One profile's chosen candidates as picks, each with its score, its reason and its
+    section."""
     prefs = plan.request.prefs
+    profile = prefs.profile
     at = np.asarray(chosen, dtype=np.int64)
     liked_names = [p.title for p in prefs.liked] + list(prefs.liked_titles)
+    # Each pick's score for each interest (a row each), on the scale the interests are
+    # compared on; and, for a pick that came in through feedback, the feedback paper's.
+    per_interest = None
+    if "interests" in by_family and plan.interest_weights is not None and len(at):
+        asked = np.concatenate([at, plan.feedback])
+        per_interest = (phrases.on_scale(bank, plan.interests, scale, asked)
+                        * plan.interest_weights[:, None])
+        column = {int(p): c for c, p in enumerate(asked.tolist())}
     like_sims = feedback_sims = None
     if "liked" in by_family and len(at):
         # How much each pick resembles each liked paper, and each feedback candidate.
@@ -170,47 +195,92 @@ def make_picks(corpus: Corpus, candidates: Candidates, bank: QueryScores, plan: 
                                              @ candidates.embeddings[plan.feedback].T)
         feedback_sims[at[:, None] == plan.feedback[None, :]] = -np.inf  # not like itself
 
-    # Each pick's figures, taken out of the arrays at once.
     family = {name: values[at].tolist() for name, values in by_family.items()}
-    nearest: list[str | None] = []  # each pick's reason for resembling a paper
+    closest: list[str | None] = [None] * len(at)  # the liked paper each pick is most like
+    through: list[int | None] = [None] * len(at)  # or the feedback paper it came in by
     if like_sims is not None and feedback_sims is not None and len(at):
-        closest = (like_sims.argmax(axis=1) if like_sims.shape[1]
-                   else np.zeros(len(at), dtype=np.int64)).tolist()
+        best_liked = (like_sims.argmax(axis=1) if like_sims.shape[1]
+                      else np.zeros(len(at), dtype=np.int64)).tolist()
         alike = like_sims.max(axis=1, initial=0.0).tolist()
         via = feedback_sims.max(axis=1, initial=0.0).tolist()
-        through = (plan.feedback[feedback_sims.argmax(axis=1)].tolist()
-                   if feedback_sims.shape[1] else [])
+        by_feedback = (plan.feedback[feedback_sims.argmax(axis=1)].tolist()
+                       if feedback_sims.shape[1] else [])
         for k in range(len(at)):
-            # Nothing in common with a liked paper (or none liked): it came in through
-            # feedback, by resembling a pick that is like them; name that pick.
-            if alike[k] <= 0 < via[k]:
-                nearest.append(f"similar to: {_short(candidates.papers[through[k]].title)}")
-            else:
-                nearest.append(f"like: {_short(liked_names[closest[k]])}" if liked_names
-                               else None)
+            if liked_names and alike[k] > 0:
+                closest[k] = liked_names[best_liked[k]]
+            elif via[k] > 0:
+                through[k] = by_feedback[k]
     classifier_reason = (f"learned from your {len(prefs.liked)} liked and "
                          f"{len(prefs.disliked)} disliked papers")
-    author_display = {normalise_title(a): a for a in prefs.profile.authors}
+    author_display = {normalise_title(a): a for a in profile.authors}
+    words = corpus.words
+    named: set[tuple[str, str]] = set()  # (section, liked title) said once per section
     picks: list[Pick] = []
     for k, (i, value) in enumerate(zip(chosen, score[at].tolist(), strict=True)):
         reasons: list[str] = []
         by = sorted(candidates.authors[i] & followed) if followed else ()
         if by:
             reasons.append("by " + ", ".join(author_display[a] for a in by))
+        # The interests it serves, best first: those it holds as phrases are quoted as
+        # the paper writes them; the best one's words it holds apart, as words.
+        best_interest: str | None = None
+        best_held: str | None = None  # the best interest it holds as a phrase
+        held: list[str] = []
+        apart: tuple[str, ...] = ()
+        if per_interest is not None and words is not None:
+            scores = per_interest[:, k]
+            for index in np.argsort(-scores, kind="stable").tolist():
+                if scores[index] <= 0:
+                    break
+                text = profile.interests[index].text
+                best_interest = best_interest or text
+                found, scattered = phrases.find(words, candidates, i, text)
+                if found is not None:
+                    held.append(found)
+                    best_held = best_held or text
+                elif not apart and not held:
+                    apart = scattered
         told: list[tuple[float, str]] = []
-        terms = matched[k] if matched is not None else []
-        if terms:
-            told.append((family["interests"][k], "matches: " + ", ".join(terms)))
-        # With no liked papers, feedback widens the interests: a pick that matches them
-        # says so; one that matches none names the pick it resembles.
-        resembles = nearest[k] if nearest else None
-        if resembles is not None and (liked_names or not terms):
-            told.append((family["liked"][k], resembles))
+        if held:
+            told.append((family["interests"][k],
+                         "matches " + _quoted(held[:corpus.params.reason_terms])))
+        elif apart:
+            told.append((family["interests"][k], "mentions " + _listed(list(apart))))
+        liked_weight = family["liked"][k] if "liked" in family else 0.0
+        interest_weight = family["interests"][k] if "interests" in family else 0.0
+        if by:
+            section = FOLLOWED_SECTION
+        elif closest[k] is not None and (best_interest is None
+                                         or liked_weight > interest_weight):
+            section = liked_section(closest[k] or "")
+        elif best_interest is not None:
+            section = best_held or best_interest
+        elif through[k] is not None and per_interest is not None:
+            # Came in through feedback: it joins the section of the paper it resembles.
+            resembled = per_interest[:, column[through[k] or 0]]
+            section = (profile.interests[int(resembled.argmax())].text
+                       if resembled.max() > 0 else "")
+        elif through[k] is not None and liked_names:
+            # Through feedback from the liked papers: the section of the one closest to
+            # the paper it resembles.
+            to_liked = bank.scores[bank.columns(plan.liked), through[k]]
+            section = liked_section(liked_names[int(to_liked.argmax())])
+        else:
+            section = ""
+        liked = closest[k]
+        if liked is not None and section != liked_section(liked) and liked_weight > 0:
+            if (section, liked) not in named:
+                named.add((section, liked))
+                told.append((liked_weight, f"like \u201c{_short(liked)}\u201d"))
+        elif through[k] is not None and not held and not apart:
+            told.append((liked_weight, "close to other papers on this topic"))
         if "classifier" in family:
             told.append((family["classifier"][k], classifier_reason))
         if len(told) > 1:
             told.sort(key=lambda r: -r[0])
         reasons += [text for weight, text in told if weight > 0]
+        if not reasons and section.startswith("Because you liked"):
+            reasons.append("close to the paper you liked")
         picks.append(Pick(candidates.papers[i], round(value, 4),
-                          "; ".join(reasons) or "related to your profile"))
+                          "; ".join(reasons) or "related to your profile", section))
     return picks
