@@ -52,6 +52,27 @@ def parse_arxiv_id(text: str) -> str | None:
     return match.group("id") if match else None
 
 
+_DOI_INSIDE = re.compile(r"\b(10\.\d{4,9}/[^\s\"<>{}]+)", re.IGNORECASE)
+_DOI_WHOLE = re.compile(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)",
+                        re.IGNORECASE)
+MAX_DOI_CHARS = 255  # papers.doi
+
+
+def parse_doi(text: str | None, *, inside: bool = False) -> str | None:
+    """The DOI `text` is (bare, `doi:...` or a doi.org link) as the store keeps it: lower
+    case, no prefix; with `inside`, the first DOI anywhere in `text` (a field of a library
+    entry, a link). None if there is none."""
+    if not text:
+        return None
+    if inside:
+        found = _DOI_INSIDE.search(text)
+        doi = found.group(1).rstrip(".,;:)]") if found else None
+    else:
+        whole = _DOI_WHOLE.fullmatch(text.strip())
+        doi = whole.group(1) if whole else None
+    return doi.lower() if doi and len(doi) <= MAX_DOI_CHARS else None
+
+
 def paper_key(arxiv_id: str | None, title: str) -> str:
     """Return the public id of a paper."""
     return arxiv_id if arxiv_id else normalise_title(title)

@@ -45,6 +45,7 @@ class PaperEntry:
     authors: tuple[str, ...] = ()
     url: str | None = None
     published: date | None = None
+    doi: str | None = None  # lower case, without https://doi.org/
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Paper:
     url: str | None = None
     published: date | None = None
     row_id: int = 0
+    doi: str | None = None  # lower case, without https://doi.org/
 
     @property
     def text(self) -> str:

@@ -79,9 +79,9 @@ def test_rank_json_has_one_line_per_profile(run_cli, seeds, tmp_path, write_prof
     for row in rows[:2]:
         assert len(row["picks"]) == 3
         for pick in row["picks"]:
-            assert set(pick) == {"id", "title", "score", "reason"}
+            assert set(pick) == {"id", "title", "score", "reason", "section"}
             assert isinstance(pick["score"], float) and pick["reason"]
-    assert rows[1]["picks"][0]["reason"].startswith("like: Titans")
+    assert rows[1]["picks"][0]["section"].startswith("Because you liked \u201cTitans")
     assert "error" in rows[2] and rows[2]["picks"] == []
 
 

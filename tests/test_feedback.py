@@ -84,7 +84,7 @@ def test_dislike_and_like_change_the_next_ranking(run_cli, seeds, tmp_path, writ
     assert run_cli(*data, "profile", "like", path, liked).exit_code == 0
     after_like = top()
     assert [p["id"] for p in after_like] != [p["id"] for p in after_dislike]
-    assert any(f"like: {liked}" in p["reason"] for p in after_like)
+    assert any(p["section"] == f"Because you liked \u201c{liked}\u201d" for p in after_like)
     assert load_profile(path).disliked == (first["title"],)
 
 

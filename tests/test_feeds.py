@@ -46,6 +46,7 @@ def test_arxiv_api_atom_collapses_versions_and_reads_old_ids():
     assert old.arxiv_id == "astro-ph/0601001" and old.authors[0] == "Andrew Gould"
     [legacy] = _parse("arxiv-api/id_list=1111.2011v2.xml").entries
     assert legacy.arxiv_id == "1111.2011"
+    assert legacy.doi == "10.1103/physrevb.85.115117"  # <arxiv:doi>, as the store keeps it
 
 
 def test_arxiv_api_error_and_empty_results_are_not_papers():

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -157,20 +158,30 @@ def init(folder: Path) -> None:
 
 # demo ----------------------------------------------------------------------------------
 
+DEMO_PORT = 8026  # where the demo's links point (not web.port, 8025, nor an SMTP port)
+
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("digest-demo"), show_default=True,
               help="Where the received emails and the demo database are written.")
+@click.option("--serve", is_flag=True,
+              help="Then serve the emails' links on 127.0.0.1 until Ctrl-C, so that "
+                   "\"more / less like this\", \"edit your interests\" and \"unsubscribe\" "
+                   "can be clicked.")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEMO_PORT, show_default=True,
+              help="The port the links point at (and --serve listens on).")
 @handle_errors
-def demo(out_dir: Path) -> None:
+def demo(out_dir: Path, serve: bool, port: int) -> None:
     """Run the whole pipeline on bundled papers and profiles, with nothing configured.
 
     Starts a real SMTP server on 127.0.0.1, sends three subscribers their editions to it,
-    and saves what it received as .eml and .html files.
+    and saves what it received as .eml and .html files. Their links are signed with a
+    public demo secret; with --serve they work (on copies of the demo's profiles).
 
     \b
     Example:
         digest demo --out /tmp/demo
+        digest demo --serve        # then click the links in digest-demo/ana.html
     """
     from digest.commands.demo import run_demo
 
@@ -180,7 +191,8 @@ def demo(out_dir: Path) -> None:
     if wanted not in modes:
         fail(f"DIGEST_EMBEDDINGS={wanted!r}: expected auto, on or off")
     embeddings = modes[wanted]
-    result = asyncio.run(run_demo(out_dir, now=utc_now(), embeddings=embeddings))
+    listener = _listen(port) if serve else None  # taken first: the links must point at it
+    result = asyncio.run(run_demo(out_dir, now=utc_now(), embeddings=embeddings, port=port))
     report_problems(result.ingest.problems)
     report_problems(result.profiles.errors)
     console = Console()
@@ -198,8 +210,37 @@ def demo(out_dir: Path) -> None:
     if result.saved:
         click.echo(f"Open this one in a browser: {result.saved[0][1].resolve()}")
     click.echo(f"({time.perf_counter() - started:.1f} s)")
-    if any(o.status in (Status.FAILED, Status.ERROR) for o in result.outcomes):
+    failed = any(o.status in (Status.FAILED, Status.ERROR) for o in result.outcomes)
+    if listener is None:
+        click.echo("The emails' links (more / less like this, edit your interests, "
+                   f"unsubscribe) point at\nhttp://127.0.0.1:{port}/: run `digest demo "
+                   "--serve` to click them.")
+    else:
+        import uvicorn
+
+        from digest.commands.web import make_app
+
+        click.echo(f"Serving the emails' links on http://127.0.0.1:{port}/ (a click edits "
+                   f"the copies in {out_dir / 'demo-profiles'}); Ctrl-C stops.")
+        server = uvicorn.Server(uvicorn.Config(make_app(result.settings), log_level="warning",
+                                               server_header=False))
+        server.run(sockets=[listener])
+    if failed:
         sys.exit(1)
+
+
+def _listen(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:`port`, or one line saying why not."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError as exc:
+        listener.close()
+        fail(f"cannot serve the demo's links on 127.0.0.1:{port}: {exc.strerror or exc} "
+             "(choose another with --port)")
+    listener.listen(64)
+    return listener
 
 
 # ingest --------------------------------------------------------------------------------
@@ -291,7 +332,8 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
                     click.echo(json.dumps({
                         "profile": str(path), "subscriber": profile.name,
                         "picks": [{"id": p.paper.key, "title": p.paper.title,
-                                   "score": p.score, "reason": p.reason} for p in picks]},
+                                   "score": p.score, "reason": p.reason,
+                                   "section": p.section} for p in picks]},
                         ensure_ascii=False))
                 else:
                     _print_picks(console, profile, picks)
@@ -306,9 +348,11 @@ def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> No
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("title", overflow="fold")
+    table.add_column("section", overflow="fold")
     table.add_column("reason", overflow="fold")
     for i, pick in enumerate(picks, 1):
-        table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.reason)
+        table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.section,
+                      pick.reason)
     console.print(table if picks else f"{profile.name}: nothing relevant among stored papers")
 
 
@@ -634,6 +678,44 @@ def profile_like(obj: Context, profile_path: Path, papers: tuple[str, ...]) -> N
         digest profile like profiles/ana.yaml 2209.11755
     """
     _feedback(obj, profile_path, papers, liked=True)
+
+
+@profile.command("import")
+@click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
+@click.argument("files", metavar="FILE...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@pass_context
+@handle_errors
+def profile_import(obj: Context, profile_path: Path, files: tuple[Path, ...]) -> None:
+    """Your library is your profile: add the papers of BibTeX, RIS or CSL-JSON files (as
+    Zotero and Mendeley export them) to the profile's liked list.
+
+    Each entry is matched to a stored paper by arXiv id, then DOI, then title; the others
+    are stored as references (they steer the ranking, and are never sent as new). The edit
+    keeps the file's comments and layout, and importing again adds nothing twice. Entries
+    that cannot be read are reported as FILE:LINE: reason and the rest are imported; the
+    exit status is 1 only if a file cannot be read at all or no entry can.
+
+    \b
+    Example:
+        digest profile import profiles/ana.yaml ~/Zotero/library.bib
+    """
+    from digest.library import import_library
+
+    if obj.verbose < 2:  # bibtexparser logs what it skips; the report says it, by line
+        logging.getLogger("bibtexparser").setLevel(logging.ERROR)
+    store = obj.open_store()
+    try:
+        report = import_library(store, profile_path, files, now=utc_now())
+    finally:
+        store.close()
+    report_problems(report.problems)
+    click.echo(f"{profile_path}: {report.files} files, {report.entries:,} entries, "
+               f"{report.papers:,} papers ({report.papers - report.new_papers:,} already "
+               f"stored, {report.new_papers:,} stored as references); {report.added:,} added "
+               f"to liked, {report.already_liked:,} already there.")
+    if report.rejected or not report.entries:
+        sys.exit(1)
 
 
 @profile.command("dislike")

@@ -15,7 +15,7 @@ from typing import Any
 
 import feedparser
 
-from digest.identity import parse_arxiv_id
+from digest.identity import parse_arxiv_id, parse_doi
 from digest.models import PaperEntry, Problem
 
 _HF_FIELD = re.compile(r"^(Authors|Upvotes|Summary):\s*", re.IGNORECASE)
@@ -139,5 +139,6 @@ def parse_feed(content: bytes, *, source: str) -> FeedParse:
             authors=_authors(entry) or described_authors,
             url=url,
             published=_published(entry),
+            doi=parse_doi(entry.get("arxiv_doi"), inside=True),  # arXiv's <arxiv:doi>
         ))
     return FeedParse(tuple(entries), tuple(problems), parsed.feed.get("title", ""))

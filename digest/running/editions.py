@@ -309,7 +309,7 @@ class EditionRun:
             self._candidates.move_to_end(since)
         else:
             self._candidates[since] = prepare_candidates(self.corpus,
-                                                         self.store.papers(since=since))
+                                                         self.store.candidate_papers(since))
             if len(self._candidates) > CANDIDATE_SETS:
                 self._candidates.popitem(last=False)
         return self._candidates[since]

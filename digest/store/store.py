@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     or_,
@@ -34,7 +35,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from digest.errors import StoreError
-from digest.identity import normalise_title, parse_arxiv_id
+from digest.identity import normalise_title, parse_arxiv_id, parse_doi
 from digest.models import Edition, EditionState, FeedState, Paper, PaperEntry, Pick, Profile
 from digest.store.migrate import HEAD, current_revision, ensure_current
 from digest.store.migrate import upgrade as upgrade_schema
@@ -71,6 +72,15 @@ class AddResult:
     new_sources: int
 
 
+@dataclass(frozen=True)
+class AddedReferences:
+    """What `add_references` did: each entry's paper (in the entries' order), and how many
+    of them it stored."""
+
+    papers: tuple[Paper, ...]
+    new_papers: int
+
+
 # PostgreSQL, unless the URL says otherwise: give up connecting after 10 s, and notice a
 # dead server or network within about 25 s (TCP keepalives) instead of hanging for the
 # system's default of hours; the scheduler leader's lock session depends on it.
@@ -97,7 +107,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _paper(row: Row[Any]) -> Paper:
-    m = row._mapping
+    return _paper_of(row._mapping)
+
+
+def _paper_of(m: Mapping[Any, Any]) -> Paper:
     return Paper(
         key=m["key"],
         title=m["title"],
@@ -108,9 +121,12 @@ def _paper(row: Row[Any]) -> Paper:
         url=m["url"],
         published=m["published"],
         row_id=m["id"],
+        doi=m["doi"],
     )
 
 
+# A DOI as people write it: bare, `doi:10.…`, or a doi.org link. Stored bare, lower case (DOIs
+# are case-insensitive), within the column's 255 characters.
 class Store:
     """A connection pool to one database; cheap to keep, safe to share within a process."""
 
@@ -200,7 +216,10 @@ class Store:
                         .returning(paper_sources.c.id)).first() is not None
         return AddResult(len(entries), new_papers, new_sources)
 
-    def _merge_entry(self, conn: Connection, entry: PaperEntry, now: datetime) -> tuple[int, bool]:
+    def _merge_entry(self, conn: Connection, entry: PaperEntry, now: datetime, *,
+                     reference: bool = False) -> tuple[int, bool]:
+        """The paper's row id, and whether it is new to the stream of papers: stored now,
+        or known until now only as a reference (see `add_references`)."""
         title_key = _title_key(entry.title)
         row = self._find_entry(conn, entry, title_key)
         if row is None:
@@ -209,7 +228,8 @@ class Store:
                     key=entry.arxiv_id or title_key, arxiv_id=entry.arxiv_id,
                     title_key=title_key, title=entry.title, abstract=entry.abstract,
                     authors=list(entry.authors), url=entry.url, published=entry.published,
-                    first_seen=now).returning(papers.c.id)).scalar()
+                    first_seen=now, reference=reference, doi=parse_doi(entry.doi))
+                .returning(papers.c.id)).scalar()
             if inserted is not None:
                 return int(inserted), True
             # Another process stored this paper since the look-up (its transaction has now
@@ -219,44 +239,106 @@ class Store:
                 raise StoreError(f"{entry.source}: the paper {entry.title!r} clashes with a "
                                  "stored one that cannot be found")
         m = row._mapping
-        changes: dict[str, Any] = {}
-        if entry.arxiv_id and not m["arxiv_id"]:
-            changes.update(arxiv_id=entry.arxiv_id, key=entry.arxiv_id)
-        if len(entry.abstract) > len(m["abstract"]):
-            changes["abstract"] = entry.abstract
-        if entry.authors and not m["authors"]:
-            changes["authors"] = list(entry.authors)
-        if entry.url and not m["url"]:
-            changes["url"] = entry.url
-        if entry.published and not m["published"]:
-            changes["published"] = entry.published
+        changes = _merged(m, entry)
+        promoted = bool(m["reference"]) and not reference
+        if promoted:
+            # A paper known only as someone's reference has now arrived as a paper: it is
+            # offered from now on as if it had never been imported (whoever liked it is
+            # never offered it: it is among their liked papers).
+            changes.update(reference=False, first_seen=now)
         if changes:
             conn.execute(update(papers).where(papers.c.id == m["id"]).values(**changes))
-        return int(m["id"]), False
+        return int(m["id"]), promoted
 
     @staticmethod
     def _find_entry(conn: Connection, entry: PaperEntry, title_key: str) -> Row[Any] | None:
-        """The stored paper an entry is: by arXiv id, else by title (oldest first)."""
+        """The stored paper an entry is: by arXiv id, else by DOI, else by title (oldest
+        first); `_PaperIndex.match` is the same rule over papers held in memory."""
         if entry.arxiv_id:
             row = conn.execute(select(papers).where(papers.c.arxiv_id == entry.arxiv_id)).first()
+            if row is not None:
+                return row
+        doi = parse_doi(entry.doi)
+        if doi:
+            query = select(papers).where(papers.c.doi == doi)
+            if entry.arxiv_id:
+                query = query.where(papers.c.arxiv_id.is_(None))
+            row = conn.execute(query.order_by(papers.c.id)).first()
             if row is not None:
                 return row
         query = select(papers).where(papers.c.title_key == title_key)
         if entry.arxiv_id:  # a paper with another arXiv id and the same title is another
             query = query.where(papers.c.arxiv_id.is_(None))
-        return conn.execute(query.order_by(papers.c.id)).first()
+        if doi:  # and so is one with another DOI
+            query = query.where(or_(papers.c.doi.is_(None), papers.c.doi == doi))
+        row = conn.execute(query.order_by(papers.c.id)).first()
+        if row is None and doi and not entry.arxiv_id:
+            # The paper that holds the title as its key is this one, whatever its DOI.
+            row = conn.execute(select(papers).where(papers.c.key == title_key)).first()
+        return row
+
+    def add_references(self, entries: Sequence[PaperEntry], now: datetime) -> AddedReferences:
+        """Match each entry of a reader's library to a stored paper (by arXiv id, then DOI,
+        then title, as `add_entries` does) and store the others as reference papers: used
+        for ranking and found by liked and disliked references, never offered as new
+        (`papers(references=False)`). A matched paper gets what it lacks (DOI, abstract,
+        authors) and stays what it was. Idempotent; a few statements for thousands of
+        entries."""
+        created = 0
+        with self._begin() as conn:
+            index = _PaperIndex.load(conn, entries)
+            rows: list[dict[str, Any]] = []
+            for entry in entries:
+                row = index.match(entry)
+                if row is None:
+                    row = index.add(_new_row(entry, now))
+                else:
+                    index.change(row, _merged(row, entry))
+                rows.append(row)
+            # Changes first: a paper given its arXiv id frees its title key for a new one.
+            for row_id, changes in index.changes.items():
+                conn.execute(update(papers).where(papers.c.id == row_id).values(**changes))
+            inserted = {key: row_id for row_id, key in _INSERT_PAPERS.run(
+                conn, [tuple(row[c] for c in _PAPER_COLUMNS) for row in index.new])}
+            created += len(inserted)
+            for row in index.new:
+                if row["key"] in inserted:
+                    row["id"] = inserted[row["key"]]
+                    continue
+                # Another process stored this paper since the look-up: it is that one.
+                row_id, made = self._merge_entry(conn, _entry_of(row), now, reference=True)
+                created += made
+                row.update(conn.execute(select(papers).where(papers.c.id == row_id))
+                           .one()._mapping)
+            sources: dict[tuple[int, str], int | None] = {}
+            for row, entry in zip(rows, entries, strict=True):
+                sources.setdefault((row["id"], entry.source), entry.source_line)
+            if sources:
+                conn.execute(self._upsert(paper_sources).on_conflict_do_nothing(), [
+                    dict(paper_id=paper_id, source=source, source_line=line, seen_at=now)
+                    for (paper_id, source), line in sources.items()])
+        return AddedReferences(tuple(_paper_of(row) for row in rows), created)
 
     def count_papers(self) -> int:
         with self._begin() as conn:
             return int(conn.execute(select(func.count()).select_from(papers)).scalar_one())
 
-    def papers(self, *, since: datetime | None = None) -> list[Paper]:
-        """All papers, or those first seen after `since`, oldest first."""
+    def papers(self, *, since: datetime | None = None, references: bool = True) -> list[Paper]:
+        """All papers, or those first seen after `since`, oldest first; without
+        `references`, not the papers known only as a reader's references (`add_references`):
+        candidates for an edition are never those."""
         query = select(papers).order_by(papers.c.id)
         if since is not None:
             query = query.where(papers.c.first_seen > since)
+        if not references:
+            query = query.where(papers.c.reference == false())
         with self._begin() as conn:
             return [_paper(row) for row in conn.execute(query)]
+
+    def candidate_papers(self, since: datetime | None) -> list[Paper]:
+        """The papers an edition may offer: those first seen after `since` (all if None),
+        oldest first, without the papers known only as a reader's references."""
+        return self.papers(since=since, references=False)
 
     def paper(self, row_id: int) -> Paper | None:
         with self._begin() as conn:
@@ -264,27 +346,36 @@ class Store:
         return _paper(row) if row is not None else None
 
     def find_papers(self, refs: Iterable[str]) -> dict[str, Paper]:
-        """Map each reference (an arXiv id, URL or a title) to the stored paper it names."""
+        """Map each reference (an arXiv id, URL, DOI or a title) to the stored paper it
+        names."""
         refs = [r for r in refs if r.strip()]
         by_arxiv = {ref: parse_arxiv_id(ref) for ref in refs}
+        by_doi = {ref: parse_doi(ref) for ref in refs}
         by_title = {ref: _title_key(ref) for ref in refs}
         found: dict[str, Paper] = {}
         arxiv_rows: dict[str, Paper] = {}
+        doi_rows: dict[str, Paper] = {}
         title_rows: dict[str, Paper] = {}
         ids = sorted({a for a in by_arxiv.values() if a})
+        dois = sorted({d for d in by_doi.values() if d})
         keys = sorted(set(by_title.values()))
         with self._begin() as conn:
             for chunk in _chunks(ids):  # SQLite limits the parameters of one statement
                 for r in conn.execute(select(papers).where(papers.c.arxiv_id.in_(chunk))):
                     arxiv_rows[r._mapping["arxiv_id"]] = _paper(r)
+            for chunk in _chunks(dois):  # newest first: the oldest paper of a DOI wins
+                for r in conn.execute(select(papers).where(papers.c.doi.in_(chunk))
+                                      .order_by(papers.c.id.desc())):
+                    doi_rows[r._mapping["doi"]] = _paper(r)
             for chunk in _chunks(keys):
                 # Newest first, so that the oldest record of a repeated title wins.
                 for r in conn.execute(select(papers).where(papers.c.title_key.in_(chunk))
                                       .order_by(papers.c.id.desc())):
                     title_rows[r._mapping["title_key"]] = _paper(r)
         for ref in refs:
-            arxiv_id = by_arxiv[ref]
+            arxiv_id, doi = by_arxiv[ref], by_doi[ref]
             paper = arxiv_rows.get(arxiv_id) if arxiv_id else None
+            paper = paper or (doi_rows.get(doi) if doi else None)
             paper = paper or title_rows.get(by_title[ref])
             if paper is not None:
                 found[ref] = paper
@@ -643,6 +734,118 @@ class Store:
             conn.execute(statement.on_conflict_do_update(index_elements=["url"], set_=values))
 
 
+# Papers ---------------------------------------------------------------------------------
+
+def _merged(m: Mapping[Any, Any], entry: PaperEntry) -> dict[str, Any]:
+    """What `entry` adds to the stored paper `m`: what it lacks, and a fuller abstract."""
+    changes: dict[str, Any] = {}
+    if entry.arxiv_id and not m["arxiv_id"]:
+        changes.update(arxiv_id=entry.arxiv_id, key=entry.arxiv_id)
+    if len(entry.abstract) > len(m["abstract"]):
+        changes["abstract"] = entry.abstract
+    if entry.authors and not m["authors"]:
+        changes["authors"] = list(entry.authors)
+    if entry.url and not m["url"]:
+        changes["url"] = entry.url
+    if entry.published and not m["published"]:
+        changes["published"] = entry.published
+    doi = parse_doi(entry.doi)
+    if doi and not m["doi"]:
+        changes["doi"] = doi
+    return changes
+
+
+_PAPER_COLUMNS = ("key", "arxiv_id", "title_key", "title", "abstract", "authors", "url",
+                  "published", "first_seen", "reference", "doi")
+
+
+def _new_row(entry: PaperEntry, now: datetime) -> dict[str, Any]:
+    """A reference paper's row, not yet stored (no id)."""
+    title_key = _title_key(entry.title)
+    return dict(id=None, key=entry.arxiv_id or title_key, arxiv_id=entry.arxiv_id,
+                title_key=title_key, title=entry.title, abstract=entry.abstract,
+                authors=list(entry.authors), url=entry.url, published=entry.published,
+                first_seen=now, reference=True, doi=parse_doi(entry.doi))
+
+
+def _entry_of(row: Mapping[str, Any]) -> PaperEntry:
+    return PaperEntry(title=row["title"], abstract=row["abstract"], source="",
+                      arxiv_id=row["arxiv_id"], authors=tuple(row["authors"]), url=row["url"],
+                      published=row["published"], doi=row["doi"])
+
+
+class _PaperIndex:
+    """The stored papers that a batch of entries may be, read in a few queries and matched
+    in memory by `Store._find_entry`'s rule; papers made for the batch join it, so that
+    its entries match each other too. Rows are dicts of the papers table's columns."""
+
+    def __init__(self) -> None:
+        self.by_arxiv: dict[str, dict[str, Any]] = {}
+        self.by_doi: dict[str, list[dict[str, Any]]] = {}
+        self.by_title: dict[str, list[dict[str, Any]]] = {}
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.new: list[dict[str, Any]] = []  # to insert
+        self.changes: dict[int, dict[str, Any]] = {}  # by row id: to update
+
+    @classmethod
+    def load(cls, conn: Connection, entries: Sequence[PaperEntry]) -> _PaperIndex:
+        index = cls()
+        titles = sorted({_title_key(e.title) for e in entries})
+        wanted = [(papers.c.arxiv_id, sorted({e.arxiv_id for e in entries if e.arxiv_id})),
+                  (papers.c.doi, sorted({d for e in entries if (d := parse_doi(e.doi))})),
+                  (papers.c.title_key, titles), (papers.c.key, titles)]
+        rows: dict[int, dict[str, Any]] = {}
+        for column, values in wanted:
+            for chunk in _chunks(values):
+                for r in conn.execute(select(papers).where(column.in_(chunk))):
+                    rows.setdefault(r._mapping["id"], dict(r._mapping))
+        for row_id in sorted(rows):  # oldest first, as the look-ups in SQL order them
+            index._index(rows[row_id])
+        return index
+
+    def _index(self, row: dict[str, Any]) -> None:
+        if row["arxiv_id"]:
+            self.by_arxiv.setdefault(row["arxiv_id"], row)
+        if row["doi"]:
+            self.by_doi.setdefault(row["doi"], []).append(row)
+        self.by_title.setdefault(row["title_key"], []).append(row)
+        self.by_key.setdefault(row["key"], row)
+
+    def match(self, entry: PaperEntry) -> dict[str, Any] | None:
+        """The paper `entry` is, by arXiv id, else DOI, else title (as `_find_entry`)."""
+        if entry.arxiv_id and entry.arxiv_id in self.by_arxiv:
+            return self.by_arxiv[entry.arxiv_id]
+        doi = parse_doi(entry.doi)
+        for row in self.by_doi.get(doi, ()) if doi else ():
+            if not entry.arxiv_id or row["arxiv_id"] is None:
+                return row
+        title_key = _title_key(entry.title)
+        for row in self.by_title.get(title_key, ()):
+            if ((not entry.arxiv_id or row["arxiv_id"] is None)
+                    and (not doi or row["doi"] in (None, doi))):
+                return row
+        return self.by_key.get(title_key) if doi and not entry.arxiv_id else None
+
+    def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.new.append(row)
+        self._index(row)
+        return row
+
+    def change(self, row: dict[str, Any], changes: dict[str, Any]) -> None:
+        if not changes:
+            return
+        if "key" in changes and self.by_key.get(row["key"]) is row:
+            del self.by_key[row["key"]]  # the title key it held is free
+        row.update(changes)
+        if row["id"] is not None:
+            self.changes.setdefault(row["id"], {}).update(changes)
+        if "arxiv_id" in changes:
+            self.by_arxiv.setdefault(row["arxiv_id"], row)
+            self.by_key.setdefault(row["key"], row)
+        if "doi" in changes:
+            self.by_doi.setdefault(row["doi"], []).append(row)
+
+
 def _sendable(stale_before: datetime, live_since: datetime) -> ColumnElement[bool]:
     """Editions a sender may take: pending, failed for a reason worth retrying, or left in
     `sending` since before `stale_before` by a sender whose heartbeat is not recent
@@ -823,6 +1026,8 @@ def _record_statement(claimed: bool) -> ClauseElement:
 _INSERT_EDITIONS = _DriverInsert(
     editions, ("subscriber_id", "slot", "state", "message_id", "attempts", "retryable",
                "candidates_until", "created_at", "updated_at"), ("id", "message_id"))
+
+_INSERT_PAPERS = _DriverInsert(papers, _PAPER_COLUMNS, ("id", "key"))
 
 _RECORD_NAMES = ("edition_row", "new_state", "reply", "may_retry", "sent", "now", "claimer")
 _RECORD_CLAIMED = _DriverStatement(lambda _: _record_statement(True), _RECORD_NAMES)
