@@ -1,7 +1,9 @@
 """Deliver: hand rendered messages to the SMTP server (or, for a dry run, to an outbox).
 
 This module owns SMTP. Server replies become `TransientDeliveryError` (retry later) or
-`PermanentDeliveryError` (do not retry), carrying the reply code and text.
+`PermanentDeliveryError` (do not retry), carrying the reply code and text; a connection
+that cannot be made fit to send (refused, DNS, TLS, login, no answer) is a
+`ConnectionFailure`, the run's and no message's.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +26,7 @@ import aiosmtplib
 from digest.config import SmtpSettings
 from digest.errors import (
     ConfigError,
+    ConnectionFailure,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -49,27 +54,78 @@ def _reply_error(code: int, text: str) -> DeliveryError:
 
 
 def classify_smtp_error(exc: Exception, where: str) -> DeliveryError:
-    """Turn an aiosmtplib or socket error into a DeliveryError saying whether to retry."""
+    """Turn an aiosmtplib or socket error met while sending a message, on a connection that
+    was open, into a DeliveryError saying whether to retry."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         first = exc.recipients[0]
         return _reply_error(first.code, f"recipient {first.recipient} refused: {first.message}")
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        # Retryable: the operator fixes the credentials, the edition then goes out.
-        return TransientDeliveryError(f"{exc.code} authentication failed at {where}: "
-                                      f"{exc.message}", smtp_code=exc.code)
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
         return _reply_error(exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
         return TransientDeliveryError(f"timed out talking to {where}")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):  # also a ConnectionError
         return TransientDeliveryError(f"{where} closed the connection: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+    if isinstance(exc, OSError):
         reason = _CONNECT_PREFIX.sub("", str(exc)) or type(exc).__name__
-        return TransientDeliveryError(f"cannot connect to {where}: {reason}")
-    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
-        return TransientDeliveryError(f"{where} does not offer STARTTLS; digest will not send "
-                                      "in clear text unless smtp.security is \"none\"")
+        return TransientDeliveryError(f"the connection to {where} failed: {reason}")
     return TransientDeliveryError(f"{where}: {exc}")
+
+
+_SECURITY_HINT = '[smtp] security: "tls" is for port 465, "starttls" for 587'
+
+
+def connection_failure(exc: BaseException, settings: SmtpSettings) -> DeliveryError:
+    """What went wrong opening a connection (reaching the server, TLS, its greeting, EHLO,
+    login), in one line that says what to check. A `ConnectionFailure`: no message was
+    handed over, and none can be until the settings are fixed or the server is back;
+    unless the server replied 4xx (busy, too many connections from this host): it is there
+    and says "later", a `TransientDeliveryError` as any 4xx is."""
+    where = f"{settings.host}:{settings.port}"
+    server = f"the SMTP server {where}"
+
+    def failure(message: str, code: int | None = None) -> ConnectionFailure:
+        return ConnectionFailure(message, where=where, smtp_code=code)
+
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and 400 <= exc.code < 500:
+        return _reply_error(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return failure(f"cannot log in to {server} as {settings.username!r}: {exc.code} "
+                       f"{' '.join(exc.message.split())} (check [smtp] username and "
+                       "DIGEST_SMTP_PASSWORD)", exc.code)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 500:
+        return failure(f"{server} refused the session: {exc.code} "
+                       f"{' '.join(exc.message.split())} (check [smtp] host and port)",
+                       exc.code)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return failure(f"cannot connect to {server}: no answer within "
+                       f"{settings.timeout_s:g} s (check [smtp] host and port, and "
+                       f"{_SECURITY_HINT})")
+    cause = exc.__cause__ if isinstance(exc, aiosmtplib.SMTPConnectError) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return failure(f"cannot connect to {server}: its certificate is not trusted: "
+                       f"{cause.verify_message or cause.reason} (check [smtp] host; "
+                       "ca_file for a private CA; validate_certs = false only for a local "
+                       "relay)")
+    if isinstance(cause, ssl.SSLError):
+        reason = re.sub(r"^\[SSL: \w+\] | \(_ssl\.c:\d+\)$", "", str(cause))
+        return failure(f"cannot connect to {server}: the TLS handshake failed: {reason} "
+                       f"(check {_SECURITY_HINT})")
+    if isinstance(cause, socket.gaierror):
+        return failure(f"cannot connect to {server}: {cause.strerror or cause} "
+                       "(check [smtp] host)")
+    if isinstance(cause, OSError) and cause.errno:
+        return failure(f"cannot connect to {server}: {os.strerror(cause.errno)} "
+                       "(check [smtp] host and port)")
+    message = str(exc)
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in message:
+        return failure(f"{server} does not offer STARTTLS; digest will not send in clear "
+                       'text unless [smtp] security is "none" (check [smtp] port and '
+                       "security)")
+    if isinstance(exc, aiosmtplib.SMTPException) and "AUTH" in message:
+        return failure(f"{server} does not offer AUTH, so [smtp] username cannot log in "
+                       f"(check {_SECURITY_HINT}; most servers offer AUTH only over TLS)")
+    reason = _CONNECT_PREFIX.sub("", message) or type(exc).__name__
+    return failure(f"cannot connect to {server}: {reason}")
 
 
 class SmtpMailer:
@@ -80,6 +136,14 @@ class SmtpMailer:
     aiosmtplib opens each connection (greeting, EHLO, STARTTLS or TLS with the certificate
     checked, AUTH); the mail transactions then go through `_Wire`, which pipelines them
     where the server offers it (RFC 2920).
+
+    A connection that cannot be opened raises `ConnectionFailure` at the first try, with
+    no retry: what makes one fail (a wrong host or port, an untrusted certificate, a
+    refused login, the server down) does not change within seconds, and retrying a
+    refused login can lock the account. Nothing is lost by stopping: the run's editions
+    stay pending, no attempt charged, and are sent by the next run (the daemon's retry
+    job asks again). So a refused connection is known in milliseconds; only a server that
+    never answers costs `timeout_s`.
 
     Use as `async with SmtpMailer(settings, sender=...) as mailer: await mailer.send(email)`;
     `send` may be awaited by many tasks at once.
@@ -131,6 +195,9 @@ class SmtpMailer:
                 await client.login(s.username, password)
             if client.transport is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost after login")
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise connection_failure(exc, s) from exc
         except BaseException:
             client.close()
             raise
@@ -154,23 +221,21 @@ class SmtpMailer:
             await self.limiter.acquire()
         async with self._slots:
             wire = self._idle.pop() if self._idle else None
+            if wire is None or not wire.usable:
+                if wire is not None:
+                    wire.abort()
+                wire = await self._connect()  # ConnectionFailure, or a 4xx: transient
             try:
-                if wire is None or not wire.usable:
-                    if wire is not None:
-                        wire.abort()
-                    wire = await self._connect()
                 reply = await wire.transaction(sender, recipients, email.data,
                                                eight_bit=email.eight_bit, crlf=email.crlf)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                if wire is not None:
-                    if await wire.reset():  # a refusal: the connection serves the next one
-                        self._idle.append(wire)
-                    else:
-                        await wire.close()
+                if await wire.reset():  # a refusal: the connection serves the next one
+                    self._idle.append(wire)
+                else:
+                    await wire.close()
                 raise classify_smtp_error(exc, self.where) from exc
             except BaseException:  # cancelled mid-transaction: its state is unknown
-                if wire is not None:
-                    wire.abort()
+                wire.abort()
                 raise
             self._idle.append(wire)
         return f"250 {' '.join(reply.message.split())}"

@@ -7,7 +7,10 @@
      ├── StoreError (RuntimeError)         the database cannot be opened or written
      └── DeliveryError                     the SMTP server did not take a message
           ├── TransientDeliveryError (ConnectionError)   4xx, dropped, timed out: retry later
-          └── PermanentDeliveryError                     5xx: retrying will not help
+          ├── PermanentDeliveryError                     5xx: retrying will not help
+          └── ConnectionFailure (ConnectionError)        no usable connection (refused, DNS,
+                                                          TLS, login, connect timeout): the
+                                                          run's error, no edition's
 """
 
 from __future__ import annotations
@@ -73,8 +76,20 @@ class DeliveryError(DigestError):
 
 
 class TransientDeliveryError(DeliveryError, ConnectionError):
-    """A failure worth retrying later: 4xx replies, refused or dropped connections, timeouts."""
+    """A failure worth retrying later: 4xx replies, dropped connections, timeouts."""
 
 
 class PermanentDeliveryError(DeliveryError):
     """A failure that retrying will not fix: 5xx replies, a recipient the server refuses."""
+
+
+class ConnectionFailure(DeliveryError, ConnectionError):
+    """No connection to the SMTP server could be made fit to send: refused, a name that
+    does not resolve, a certificate or TLS handshake that fails, a login refused, no answer
+    in time. Until someone fixes the settings (or the server is back) no message can go,
+    whichever it is, so it is the run's failure, not an edition's: the run stops, its
+    editions stay pending and no attempt is charged to them. `where` is "host:port"."""
+
+    def __init__(self, message: str, *, where: str = "", smtp_code: int | None = None):
+        self.where = where
+        super().__init__(message, smtp_code=smtp_code)

@@ -19,9 +19,10 @@ import pytest
 from digest.commands.smtpsink import ACCEPT, Received, SmtpSink
 from digest.config import Settings
 from digest.deliver import SmtpMailer
+from digest.ingest.storing import ingest_files
 from digest.models import Edition, EditionState, Profile
 from digest.profiles import load_profile
-from digest.running.editions import EditionOutcome, EditionRun, Status, ingest_files
+from digest.running.editions import EditionOutcome, EditionRun, Status
 from digest.running.liveness import FENCE_AFTER_S, Sender
 from digest.store import Store
 
@@ -228,6 +229,39 @@ def test_a_transient_failure_is_superseded_by_the_next_slot_with_its_papers(
     # A late retry of day 1 does not send those papers a second time.
     late = asyncio.run(_late_retry(store, settings, path, day1.slot))
     assert late.status is Status.FAILED and not late.retry
+    assert len(smtp_sink.received) == 1
+
+
+def test_an_edition_left_pending_by_an_unreachable_server_gives_its_papers_to_the_next(
+        store, settings, smtp_sink, seeds, write_profile):
+    """The server was unreachable on day 1 (the edition stays pending, no attempt spent)
+    and the setting was fixed only after day 2's slot: day 2's edition carries day 1's
+    papers, and day 1's is superseded, never sent as well."""
+    import socket
+
+    from digest.errors import ConnectionFailure
+
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    path = write_profile("ana", interests=["dense retrieval", "reranking"])
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = settings.model_copy(update={"smtp": settings.smtp.model_copy(
+        update={"host": "127.0.0.1", "port": port})})
+    with pytest.raises(ConnectionFailure):
+        _send_one(store, nowhere, path)
+    [day1] = store.unsettled_editions(untouched_since=NOW + timedelta(days=9),
+                                      slots_since=NOW - timedelta(days=9))
+    pending = store.get_edition(*day1)
+    assert pending.state is EditionState.PENDING and pending.attempts == 0 and pending.picks
+
+    day2 = _send_one(store, settings, path, now=NOW + timedelta(days=1))
+
+    assert day2.status is Status.SENT and day2.slot > pending.slot
+    assert {p.paper.row_id for p in pending.picks} <= {p.paper.row_id for p in day2.picks}
+    old = store.get_edition(*day1)
+    assert old.state is EditionState.FAILED and not old.retryable
+    assert "superseded" in (old.smtp_reply or "")
     assert len(smtp_sink.received) == 1
 
 

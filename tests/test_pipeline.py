@@ -7,12 +7,16 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from digest.commands.smtpsink import DROP, SmtpSink
 from digest.config import Settings, SmtpSettings
 from digest.deliver import OutboxMailer, SmtpMailer
+from digest.errors import ConnectionFailure
+from digest.ingest.storing import ingest_files
 from digest.models import EditionState
 from digest.profiles import load_profile
-from digest.running.editions import EditionRun, Status, ingest_files
+from digest.running.editions import EditionRun, Status
 from digest.store import Store
 
 from .conftest import NOW
@@ -121,21 +125,32 @@ def test_a_server_that_keeps_refusing_leaves_the_edition_failed_with_its_reply(
     assert edition.smtp_reply.startswith("451 4.3.0")
 
 
-def test_unreachable_server_fails_the_edition_and_keeps_it(store, seeds, write_profile,
-                                                          settings):
+def test_an_unreachable_server_stops_the_run_and_keeps_the_editions_pending(
+        store, seeds, write_profile, settings, smtp_sink):
+    """No connection is no edition's failure: the run raises it, every edition it claimed
+    goes back to pending with no attempt charged, and the next run sends each once."""
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     ingest_files(store, seeds, now=NOW, reference=NOW)
-    path = write_profile("ana", interests=["retrieval"])
+    paths = [write_profile(name, interests=["retrieval"]) for name in ("ana", "ben", "cy")]
     dead = settings.model_copy(update={"smtp": SmtpSettings(
-        host="127.0.0.1", port=closed_port, security="none", timeout_s=2)})
+        host="127.0.0.1", port=closed_port, security="none", timeout_s=2, connections=2)})
 
-    outcome = _send(store, dead, [path])[0]
+    with pytest.raises(ConnectionFailure) as caught:
+        _send(store, dead, paths)
 
-    assert outcome.status is Status.FAILED  # after every attempt the run allows
-    assert f"cannot connect to 127.0.0.1:{closed_port}" in outcome.detail
-    assert store.get_edition("ana", outcome.slot).state is EditionState.FAILED
+    assert str(caught.value) == (f"cannot connect to the SMTP server 127.0.0.1:{closed_port}: "
+                                 "Connection refused (check [smtp] host and port)")
+    slot = NOW.replace(hour=7)
+    kept = [store.get_edition(name, slot) for name in ("ana", "ben", "cy")]
+    assert [(e.state, e.attempts, e.retryable) for e in kept] == [
+        (EditionState.PENDING, 0, True)] * 3
+    assert all(e.picks for e in kept)
+    again = _send(store, settings, paths)
+    assert [o.status for o in again] == [Status.SENT] * 3
+    assert sorted(r.message["Message-ID"] for r in smtp_sink.received) == sorted(
+        e.message_id for e in kept)
 
 
 def test_one_broken_subscriber_does_not_stop_the_others(store, seeds, write_profile, settings,
@@ -181,7 +196,8 @@ def test_dry_run_writes_eml_and_records_nothing(store, seeds, write_profile, set
         profile, outbox, now=NOW, dry_run=True))
 
     assert outcome.status is Status.DRY_RUN
-    assert len(outbox.written) == 1 and outbox.written[0].read_bytes().startswith(b"Subject:")
+    assert [p.name for p in outbox.written] == ["ana-2026-11-25-0700.eml"]
+    assert outbox.written[0].read_bytes().startswith(b"Subject:")
     assert store.get_edition("ana", outcome.slot) is None
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from digest.config import Settings
 from digest.deliver import SmtpMailer
 from digest.embed import Embedder
-from digest.errors import ConfigError, StoreError
+from digest.errors import ConfigError, ConnectionFailure, StoreError
 from digest.models import Profile
 from digest.running.editions import EditionRun, Status
 from digest.running.liveness import Sender, recover_abandoned
@@ -209,15 +209,17 @@ class EditionQueue:
     async def _send(self, run: EditionRun, due: list[tuple[Profile, datetime]]) -> None:
         """Run the due editions; an edition's own error is its outcome (the run keeps it
         there). What can still go wrong is the run's: the database away, a broken
-        template. Its editions stay pending for the retry job, which also tries failed
-        ones again (so none is retried within the run)."""
+        template, no connection to the SMTP server (refused, DNS, TLS, login). Its
+        editions stay pending, uncharged, for the retry job, which asks for them again
+        (once per `retry_base_s`) and also tries failed ones again (so none is retried
+        within the run)."""
         smtp = self.settings.smtp
         try:
             async with SmtpMailer(smtp, sender=self.settings.mail.from_address) as mailer:
                 outcomes = await run.run_editions(
                     [profile for profile, _ in due], mailer, now=self.clock(),
                     slots=[slot for _, slot in due], retry_in_run=False)
-        except (StoreError, ConfigError) as exc:
+        except (StoreError, ConfigError, ConnectionFailure) as exc:
             log.error("editions.not-sent count=%d reason=%r (the retry job asks again)",
                       len(due), str(exc))
             return

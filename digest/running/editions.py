@@ -10,14 +10,15 @@ import asyncio
 import enum
 import logging
 import random
+import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import make_msgid
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,23 +29,19 @@ from digest.deliver import Mailer, wait_timed
 from digest.embed import Embedder, load_embedder, paper_vectors, stored_name
 from digest.errors import (
     ConfigError,
-    InputError,
+    ConnectionFailure,
     PermanentDeliveryError,
     StoreError,
     TransientDeliveryError,
     first_line,
 )
-from digest.identity import parse_arxiv_id
-from digest.ingest import read_digest_file
-from digest.ingest.inbox import InboxWatcher
+from digest.identity import ascii_address, check_email, parse_arxiv_id
 from digest.models import (
     Edition,
     EditionState,
-    IngestReport,
     OutgoingEmail,
     Paper,
     Pick,
-    Problem,
     Profile,
 )
 from digest.profilecache import ProfileCache
@@ -57,7 +54,13 @@ from digest.rank import (
     prepare_candidates,
     rank_many,
 )
-from digest.render import mail_domain, make_environment, message_id, render_edition
+from digest.render import (
+    mail_domain,
+    make_environment,
+    message_id,
+    render_edition,
+    seven_bit,
+)
 from digest.running.liveness import Sender, utc_now
 from digest.schedule import parse_schedule
 from digest.signing import DkimSigner, make_dkim
@@ -65,43 +68,6 @@ from digest.store import Attempt, Store
 from digest.tokens import Links, Signer
 
 log = logging.getLogger(__name__)
-
-
-def ingest_files(store: Store, paths: Iterable[Path], *, now: datetime,
-                 reference: datetime | None = None) -> IngestReport:
-    """Parse digest files and merge their papers into the store; bad files are reported."""
-    files = entries = new = 0
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            parsed = read_digest_file(path, reference.date() if reference else None)
-        except InputError as exc:
-            problems.append(Problem(str(exc.path), exc.line, exc.reason, fatal=True))
-            log.info("ingest.rejected path=%s reason=%s", exc.path, exc.reason)
-            continue
-        problems.extend(parsed.problems)
-        if not parsed.entries:
-            continue
-        result = store.add_entries(parsed.entries, now)
-        files += 1
-        entries += result.entries
-        new += result.new_papers
-        log.info("ingest.file path=%s entries=%d new=%d skipped=%d", path, result.entries,
-                 result.new_papers, len(parsed.problems))
-    return IngestReport(files=files, entries=entries, new_papers=new, problems=tuple(problems))
-
-
-def ingest_inbox(store: Store, folder: Path, *, now: datetime) -> IngestReport:
-    """Ingest every file in the inbox folder now, moving each out as the daemon does."""
-    done = InboxWatcher(folder, settle_s=0).process(store, now, wait=False)
-    problems: list[Problem] = []
-    for item in done:
-        if item.rejected:
-            problems.append(Problem(str(item.path), None, item.rejected, fatal=True))
-        problems.extend(item.problems)
-    return IngestReport(files=sum(1 for d in done if not d.rejected),
-                        entries=sum(d.entries for d in done),
-                        new_papers=sum(d.new_papers for d in done), problems=tuple(problems))
 
 
 def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> np.ndarray:
@@ -155,14 +121,23 @@ def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Pape
     return prefs, unresolved
 
 
-def make_links(settings: Settings) -> Links | None:
-    """The signed links for emails, if `web.base_url` is set; it needs DIGEST_SECRET."""
+# Signs the links of what is never sent (previews, dry runs, `digest rank`) when no secret
+# is set: public, so the links it makes act on nothing `digest serve` accepts.
+PREVIEW_KEY = "digest-preview-links-do-not-work-no-DIGEST_SECRET-set"
+
+
+def make_links(settings: Settings, *, preview: bool = False) -> Links | None:
+    """The signed links for emails, if `web.base_url` is set; it needs DIGEST_SECRET,
+    unless `preview` (nothing is sent): then links are signed with the public
+    PREVIEW_KEY (`preview_only` says so)."""
     if settings.web.base_url is None:
         return None
     signer = Signer.for_web(settings.web)
     if signer is None:
-        raise ConfigError("web.base_url is set, so emails carry signed links, but "
-                          "DIGEST_SECRET is not set in the environment")
+        if not preview:
+            raise ConfigError("web.base_url is set, so emails carry signed links, but "
+                              "DIGEST_SECRET is not set in the environment")
+        signer = Signer([PREVIEW_KEY])
     return Links(settings.web.base_url, signer, settings.web.link_days)
 
 
@@ -251,6 +226,10 @@ class EditionRun:
     # Seconds spent in each stage (rank, render, smtp, ledger), for `digest send -v`.
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     _profile_cache: ProfileCache | None = field(init=False, default=None)
+    # Nothing of this run is sent (previews, dry runs, `digest rank`): without a secret,
+    # links are signed with the public preview key rather than refused.
+    preview: bool = False
+    preview_only: bool = field(init=False, default=False)
     # Called once the corpus is built (`digest send` takes memory that lives as long as the
     # run out of the garbage collector's full passes then: digest/running/processes.py).
     on_corpus: Callable[[], None] | None = None
@@ -280,7 +259,10 @@ class EditionRun:
     def __post_init__(self) -> None:
         if self.env is None:
             self.env = make_environment(self.settings.templates_dir)
-        self.links = make_links(self.settings)
+        self.links = make_links(self.settings, preview=self.preview)
+        # Links made with the preview key: the command says they will not work.
+        self.preview_only = (self.links is not None
+                             and Signer.for_web(self.settings.web) is None)
         self.dkim = make_dkim(self.settings.mail)
 
     def get_embedder(self) -> Embedder | None:
@@ -356,19 +338,38 @@ class EditionRun:
         return picks
 
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
-               now: datetime) -> OutgoingEmail:
-        """The email for these picks. Raises ConfigError if an operator's template is broken."""
+               now: datetime, sign: bool = True) -> OutgoingEmail:
+        """The email for these picks (DKIM-signed if configured, unless not `sign`).
+        Raises ConfigError if an operator's template is broken."""
         assert self.env is not None
         started = time.perf_counter()
         try:
             return render_edition(self.env, profile, picks, slot=slot,
                                   mail=self.settings.mail, now=now, links=self.links,
-                                  dkim=self.dkim)
+                                  dkim=self.dkim if sign else None)
         except TemplateError as exc:
             where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, TemplateSyntaxError) else ""
             raise ConfigError(f"template error: {where}{exc}") from exc
         finally:
             self.timings["render"] += time.perf_counter() - started
+
+    def render_test(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
+                    now: datetime, to: str) -> OutgoingEmail:
+        """The email of this edition as a test for `to` alone (`digest send --to`): its
+        subject begins "[test] ", its To: is `to`, and its Message-ID is its own (the real
+        edition goes out later with the edition's: a mail system that drops a Message-ID
+        it has seen must not drop that one). Its links are the subscriber's, signed as
+        usual; with DKIM it is signed after these changes. Raises ValueError for an
+        address digest cannot send to (identity.check_email)."""
+        recipient = ascii_address(check_email(to))
+        email = self.render(profile, picks, slot=slot, now=now, sign=False)
+        test_id = make_msgid("test", domain=mail_domain(self.settings.mail))
+        data = _as_test(email.data, recipient, test_id)
+        if self.dkim is not None:  # signed, so in 7-bit forms (see render_edition)
+            data = self.dkim.sign(seven_bit(data) if email.eight_bit else data)
+        return replace(email, recipients=(recipient,), data=data, message_id=test_id,
+                       eight_bit=email.eight_bit and self.dkim is None,
+                       crlf=self.dkim is None, label=f"{profile.subscriber_id}-test")
 
     def _rank_each(self, profiles: Sequence[Profile], now: datetime
                    ) -> list[list[Pick] | Exception]:
@@ -476,8 +477,11 @@ class EditionRun:
         used up; unless not `retry_in_run` (the daemon, whose retry job tries them again
         later). Once `stopping` is set, the editions not yet begun are left for later.
 
-        What escapes is the run's, not an edition's: the database away (StoreError) or a
-        broken template (ConfigError); what this run claimed and did not send is given back.
+        What escapes is the run's, not an edition's: the database away (StoreError), a
+        broken template (ConfigError), or no connection to the SMTP server
+        (ConnectionFailure: refused, DNS, TLS, login, no answer; the messages in flight
+        finish first). What this run claimed and did not send is given back to pending,
+        with no attempt recorded: the next run sends it.
         """
         profiles = list(profiles)
         wanted = list(slots) if slots is not None else [None] * len(profiles)
@@ -560,6 +564,9 @@ class EditionRun:
                     except Exception as exc:
                         outcomes[i] = _error(profile, slot, "rendering", exc)
                         continue
+                    # The outbox's file: ana-2026-12-07-0700.eml (the slot in UTC).
+                    email = replace(email, label=f"{profile.subscriber_id}-"
+                                                 f"{slot.astimezone(UTC):%Y-%m-%d-%H%M}")
                     outcomes[i] = EditionOutcome(profile, Status.DRY_RUN, slot, edition.picks,
                                                  await mailer.send(email), email=email)
             elif sendable:
@@ -575,7 +582,9 @@ class EditionRun:
                     mailer: Mailer, now: datetime) -> dict[int, EditionOutcome]:
         """Claim the editions, then send them over up to `smtp.connections` connections at
         once, recording each server reply as it arrives (those that arrive together in one
-        transaction). An edition that another sender holds is left alone."""
+        transaction). An edition that another sender holds is left alone. Raises
+        ConnectionFailure once the messages in flight are done if a connection could not
+        be made; the editions it held back are given back to pending, uncharged."""
         # Claims carry the wall clock, not the run's `now`: a long run's claims must not look
         # stale (and be taken by another sender) because the run began long ago.
         claimed_at = max(now, self.clock())
@@ -606,9 +615,12 @@ class EditionRun:
 
         queue = iter(work)
         finished = _Finished()
+        # No connection to the server could be made: nothing more is handed over, the
+        # messages in flight finish and are recorded, then this is raised (the run's).
+        unreachable: ConnectionFailure | None = None
         try:
             while True:
-                for i, profile, slot, edition in queue:
+                for i, profile, slot, edition in (queue if unreachable is None else ()):
                     if ((self.stopping is not None and self.stopping.is_set())
                             or not self.sender.fresh(self.store)):
                         outcomes[i] = EditionOutcome(profile, Status.STOPPED, slot,
@@ -637,6 +649,9 @@ class EditionRun:
                 for task in done:
                     i, profile, slot, edition, email = running.pop(task)
                     error = task.exception()
+                    if isinstance(error, ConnectionFailure):  # not this edition's: no
+                        unreachable = unreachable or error  # attempt; given back below
+                        continue
                     if error is not None and not isinstance(
                             error, TransientDeliveryError | PermanentDeliveryError):
                         if not isinstance(error, Exception):
@@ -666,6 +681,10 @@ class EditionRun:
                 [e.row_id for i, *_, e in work if e.row_id is not None and i not in in_flight
                  and (i not in outcomes or outcomes[i].status in _GIVEN_BACK)],
                 claimer=self.claimer, now=now)
+        if unreachable is not None:
+            log.info("editions.unreachable given_back=%d reason=%r",
+                     sum(1 for i, *_ in work if i not in outcomes), str(unreachable))
+            raise unreachable
         return outcomes
 
     def _outcome(self, task: asyncio.Task[str], profile: Profile, slot: datetime,
@@ -740,6 +759,28 @@ def _error(profile: Profile, slot: datetime, stage: str, exc: Exception) -> Edit
     log.debug("edition.error subscriber=%s traceback", profile.subscriber_id, exc_info=exc)
     return EditionOutcome(profile, Status.ERROR, slot,
                           detail=f"{stage} failed: {type(exc).__name__}: {first_line(exc)}")
+
+
+_HEADER_FIELD_END = re.compile(rb"\r\n(?![ \t])")  # a CRLF not followed by a folded line
+
+
+def _as_test(data: bytes, recipient: str, test_id: str) -> bytes:
+    """A rendered message's header changed for a test: "[test] " before the subject (which
+    may be RFC 2047 words: plain text may precede them), `recipient` as To:, `test_id` as
+    Message-ID. The body is left as it is."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = []
+    for line in _HEADER_FIELD_END.split(head):
+        name, _, value = line.partition(b":")
+        match name.lower():
+            case b"subject":
+                line = b"Subject: [test] " + value.lstrip(b" ")
+            case b"to":
+                line = b"To: " + recipient.encode("ascii")
+            case b"message-id":
+                line = b"Message-ID: " + test_id.encode("ascii")
+        fields.append(line)
+    return b"\r\n".join(fields) + b"\r\n\r\n" + body
 
 
 def _settled(profile: Profile, slot: datetime, edition: Edition) -> EditionOutcome | None:

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from digest.config import Settings
+from digest.errors import ConnectionFailure
 from digest.running.editions import EditionRun, check_sending
 from digest.running.sending import SHOW_ALL, SendReport, run_shard
 from digest.store import Store
@@ -42,7 +43,10 @@ YOUNG_GENERATION = 20_000
 def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
              processes: int = 0, shard: int = SHARD) -> SendReport:
     """Every profile's due edition, over `processes` worker processes on this machine (0:
-    one per core), `shard` profiles at a time; a run of one shard stays in this process."""
+    one per core), `shard` profiles at a time; a run of one shard stays in this process.
+
+    Raises ConnectionFailure if no connection to the SMTP server could be made: the shards
+    not yet begun are not begun, and every edition not sent stays pending."""
     show_all = len(paths) <= SHOW_ALL
     workers = min(processes or available_cores(), -(-len(paths) // shard))
     if workers <= 1:
@@ -70,6 +74,9 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
         for done in pool.map(_worker_shard, shards, [now] * len(shards),
                              [show_all] * len(shards)):
             report.add(done)
+            if report.unreachable:  # the other shards would meet it too
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise ConnectionFailure(report.unreachable)
     return report
 
 
@@ -139,10 +146,15 @@ def _frozen() -> Iterator[bool]:
 
 def _worker_shard(paths: list[Path], now: datetime, show_all: bool) -> SendReport:
     """One shard in a worker; an error comes back as a line of the report (the other
-    shards' reports still count), with its traceback in this worker's log."""
+    shards' reports still count), with its traceback in this worker's log. No connection
+    to the SMTP server is the run's: it comes back as the report's `unreachable`."""
     assert _worker_run is not None
     try:
         return run_shard(_worker_run, paths, now=now, show_all=show_all)
+    except ConnectionFailure as exc:
+        log.info("shard.unreachable first=%s profiles=%d reason=%r", paths[0], len(paths),
+                 str(exc))
+        return SendReport(unreachable=str(exc))
     except Exception as exc:
         log.exception("shard.failed first=%s profiles=%d", paths[0], len(paths))
         return SendReport(errors=[f"{paths[0]} and the next {len(paths) - 1} profiles: "

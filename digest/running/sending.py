@@ -13,10 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from digest.config import Settings
 from digest.deliver import SmtpMailer
 from digest.models import Profile
-from digest.profiles import load_profiles
+from digest.profilecache import ProfileCache
+from digest.profiles import load_profile, load_profiles
 from digest.running.editions import EditionOutcome, EditionRun, Status
+from digest.schedule import parse_schedule
+from digest.store import Store
 
 SHOW_ALL = 100  # up to this many subscribers, every outcome is kept for the report
 WORTH_SHOWING = frozenset({Status.FAILED, Status.ERROR, Status.IN_FLIGHT})
@@ -34,9 +38,13 @@ class SendReport:
     subscribers: dict[str, str] = field(default_factory=dict)  # id -> profile path
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     picks: int = 0
+    # A shard that could not connect to the SMTP server (a ConnectionFailure, which is the
+    # run's): why, in one line. Its editions stay pending; the executor raises it.
+    unreachable: str = ""
 
     def add(self, other: SendReport) -> None:
         self.counts.update(other.counts)
+        self.unreachable = self.unreachable or other.unreachable
         self.shown += other.shown
         self.errors += other.errors
         for subscriber_id, path in other.subscribers.items():
@@ -65,12 +73,13 @@ class SendReport:
             "subscribers": self.subscribers,
             "timings": dict(self.timings),
             "picks": self.picks,
+            "unreachable": self.unreachable,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SendReport:
         report = cls(errors=list(data["errors"]), subscribers=dict(data["subscribers"]),
-                     picks=int(data["picks"]))
+                     picks=int(data["picks"]), unreachable=str(data.get("unreachable", "")))
         report.counts.update({Status(k): int(n) for k, n in data["counts"].items()})
         report.shown = [_outcome_from_json(o) for o in data["shown"]]
         report.timings.update(data["timings"])
@@ -129,3 +138,56 @@ def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
     for stage, seconds in run.timings.items():
         report.timings[stage] += seconds - before.get(stage, 0.0)
     return report
+
+
+def requeue_failed(store: Store, settings: Settings, paths: Sequence[Path], *,
+                   now: datetime) -> int:
+    """`digest send --retry-failed`: the edition of each profile's current slot (its latest
+    due one), if it failed (for good, or with attempts left), back to pending with its
+    attempts reset; returns how many. Profiles that cannot be loaded are left to the send
+    that follows, which reports them."""
+    cache = ProfileCache.for_settings(settings)
+    try:
+        loaded = load_profiles(paths, default_max_papers=settings.default_max_papers,
+                               cache=cache)
+    finally:
+        cache.close()
+    current = []
+    for profile in loaded.profiles:
+        slot = parse_schedule(profile.schedule, profile.timezone).last_slot(now)
+        if profile.active and slot is not None:
+            current.append((profile.subscriber_id, slot))
+    return store.requeue_failed(current, now=now)
+
+
+@dataclass(frozen=True)
+class SentTest:
+    """What `send_test` sent: whose edition, for which slot, with how many papers."""
+
+    profile: Profile
+    slot: datetime
+    picks: int
+    reply: str
+
+
+def send_test(settings: Settings, path: Path, address: str, *, now: datetime) -> SentTest:
+    """`digest send --to ADDRESS PROFILE`: the profile's next edition, ranked as it would be
+    now, sent to `address` alone as a test (EditionRun.render_test). The ledger is only
+    read: no edition is created or changed, and the real one goes out in its time. Raises
+    ProfileError, ValueError for an address digest cannot send to, DeliveryError
+    (ConnectionFailure included) if the server does not take it."""
+    profile = load_profile(path, default_max_papers=settings.default_max_papers)
+    slot = parse_schedule(profile.schedule, profile.timezone).next_slot(now)
+    store = Store.open(settings.db_url)
+    try:
+        run = EditionRun(store, settings)
+        picks = run.choose_picks(profile, now=now)
+        email = run.render_test(profile, picks, slot=slot, now=now, to=address)
+    finally:
+        store.close()
+
+    async def go() -> str:
+        async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
+            return await mailer.send(email)
+
+    return SentTest(profile, slot, len(picks), asyncio.run(go()))

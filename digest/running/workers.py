@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digest.config import CelerySettings, Settings, redact_url
-from digest.errors import BrokerError, ConfigError, StoreError, first_line
+from digest.errors import BrokerError, ConfigError, ConnectionFailure, StoreError, first_line
 from digest.running.editions import EditionRun, Status, check_sending
 from digest.running.liveness import Sender, recover_abandoned, utc_now
 from digest.running.sending import SendReport, run_shard
@@ -84,10 +84,13 @@ def make_app(settings: CelerySettings, worker: ShardWorker | None = None) -> Cel
 
 
 def shard_message(items: Sequence[tuple[Path, datetime | None]], *, now: datetime,
-                  run_id: str, show_all: bool) -> dict[str, Any]:
+                  run_id: str, show_all: bool, awaited: bool = False) -> dict[str, Any]:
+    """A shard's task message. `awaited`: someone waits for its report (`digest send`), so
+    a shard that cannot reach the SMTP server reports it at once rather than waiting to
+    be tried again (the daemon's shards are)."""
     return {"run": run_id, "now": now.isoformat(), "show_all": show_all,
             "items": [[str(path), slot.isoformat() if slot else None] for path, slot in items],
-            "carried": None}
+            "carried": None, "awaited": awaited}
 
 
 def enqueue(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *,
@@ -101,7 +104,7 @@ def enqueue(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *
     results = []
     for start in range(0, len(items), size):
         message = shard_message(items[start:start + size], now=now, run_id=run_id,
-                                show_all=show_all)
+                                show_all=show_all, awaited=want_results)
         results.append(app.send_task(TASK, args=[message], queue=settings.celery.queue,
                                      ignore_result=not want_results))
     log.info("shards.enqueued editions=%d shards=%d broker=%s", len(items), len(results),
@@ -111,7 +114,8 @@ def enqueue(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *
 
 def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime | None]], *,
                         now: datetime, show_all: bool = False) -> SendReport:
-    """`digest send` with Celery workers: enqueue every shard, wait for their reports."""
+    """`digest send` with Celery workers: enqueue every shard, wait for their reports.
+    Raises ConnectionFailure, once, if a worker could not connect to the SMTP server."""
     check_sending(settings)  # a configuration error is said here, not in every worker
     app = make_app(settings.celery)
     report = SendReport()
@@ -132,6 +136,8 @@ def send_through_celery(settings: Settings, items: Sequence[tuple[Path, datetime
                 report.add(SendReport.from_json(data))
             except Exception as exc:  # a shard's failure is one line; the others count
                 report.errors.append(f"shard {result.id}: not all sent: {_why(exc)}")
+            if report.unreachable:  # the other shards meet it too: one line says it
+                raise ConnectionFailure(report.unreachable)
     finally:
         app.close()
     return report
@@ -202,12 +208,21 @@ class ShardWorker:
         now = datetime.fromisoformat(message["now"])
         try:
             # One subscriber's error is that edition's outcome (the run keeps it there);
-            # what escapes is the shard's: the database away (tried again later).
+            # what escapes is the shard's: the database away, or no connection to the
+            # SMTP server (tried again later; its editions stay pending, uncharged).
             report = run_shard(run, [path for path, _ in items], now=now,
                                show_all=message["show_all"],
                                slots=[slot for _, slot in items])
         except StoreError as exc:
             return _again_later(task, message, exc)
+        except ConnectionFailure as exc:
+            if not message.get("awaited"):
+                return _again_later(task, message, exc)
+            log.warning("shard.unreachable editions=%d reason=%r", len(items), str(exc))
+            report = SendReport(unreachable=str(exc))
+            if message.get("carried"):  # what earlier tries of this shard did
+                report.add(SendReport.from_json(message["carried"]))
+            return report.to_json()
         for error in report.errors:  # profiles that would not load, editions that failed
             log.warning("shard.problem %s", error)
         held = [o for o in report.shown if o.status is Status.IN_FLIGHT]
@@ -236,9 +251,11 @@ class ShardWorker:
         return report.to_json()
 
 
-def _again_later(task: Task, message: dict[str, Any], exc: StoreError) -> dict[str, Any]:
-    """A shard that met a database error is tried again (the ledger makes that safe),
-    after 5, 10, 20, 40 s, then every minute, for about an hour."""
+def _again_later(task: Task, message: dict[str, Any],
+                 exc: StoreError | ConnectionFailure) -> dict[str, Any]:
+    """A shard that met a database error, or could not connect to the SMTP server, is
+    tried again (the ledger makes that safe), after 5, 10, 20, 40 s, then every minute,
+    for about an hour."""
     tries = int(message.get("store_tries") or 0)
     if tries >= STORE_RETRIES:
         raise exc
