@@ -151,7 +151,7 @@ class WebSettings(_Frozen):
 
     base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     host: str = "127.0.0.1"  # what `digest serve` listens on; behind a proxy, keep it local
-    port: int = Field(default=8025, ge=1, le=65535)
+    port: int = Field(default=8377, ge=1, le=65535)  # no common tool's default
     link_days: int = Field(default=90, ge=1)  # how long the links in an email work
     body_timeout_s: float = Field(default=10, gt=0)  # to receive a whole request body
     # The link-signing secret (DIGEST_SECRET) and older ones still accepted, so that a

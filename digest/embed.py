@@ -24,17 +24,29 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 PAPER_VECTOR = "title+text"
 
 
-def paper_vectors(encode: Callable[[Sequence[str]], np.ndarray], papers: Sequence[Paper]
-                  ) -> np.ndarray:
+PROGRESS_BATCH = 64  # papers encoded at once when someone is told of the progress
+
+
+def paper_vectors(encode: Callable[[Sequence[str]], np.ndarray], papers: Sequence[Paper], *,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Each paper's vector: the unit mean of its whole text's and its title's embeddings.
+    `progress` is told of the papers encoded, PROGRESS_BATCH at a time (without it, all
+    are encoded at once).
 
     MiniLM reads at most 256 word pieces (half of arXiv's abstracts are longer) and was
     trained on short texts; the title, its authors' own one-line summary, always fits.
     """
     if not papers:
         return np.zeros((0, 384), dtype=np.float32)
-    both = encode([p.text for p in papers] + [p.title for p in papers])
-    vectors = both[:len(papers)] + both[len(papers):]
+    step = len(papers) if progress is None else PROGRESS_BATCH
+    parts = []
+    for start in range(0, len(papers), step):
+        batch = papers[start:start + step]
+        both = encode([p.text for p in batch] + [p.title for p in batch])
+        parts.append(both[:len(batch)] + both[len(batch):])
+        if progress is not None:
+            progress(len(batch))
+    vectors = parts[0] if len(parts) == 1 else np.vstack(parts)
     norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return np.asarray(vectors / norms, dtype=np.float32)
 

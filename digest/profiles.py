@@ -7,6 +7,8 @@ reported and skipped so that the other subscribers are still served.
 from __future__ import annotations
 
 import codecs
+import csv
+import difflib
 import fcntl
 import io
 import json
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 from pydantic import (
     BaseModel,
@@ -41,9 +44,10 @@ from ruamel.yaml.events import (
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString
 from ruamel.yaml.tokens import CommentToken
 
-from digest.errors import ProfileError
-from digest.identity import check_email, normalise_title, parse_arxiv_id
-from digest.models import MAX_PAPERS, Interest, Profile
+from digest.errors import InputError, ProfileError
+from digest.identity import check_email, normalise_title, parse_arxiv_id, parse_doi
+from digest.ingest.files import decode_text
+from digest.models import MAX_PAPERS, Interest, Paper, Problem, Profile
 from digest.reading import read_regular_file
 from digest.schedule import load_timezone, parse_schedule
 
@@ -51,6 +55,9 @@ if TYPE_CHECKING:
     from digest.profilecache import ProfileCache
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
+# The commented profile `digest init` writes as profiles/example.yaml, and the form of every
+# profile `digest profile new` and `digest profile import-csv` write: one file, valid as it is.
+PROFILE_TEMPLATE = Path(__file__).parent / "data" / "example-profile.yaml"
 
 # What one profile may hold (docs/limits.md). A profile is written by a person, and every
 # file in the profiles folder is read on every run, so each is bounded: a file bigger than
@@ -197,15 +204,25 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 
 def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
                   strict_id: bool = True) -> Profile:
-    """Parse the text of a profile file. Raises ProfileError naming line and field.
+    """Parse the text of a profile file. Raises ProfileError naming line and field: the
+    first problem, saying how many more there are (`check_profile_text` gives each).
 
     With `strict_id` off (ranking only, nothing recorded) any file name will do.
     """
     data = _parse_file(text, path)
     subscriber_id = data.id or path.stem
     if strict_id and not _SUBSCRIBER_ID.match(subscriber_id):
-        raise ProfileError(path, "the file name is the subscriber id, so it must be letters, "
-                                 "digits, '.', '_' or '-' (or set `id:` in the file)")
+        raise _bad_file_name(path)
+    return _profile_of(data, path, subscriber_id, default_max_papers)
+
+
+def _bad_file_name(path: Path) -> ProfileError:
+    return ProfileError(path, "the file name is the subscriber id, so it must be letters, "
+                              "digits, '.', '_' or '-' (or set `id:` in the file)")
+
+
+def _profile_of(data: ProfileFile, path: Path, subscriber_id: str,
+                default_max_papers: int) -> Profile:
     return Profile(
         subscriber_id=subscriber_id,
         path=path,
@@ -231,28 +248,220 @@ def parse_profile(text: str, path: Path, *, default_max_papers: int = 10,
 
 
 def _parse_file(text: str, path: Path) -> ProfileFile:
-    """The fields of a profile file as written (no defaults filled in from settings)."""
-    if len(text) > MAX_PROFILE_BYTES:
-        raise ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024:,} KiB, too large "
-                                 "for a profile file")
-    _check_structure(text, path)
-    data = _validate_fast(text)
+    """The fields of a profile file as written (no defaults filled in from settings).
+    Raises the first problem as ProfileError, saying how many more there are."""
+    data, problems = _fields_of(text, path)
     if data is None:
-        data = _validate_located(text, path)
+        raise _first_of(problems)
     return data
 
 
+def _fields_of(text: str, path: Path) -> tuple[ProfileFile | None, list[ProfileError]]:
+    """The fields of a profile's text, or every problem in it, in the order of its lines.
+    Text past a bound, or that is not YAML, has one problem: nothing after it is read."""
+    if len(text) > MAX_PROFILE_BYTES:
+        return None, [ProfileError(path, f"larger than {MAX_PROFILE_BYTES // 1024:,} KiB, too "
+                                         "large for a profile file")]
+    try:
+        _check_structure(text, path)
+        data = _validate_fast(text)
+        if data is not None:
+            return data, []
+        root = _load_located(text, path)
+    except ProfileError as exc:
+        return None, [exc]
+    try:
+        return ProfileFile.model_validate(_plain(root)), []
+    except ValidationError as exc:
+        return None, _located_problems(exc, root, path)
+
+
+def _counted(count: int, noun: str) -> str:
+    """`1 problem`, `2 problems`: a count and its noun, in the right number."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _first_of(problems: Sequence[ProfileError]) -> ProfileError:
+    """The first problem, in one line that says how many more there are."""
+    first = problems[0]
+    if len(problems) == 1:
+        return first
+    reason = first.reason.removeprefix(f"{first.field}: ") if first.field else first.reason
+    more = _counted(len(problems) - 1, "more problem")
+    return ProfileError(first.path, f"{reason} (and {more}: `digest profile validate` lists "
+                                    "them)", line=first.line, field=first.field)
+
+
+def _chosen_errors(exc: ValidationError) -> list[ErrorDetails]:
+    """The errors of a validation that concern what the person wrote: of a union's
+    alternatives (an interest is a text or a mapping), only the one that got furthest,
+    which is what the person meant, with each of its errors."""
+    groups: dict[tuple[int | str, ...], list[ErrorDetails]] = {}
+    for error in exc.errors():
+        loc = _clean_loc(tuple(error["loc"]))
+        cut = next((i + 1 for i, part in enumerate(loc) if isinstance(part, int)), len(loc))
+        groups.setdefault(loc[:cut], []).append(error)
+    chosen: list[ErrorDetails] = []
+    for errors in groups.values():
+        member = _member(max(errors, key=lambda e: len(e["loc"])))
+        chosen += [e for e in errors if _member(e) == member]
+    return chosen
+
+
+def _member(error: ErrorDetails) -> tuple[int | str, ...]:
+    """The union alternative an error is about: the parts of its location that name one."""
+    kept = set(_clean_loc(tuple(error["loc"])))
+    return tuple(p for p in error["loc"] if p not in kept)
+
+
+def _located_problems(exc: ValidationError, root: Any, path: Path) -> list[ProfileError]:
+    """Every problem of a validation, each at the line of its value, in line order."""
+    problems = []
+    for error in _chosen_errors(exc):
+        loc = _clean_loc(tuple(error["loc"]))
+        message = _problem(error)
+        if error["type"] == "too_long" and "ctx" in error:
+            message += "; see docs/limits.md"
+        problems.append(ProfileError(path, message, line=_line_of(root, loc) or 1,
+                                     field=_field_name(loc)))
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
 def _problem(error: ErrorDetails) -> str:
-    """What is wrong with one value, in the words `digest profile validate` uses."""
+    """What is wrong with one value, in the words `digest profile validate` uses, with the
+    nearest right key or value where one is close."""
     message = error["msg"].removeprefix("Value error, ")
+    loc = _clean_loc(tuple(error["loc"]))
+    value = error.get("input")
     if error["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling)"
+        message = _unknown_key(loc)
     elif error["type"] == "too_long" and "ctx" in error:
         message = (f"at most {error['ctx']['max_length']:,} entries (this list has "
                    f"{error['ctx']['actual_length']:,})")
     elif error["type"] == "missing":
         message = "required field is missing"
+    elif error["type"] == "literal_error" and isinstance(value, str):
+        near = closest(value, re.findall(r"'([^']*)'", str(error.get("ctx", {}).get(
+            "expected", ""))), cutoff=0.6)
+        message += f"; did you mean `{near}`?" if near else ""
+    elif error["type"] == "bool_type":
+        message += " (true or false)"
+    elif loc == ("timezone",) and isinstance(value, str):
+        message = _unknown_zone(value) or message
+    elif loc == ("schedule",) and isinstance(value, str):
+        near = _nearest_schedule(value)
+        message = f"bad schedule {value!r}; did you mean `{near}`?" if near else message
     return message
+
+
+def closest(word: str, choices: Iterable[str], *, cutoff: float = 0.75) -> str | None:
+    """The choice nearest `word`, case aside, if one is close (difflib's ratio at least
+    `cutoff`): the "did you mean" of a misspelled key or value."""
+    folded: dict[str, str] = {}
+    for choice in choices:
+        folded.setdefault(choice.casefold(), choice)
+    found = difflib.get_close_matches(word.casefold(), folded, n=1, cutoff=cutoff)
+    return folded[found[0]] if found else None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """`unknown field`, and the known key it is nearest, or the keys known there."""
+    parent, key = loc[:-1], str(loc[-1])
+    if parent == ():
+        known = list(ProfileFile.model_fields)
+        if key.casefold() in _Keywords.model_fields:  # `mute:` written at the top
+            return (f"unknown field; did you mean `keywords.{key.casefold()}`? (require and "
+                    "mute go under `keywords:`)")
+    elif parent == ("keywords",):
+        known = list(_Keywords.model_fields)
+    elif len(parent) == 2 and parent[0] == "interests":
+        known = list(_Interest.model_fields)
+    else:
+        return "unknown field"
+    near = closest(key, known)
+    if near is not None:
+        return f"unknown field; did you mean `{near}`?"
+    return f"unknown field (the fields here: {', '.join(known)})"
+
+
+_OFFSET = re.compile(r"^(utc|gmt)\s*[+-]\s*\d", re.IGNORECASE)
+
+
+def _unknown_zone(name: str) -> str | None:
+    """Why a time zone is refused, with the zone it nearly names; None if none is near."""
+    if _OFFSET.match(name.strip()):
+        return (f"unknown time zone {name!r}: an offset is not a zone; use the zone of a city "
+                "(Europe/Berlin), which follows its summer time")
+    near = _nearest_zone(name)
+    return f"unknown time zone {name!r}; did you mean `{near}`?" if near else None
+
+
+def _nearest_zone(name: str) -> str | None:
+    """The IANA zone a misspelled or bare name means: `europe/lisbn`, `Lisbon` and
+    `new york` all name one. Abbreviations (CEST, PST) and offsets are too ambiguous."""
+    key = "_".join(name.split()).casefold()
+    zones = sorted(z for z in available_timezones() if "/" in z and not z.startswith("Etc/"))
+    by_name = {z.casefold(): z for z in zones}
+    by_city: dict[str, str] = {}
+    for zone in zones:
+        by_city.setdefault(zone.rpartition("/")[2].casefold(), zone)  # the main zone first
+    if key in by_name:
+        return by_name[key]
+    if key in by_city:
+        return by_city[key]
+    if len(key) < 5:
+        return None
+    near = closest(key, by_name, cutoff=0.85) if "/" in key else closest(key, by_city)
+    return (by_name if "/" in key else by_city)[near] if near else None
+
+
+_SCHEDULE_WORDS = ("daily", "weekdays", "weekly", "every")
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_CLOCK = re.compile(r"(?P<hour>\d{1,2})(?:[:.h](?P<minute>\d{2}))?\s*(?:(?P<half>[ap])\.?m?\.?)?",
+                    re.IGNORECASE)
+
+
+def _nearest_schedule(text: str) -> str | None:
+    """A schedule that parses, nearest a refused one: its keyword or day spelled right
+    (`daly 07:00`, `weekly mnday 07:00`), a clock time made HH:MM (`7am`, `7.30 pm`)."""
+    words = [w for w in text.split() if w.casefold() != "at"]
+    if not words or words[0].isdigit() or words[0] == "*":
+        return None  # cron: no guessing at what it meant
+    words[0] = closest(words[0], _SCHEDULE_WORDS, cutoff=0.8) or words[0]
+    keyword = words[0].casefold()
+    if keyword in ("daily", "weekdays") and len(words) == 1:
+        words.append("07:00")
+    if keyword == "weekly" and len(words) >= 2:
+        words[1] = closest(words[1], (*_DAY_NAMES, *(d[:3] for d in _DAY_NAMES)),
+                           cutoff=0.6) or words[1]
+    if keyword != "every" and len(words) > 1:
+        start = 2 if keyword == "weekly" else 1
+        clock = _clock(" ".join(words[start:]))
+        if clock is not None:
+            words[start:] = [clock]
+    suggestion = " ".join(words)
+    if suggestion == " ".join(text.split()):
+        return None
+    try:
+        parse_schedule(suggestion)
+    except ValueError:
+        return None
+    return suggestion
+
+
+def _clock(text: str) -> str | None:
+    """`7am`, `7:30 pm`, `19.30`, `7h30` as HH:MM; None if it is no time of day."""
+    match = _CLOCK.fullmatch(text.strip())
+    if match is None:
+        return None
+    hour, minute = int(match["hour"]), int(match["minute"] or 0)
+    if match["half"]:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if match["half"].casefold() == "p" else 0)
+    if hour > 23 or minute > 59:
+        return None
+    return f"{hour:02d}:{minute:02d}"
 
 
 _loaders = threading.local()
@@ -321,8 +530,8 @@ def _validate_fast(text: str) -> ProfileFile | None:
         return None
 
 
-def _validate_located(text: str, path: Path) -> ProfileFile:
-    """Load with line numbers and validate; raises ProfileError naming line and field."""
+def _load_located(text: str, path: Path) -> CommentedMap:
+    """The profile's YAML with line numbers; raises ProfileError if it is not a mapping."""
     yaml = YAML(typ="rt")
     try:
         root = yaml.load(text)
@@ -339,21 +548,7 @@ def _validate_located(text: str, path: Path) -> ProfileFile:
         raise ProfileError(path, "empty profile (it needs at least name and email)")
     if not isinstance(root, CommentedMap):
         raise ProfileError(path, "a profile is a mapping of keys (name:, email:, ...)", line=1)
-    try:
-        data = ProfileFile.model_validate(_plain(root))
-    except ValidationError as exc:
-        errors = exc.errors()
-        # Of a union's alternatives, the one that got furthest is what the person meant.
-        error = max(errors, key=lambda e: len(e["loc"]))
-        loc = _clean_loc(tuple(error["loc"]))
-        problems = len({_field_name(tuple(e["loc"])[:2]) for e in errors})
-        message = _problem(error)
-        if error["type"] == "too_long" and "ctx" in error:
-            message += "; see docs/limits.md"
-        more = f" (and {problems - 1} more problems)" if problems > 1 else ""
-        raise ProfileError(path, message + more, line=_line_of(root, loc) or 1,
-                           field=_field_name(loc)) from exc
-    return data
+    return root
 
 
 def _read_profile(path: Path) -> bytes:
@@ -441,14 +636,66 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
             if stat is not None:
                 parsed.append((profile, stat, seen_ns))
         if for_sending and profile.subscriber_id in seen:
-            errors.append(ProfileError(path, f"same subscriber id {profile.subscriber_id!r} as "
-                                             f"{seen[profile.subscriber_id]}"))
+            errors.append(_same_id(path, profile.subscriber_id, seen[profile.subscriber_id]))
             continue
         seen[profile.subscriber_id] = path
         profiles.append(profile)
     if cache is not None and parsed:
         cache.put(parsed)
     return ProfileSet(tuple(profiles), tuple(errors))
+
+
+def _same_id(path: Path, subscriber_id: str, other: Path) -> ProfileError:
+    return ProfileError(path, f"same subscriber id {subscriber_id!r} as {other}")
+
+
+@dataclass(frozen=True)
+class ProfileCheck:
+    """One profile file as `digest profile validate` sees it: the profile it holds, or
+    every problem it has (in the order of its lines)."""
+
+    path: Path
+    profile: Profile | None
+    problems: tuple[ProfileError, ...] = ()
+
+
+def check_profile_text(text: str, path: Path, *, default_max_papers: int = 10) -> ProfileCheck:
+    """Every problem of a profile's text, as sending judges it (its subscriber id, from
+    `id:` or else the file name, must be valid); the profile if it has none."""
+    data, problems = _fields_of(text, path)
+    declares_id = (data.id is not None if data is not None
+                   else re.search(r"^id\s*:", text, re.MULTILINE) is not None)
+    if not declares_id and not _SUBSCRIBER_ID.match(path.stem):
+        problems.insert(0, _bad_file_name(path))
+    if data is None or problems:
+        return ProfileCheck(path, None, tuple(problems))
+    profile = _profile_of(data, path, data.id or path.stem, default_max_papers)
+    return ProfileCheck(path, profile)
+
+
+def check_profiles(paths: Iterable[Path], *, default_max_papers: int = 10
+                   ) -> list[ProfileCheck]:
+    """Every problem of every profile file, as sending judges them: each file's own (see
+    `check_profile_text`), and a subscriber id an earlier file has already. Never raises
+    for a file: what cannot be read is its one problem."""
+    checks = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        try:
+            text = _decode_profile(_read_profile(path), path)
+        except ProfileError as exc:
+            checks.append(ProfileCheck(path, None, (exc,)))
+            continue
+        check = check_profile_text(text, path, default_max_papers=default_max_papers)
+        if check.profile is not None:
+            subscriber_id = check.profile.subscriber_id
+            if subscriber_id in seen:
+                check = ProfileCheck(path, None, (_same_id(path, subscriber_id,
+                                                           seen[subscriber_id]),))
+            else:
+                seen[subscriber_id] = path
+        checks.append(check)
+    return checks
 
 
 # Editing ------------------------------------------------------------------------------
@@ -777,7 +1024,11 @@ def _check_key(path: Path, key: str) -> list[str]:
     known = ProfileFile.model_fields
     if parts[0] not in known or (len(parts) == 2 and (
             parts[0] != "keywords" or parts[1] not in _Keywords.model_fields)) or len(parts) > 2:
-        raise ProfileError(path, f"{key}: unknown field (one of: {', '.join(known)})")
+        keys = [*known, *(f"keywords.{k}" for k in _Keywords.model_fields)]
+        near = (f"keywords.{key}" if key in _Keywords.model_fields  # `mute`: keywords.mute
+                else closest(key, keys))
+        hint = f"; did you mean `{near}`?" if near else f" (one of: {', '.join(keys)})"
+        raise ProfileError(path, f"{key}: unknown field{hint}")
     return parts
 
 
@@ -864,17 +1115,9 @@ class FieldsEdit:
 
 
 def _field_problems(exc: ValidationError) -> tuple[FieldProblem, ...]:
-    """Every problem of a validation, one per value (per list item), each where
-    `digest profile validate` would say it is."""
-    chosen: dict[tuple[int | str, ...], ErrorDetails] = {}
-    for error in exc.errors():
-        loc = _clean_loc(tuple(error["loc"]))
-        cut = next((i + 1 for i, part in enumerate(loc) if isinstance(part, int)), len(loc))
-        # Of a union's alternatives, the one that got furthest is what the person meant.
-        if loc[:cut] not in chosen or len(error["loc"]) > len(chosen[loc[:cut]]["loc"]):
-            chosen[loc[:cut]] = error
+    """Every problem of a validation, each where and as `digest profile validate` says it."""
     return tuple(FieldProblem(_field_name(tuple(e["loc"])), _problem(e))
-                 for e in chosen.values())
+                 for e in _chosen_errors(exc))
 
 
 class _Invalid(Exception):  # noqa: N818 - control flow inside set_fields, never seen
@@ -1007,28 +1250,19 @@ def read_value(text: str) -> Any:
 
 def new_profile_text(name: str, email: str, interests: Sequence[str],
                      timezone: str = "UTC", schedule: str = "daily 07:00") -> str:
-    """A new profile file, with comments saying what each field does; checked before it is
-    returned (raises ProfileError)."""
-    def scalar(value: str) -> str:
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML string
-
-    listed = ("\n" + "".join(f"  - {scalar(i)}\n" for i in interests)) if interests else " []\n"
-    text = (f"# digest profile: who gets the email, when, and what it should hold.\n"
-            f"name: {scalar(name)}\n"
-            f"email: {scalar(email)}\n"
-            f"timezone: {scalar(timezone)}     # an IANA zone, e.g. Europe/Lisbon\n"
-            f"schedule: {scalar(schedule)}  # daily HH:MM, weekdays HH:MM, weekly DAY HH:MM, "
-            "every 6h, or cron\n"
-            "max_papers: 10\n"
-            "# What you want: topics, methods, phrases you would search for. An entry can\n"
-            "# be weighted: - {text: graph neural networks, weight: 2}\n"
-            f"interests:{listed}"
-            "# Papers you liked or disliked (arXiv ids or titles); the email's links add\n"
-            "# to these lists.\n"
-            "liked: []\n"
-            "disliked: []\n")
-    parse_profile(text, Path("new.yaml"))
-    return text
+    """A new profile file: the commented template (PROFILE_TEMPLATE) holding these values,
+    and empty lists of liked and disliked papers. Not checked: `check_profile_text` says
+    what, if anything, is wrong with it."""
+    template = PROFILE_TEMPLATE.read_text(encoding="utf-8")
+    yaml = _round_trip(template)
+    root = yaml.load(template)
+    for key, value in (("name", name), ("email", email), ("timezone", timezone),
+                       ("schedule", schedule)):
+        root[key] = value
+    _refill(root, "interests", [(text, None) for text in interests])
+    buffer = io.StringIO()
+    yaml.dump(root, buffer)
+    return buffer.getvalue()
 
 
 def profile_schema() -> dict[str, Any]:
@@ -1037,3 +1271,255 @@ def profile_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "digest subscriber profile"
     return schema
+
+
+def subscriber_id_for(email: str) -> str:
+    """The subscriber id (and file name) a new profile gets from its address: `ana` for
+    ana@example.org; what an id cannot hold becomes '-'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", email.partition("@")[0]).strip("._-")
+    return stem[:100] or "subscriber"
+
+
+def nearest_papers(reference: str, papers: Iterable[Paper], *, count: int = 3) -> list[Paper]:
+    """The papers a reference that names none of them most nearly names, best first: for a
+    title, those whose title holds it whole (a title cut short), then the closest titles
+    (difflib, on normalised titles); for an arXiv id or a DOI, the closest ids."""
+    arxiv_id, doi = parse_arxiv_id(reference), parse_doi(reference)
+    if arxiv_id or doi:
+        by_id = {key: paper for paper in papers
+                 if (key := paper.arxiv_id if arxiv_id else paper.doi)}
+        found = difflib.get_close_matches(arxiv_id or doi or "", by_id, n=count, cutoff=0.8)
+        return [by_id[key] for key in found]
+    wanted = normalise_title(reference)
+    if not wanted:
+        return []
+    by_title: dict[str, Paper] = {}
+    for paper in papers:
+        by_title.setdefault(normalise_title(paper.title), paper)
+    holding = sorted((key for key in by_title if len(wanted) >= 4
+                      and f" {wanted} " in f" {key} "), key=len) if wanted else []
+    close = difflib.get_close_matches(wanted, by_title, n=count, cutoff=0.6)
+    keys = list(dict.fromkeys([*holding[:count], *close]))[:count]
+    return [by_title[key] for key in keys]
+
+
+# Rosters ------------------------------------------------------------------------------
+
+# What `digest profile import-csv` reads (docs/limits.md): a lab's or a team's list of
+# people, one row each. A file past these is a mistake (the wrong export), not a team.
+MAX_ROSTER_BYTES = 5 * 1024 * 1024
+MAX_ROSTER_ROWS = 10_000
+ROSTER_COLUMNS = ("name", "email", "interests", "schedule", "timezone", "id")
+_REQUIRED_COLUMNS = ("name", "email", "interests")
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    """One person of a roster, as their row gives them (empty optional cells: None)."""
+
+    line: int
+    name: str
+    email: str
+    interests: tuple[str, ...]
+    schedule: str | None = None
+    timezone: str | None = None
+    subscriber_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RosterParse:
+    """What a roster held: its people, and the rows that could not be read."""
+
+    rows: tuple[RosterRow, ...]
+    problems: tuple[Problem, ...] = ()
+
+
+def parse_roster_text(text: str, source: str, *,
+                      max_rows: int = MAX_ROSTER_ROWS) -> RosterParse:
+    """Read a roster: CSV with a header naming its columns (name, email, interests; and
+    schedule, timezone, id if wanted), then a row per person, interests separated by ';'.
+    Pure, and never raises: a header that cannot be used is one fatal problem."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns: list[str] | None = None
+    rows: list[RosterRow] = []
+    problems: list[Problem] = []
+    records = 0
+    while True:
+        line = reader.line_num + 1  # where the next record starts
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.append(Problem(source, line, f"not CSV from here on: {exc}"))
+            break
+        if not any(cell.strip() for cell in record):
+            continue
+        if columns is None:
+            columns, fatal = _roster_header(record)
+            if fatal:
+                return RosterParse((), (Problem(source, line, fatal, fatal=True),))
+            continue
+        records += 1
+        if records > max_rows:
+            problems.append(Problem(source, line, f"more than {max_rows:,} rows: this one and "
+                                                  "those after it are not read (see "
+                                                  "docs/limits.md)"))
+            break
+        if len(record) != len(columns):
+            problems.append(Problem(source, line, f"{_counted(len(record), 'value')} where the "
+                                                  f"header has {len(columns)} (a value that "
+                                                  "holds a comma needs double quotes)"))
+            continue
+        cells = {column: cell.strip() for column, cell in zip(columns, record, strict=True)}
+        rows.append(RosterRow(
+            line=line, name=cells["name"], email=cells["email"],
+            interests=tuple(i.strip() for i in cells["interests"].split(";") if i.strip()),
+            schedule=cells.get("schedule") or None, timezone=cells.get("timezone") or None,
+            subscriber_id=cells.get("id") or None))
+    if columns is None:
+        return RosterParse((), (Problem(source, None, "no header: the first line names the "
+                                                      "columns, name,email,interests",
+                                        fatal=True),))
+    return RosterParse(tuple(rows), tuple(problems))
+
+
+def _roster_header(record: Sequence[str]) -> tuple[list[str], str | None]:
+    """A roster's columns, or why its header cannot be used."""
+    columns = [cell.strip().casefold() for cell in record]
+    if len(columns) == 1:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if separator in columns[0]:
+                return [], (f"the header is separated by {name}; digest reads values separated "
+                            "by commas (name,email,interests): save the file as CSV with "
+                            "commas")
+    for index, column in enumerate(columns, 1):
+        if column not in ROSTER_COLUMNS:
+            near = closest(column, ROSTER_COLUMNS) if column else None
+            hint = (f"; did you mean `{near}`?" if near else
+                    f" (the columns: {', '.join(ROSTER_COLUMNS)})")
+            return [], (f"unknown column {column!r}{hint}" if column else
+                        f"column {index} has no name{hint}")
+        if columns.index(column) != index - 1:
+            return [], f"the column {column!r} is named twice"
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        return [], (f"no {' or '.join(missing)} column: the header names at least "
+                    "name,email,interests")
+    return columns, None
+
+
+@dataclass(frozen=True)
+class RosterImport:
+    """What `import_roster` did: the profiles it wrote, the people left alone because they
+    have a profile already, the rows refused, and notes on the file; each with its line."""
+
+    rows: int
+    written: tuple[Path, ...] = ()
+    existing: tuple[Problem, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    notes: tuple[Problem, ...] = ()
+
+
+def import_roster(path: Path, folder: Path) -> RosterImport:
+    """Write a profile (the commented template) into `folder` for each person of a roster
+    file (see `parse_roster_text`), as `digest profile new` would. A person who has a
+    profile already (the same address, or the same id and address) is left alone, so
+    importing again writes nothing twice; a row that would make an invalid profile, or
+    whose id another person's profile has, is refused and the other rows are written.
+    Raises InputError if the file cannot be used at all."""
+    data = read_regular_file(path, MAX_ROSTER_BYTES, kind="roster")
+    text, notes = decode_text(path, data)
+    parsed = parse_roster_text(text, str(path))
+    fatal = [p for p in parsed.problems if p.fatal]
+    if fatal:
+        raise InputError(path, fatal[0].reason, line=fatal[0].line)
+    by_id, by_email = _existing_profiles(folder)
+    written: list[Path] = []
+    existing: list[Problem] = []
+    problems = list(parsed.problems)
+    email_lines: dict[str, int] = {}  # each address of the roster: its first row
+    id_lines: dict[str, int] = {}
+
+    def refuse(row: RosterRow, reason: str) -> None:
+        problems.append(Problem(str(path), row.line, reason))
+
+    for row in parsed.rows:
+        subscriber_id = row.subscriber_id or subscriber_id_for(row.email)
+        target = folder / f"{subscriber_id}.yaml"
+        if not row.name or not row.email:
+            refuse(row, f"{'name' if not row.name else 'email'}: empty")
+            continue
+        if not _SUBSCRIBER_ID.match(subscriber_id):
+            refuse(row, f"id: {subscriber_id!r} cannot be a subscriber id (and file name): "
+                        "letters, digits, '.', '_' or '-', starting with a letter or digit")
+            continue
+        text = new_profile_text(row.name, row.email, row.interests, row.timezone or "UTC",
+                                row.schedule or "daily 07:00")
+        check = check_profile_text(text, target)
+        if check.profile is None:
+            for problem in check.problems:
+                refuse(row, problem.reason)
+            continue
+        email = check.profile.email.casefold()
+        if email in email_lines:
+            refuse(row, f"email: {check.profile.email} is line {email_lines[email]}'s too; "
+                        "one row per person")
+            continue
+        if subscriber_id in id_lines:
+            made = "" if row.subscriber_id else " (made from the address)"
+            refuse(row, f"id: {subscriber_id!r}{made} is line {id_lines[subscriber_id]}'s too: "
+                        "give one of them another in an id column")
+            continue
+        email_lines[email], id_lines[subscriber_id] = row.line, row.line
+        if email in by_email:
+            existing.append(Problem(str(path), row.line, f"{check.profile.email}: "
+                                    f"{by_email[email]} has this address already; left as "
+                                    "it is"))
+            continue
+        if subscriber_id in by_id:
+            other, other_email = by_id[subscriber_id]
+            refuse(row, f"id: {subscriber_id!r} is {other}'s, a profile for "
+                        f"{other_email or 'another address'}: give this row an id")
+            continue
+        if not write_new_profile(target, text):  # made since the folder was read
+            existing.append(Problem(str(path), row.line, f"{target} exists already; left as "
+                                                         "it is"))
+            continue
+        written.append(target)
+    problems.sort(key=lambda p: p.line or 0)  # the rows that could not be read among them
+    return RosterImport(len(parsed.rows), tuple(written), tuple(existing), tuple(problems),
+                        tuple(notes))
+
+
+def _existing_profiles(folder: Path) -> tuple[dict[str, tuple[Path, str | None]],
+                                              dict[str, Path]]:
+    """The profiles in a folder by subscriber id (with their address) and by address
+    (case aside). A broken file still takes its name's id."""
+    by_id: dict[str, tuple[Path, str | None]] = {}
+    by_email: dict[str, Path] = {}
+    for path in profile_paths(folder):
+        by_id.setdefault(path.stem, (path, None))
+        try:
+            profile = load_profile(path, strict_id=False)
+        except ProfileError:
+            continue
+        by_id[profile.subscriber_id] = (path, profile.email)
+        by_id[path.stem] = (path, profile.email)
+        by_email.setdefault(profile.email.casefold(), path)
+    return by_id, by_email
+
+
+def write_new_profile(path: Path, text: str) -> bool:
+    """Write a new profile file; False, and nothing written, if the file exists (never
+    over someone's file, even one made a moment ago). Raises ProfileError if the folder
+    cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise ProfileError(path, f"cannot be written: {exc.strerror or exc}") from exc
+    return True

@@ -20,10 +20,10 @@ import pytest
 
 from digest.config import DaemonSettings, Settings
 from digest.ingest import read_digest_file
+from digest.ingest.storing import ingest_files
 from digest.models import EditionState
 from digest.running.daemon import Daemon
 from digest.running.dispatch import retry_delay_s
-from digest.running.editions import ingest_files
 
 from .conftest import NOW
 from .feedserver import FEEDS, Behaviour, FeedServer

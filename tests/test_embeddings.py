@@ -3,6 +3,7 @@ cleanly when not."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 from digest.config import RankSettings
-from digest.embed import load_embedder
+from digest.embed import PROGRESS_BATCH, load_embedder, paper_vectors
+from digest.ingest.storing import ingest_files
 from digest.models import Interest, Profile
-from digest.running.editions import EditionRun, embed_papers, ingest_files
+from digest.running.editions import EditionRun, embed_papers
 
 from .conftest import NOW
 
@@ -95,3 +97,22 @@ def test_profiles_ranked_together_with_embeddings_get_what_each_gets_alone(store
     assert embedder.encoded - before == len(topics) + 1  # each phrase once, in one batch
     alone = [run.choose_picks(p, now=NOW, everything=True, top=5) for p in profiles]
     assert together == alone and all(together)
+
+
+def test_paper_vectors_tell_their_progress_and_are_the_same_with_it(store, seeds):
+    """With a progress callable, papers are encoded PROGRESS_BATCH at a time and each batch
+    is told; the vectors are those of one call (an encoder that needs no extra)."""
+    ingest_files(store, seeds[:2], now=NOW, reference=NOW)
+    papers = store.papers()
+    assert len(papers) > PROGRESS_BATCH
+
+    def encode(texts):
+        rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:8]
+                for t in texts]
+        return np.asarray(rows, dtype=np.float32)
+
+    told: list[int] = []
+    stepped = paper_vectors(encode, papers, progress=told.append)
+
+    assert sum(told) == len(papers) and max(told) == PROGRESS_BATCH
+    assert np.allclose(stepped, paper_vectors(encode, papers))

@@ -13,9 +13,10 @@ from collections import Counter
 from digest.commands.smtpsink import DROP, SmtpSink
 from digest.config import MailSettings
 from digest.deliver import SmtpMailer
+from digest.ingest.storing import ingest_files
 from digest.models import EditionState
 from digest.profiles import load_profile
-from digest.running.editions import EditionRun, Status, ingest_files
+from digest.running.editions import EditionRun, Status
 
 from .conftest import NOW
 

@@ -1,12 +1,18 @@
-"""Digest file ingest: seed files, hostile variants, bad files, year inference, robustness."""
+"""Digest file ingest: seed files, hostile variants, bad files, year inference, robustness,
+and the progress a long ingest shows."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import random
-from collections.abc import Iterator
-from datetime import date
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,10 @@ from digest.errors import InputError
 from digest.identity import normalise_title
 from digest.ingest.digestfile import DigestParse, infer_date, parse_digest_text
 from digest.ingest.files import read_digest_file
+from digest.ingest.storing import ingest_files
+from digest.progress import progress
+
+from .running import digest_cli
 
 DIGESTS = Path(__file__).parent / "data" / "digests"
 REFERENCE = date(2026, 11, 25)
@@ -302,3 +312,124 @@ def test_links_under_a_title_give_its_arxiv_id_and_page():
     assert (other.arxiv_id, other.url) == (None, "https://example.org/papers/42")
     assert [(p.line, p.reason) for p in parsed.problems] == [
         (12, "link line (the entry has one already)")]
+
+
+# --- progress: long ingests say how far they are ------------------------------------------
+
+
+def write_big_digest(path: Path, entries: int) -> Path:
+    """A generated digest file of `entries` distinct papers."""
+    rng = random.Random(0)
+    words = ("attention retrieval dense sparse model language vision graph agent policy "
+             "token kernel reward transformer").split()
+    lines = ["new", "", "Get trending papers in your email inbox!", "", "Mar 11", ""]
+    for n in range(entries):
+        title = " ".join(rng.choice(words).title() for _ in range(7)) + f" {n}"
+        lines += [title, "", " ".join(rng.choice(words) for _ in range(60)) + ". " + ABSTRACT,
+                  ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+class Ticks:
+    """A clock that moves `step_s` every time it is read."""
+
+    def __init__(self, step_s: float):
+        self.now, self.step_s = 0.0, step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "digest.progress"]
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth_and_silent_for_short_work(caplog):
+    caplog.set_level(logging.INFO, logger="digest.progress")
+    with progress("Storing big.txt", 1000, unit="paper", stream=io.StringIO(),
+                  clock=Ticks(0.3)) as advance:
+        for _ in range(100):
+            advance(10)
+    lines = progress_lines(caplog)
+    assert lines[0] == "Storing big.txt: 100 of 1,000 papers (10%) in 3 s, about 27 s left"
+    assert lines[-1] == "Storing big.txt: 1,000 of 1,000 papers (100%) in 30 s"
+    assert [int(re.search(r"\((\d+)%\)", line).group(1)) for line in lines] == [
+        10, 20, 30, 40, 50, 60, 70, 80, 90, 100]  # a line per tenth
+
+    caplog.clear()
+    with progress("Quick", 5, unit="file", stream=io.StringIO(), clock=Ticks(0.1)) as advance:
+        for _ in range(5):
+            advance(1)
+    assert progress_lines(caplog) == []  # under a second: nothing to say
+
+    with progress("Unknown", None, unit="file", stream=io.StringIO(),
+                  clock=Ticks(1.0)) as advance:
+        for _ in range(12):
+            advance(1)
+    assert progress_lines(caplog) == ["Unknown: 1 file in 1 s", "Unknown: 6 files in 6 s",
+                                      "Unknown: 11 files in 11 s",
+                                      "Unknown: 12 files in 13 s, done"]
+
+    caplog.clear()
+    with progress("Hushed", 10, quiet=True, clock=Ticks(9)) as advance:
+        advance(10)
+    assert progress_lines(caplog) == []
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_a_rich_bar_and_a_nested_one_shares_it(caplog):
+    caplog.set_level(logging.INFO, logger="digest.progress")
+    screen = Terminal()
+    with progress("Reading digest files", 2, unit="file", stream=screen) as files:
+        with progress("Storing big.txt", 4, unit="paper", stream=screen) as papers:
+            papers(4)
+        files(2)
+    assert "Reading digest files" in screen.getvalue() and "papers" in screen.getvalue()
+    assert progress_lines(caplog) == []  # a bar, not log lines
+
+
+def test_ingest_tells_its_progress_of_each_file_and_each_paper(store, seeds, tmp_path):
+    told: list[tuple[str, int]] = []
+
+    @contextmanager
+    def shown(path: Path, entries: int) -> Iterator[Callable[[int], None]]:
+        told.append((path.name, entries))
+        yield lambda n: told.append(("stored", n))
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    report = ingest_files(store, [seeds[0], empty], now=datetime.now(UTC), progress=shown)
+
+    assert told[0] == (seeds[0].name, report.entries) and told[-1] == ("empty.txt", 0)
+    assert told[1:-1] == [("stored", 1)] * report.entries
+    assert len(report.rejected) == 1
+
+
+@pytest.mark.slow
+def test_a_large_file_gives_progress_lines_when_not_on_a_terminal(tmp_path):
+    """`digest ingest` of a 5,000-paper file, its stderr a pipe (a real process): log lines
+    on the way (after its first quiet second) and one when done."""
+    big = write_big_digest(tmp_path / "big.txt", 5000)
+    command, env = digest_cli(tmp_path / "digest.toml")
+    env.pop("DIGEST_CONFIG", None)
+    (tmp_path / "digest.toml").write_text('data_dir = "data"\n')
+
+    done = subprocess.run([*command, "ingest", str(big), "--date", "2026-03-11"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("1 file, 5,000 entries, 5,000 new papers (5,000 stored), "
+                           "0 files rejected.\n")
+    lines = [line.partition(" digest.progress ")[2] for line in done.stderr.splitlines()
+             if " INFO digest.progress Storing big.txt: " in line]
+    assert len(lines) >= 2, done.stderr
+    assert re.fullmatch(r"Storing big\.txt: [\d,]+ of 5,000 papers \(\d+%\) in \d+ s.*",
+                        lines[0]) and "(100%)" not in lines[0]
+    assert re.fullmatch(r"Storing big\.txt: 5,000 of 5,000 papers \(100%\) in \d+ s",
+                        lines[-1])

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "digest"
 # In order: a module may import from its own layer and the layers before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("digest", "digest.config", "digest.models", "digest.errors",
-                    "digest.identity", "digest.reading", "digest.background")),
+                    "digest.identity", "digest.reading", "digest.background",
+                    "digest.progress")),
     ("store", ("digest.store",)),
     ("ingest", ("digest.ingest",)),
     ("profiles", ("digest.profiles", "digest.profilecache", "digest.schedule",

@@ -358,7 +358,7 @@ def test_imported_references_are_never_offered(stored, run_cli, write_profile, c
     assert not {p.key for p in run.candidates(NOW - timedelta(days=7)).papers} & references
     dry = run_cli("-c", config_file, "send", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    [email] = [p for p in (tmp_path / "outbox").iterdir() if p.name.startswith("bo_")]
+    [email] = [p for p in (tmp_path / "outbox").iterdir() if p.name.startswith("bo-")]
     sent = email.read_bytes()
     assert b"Dense Passage Retrieval" not in sent and b"Attention is all" not in sent
 

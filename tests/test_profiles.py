@@ -8,15 +8,20 @@ import pytest
 
 from digest.errors import ProfileError
 from digest.identity import check_email
-from digest.models import Interest
+from digest.models import Interest, Paper
 from digest.profiles import (
     MAX_AUTHORS,
     MAX_INTERESTS,
     MAX_PAPER_REFERENCES,
     MAX_PROFILE_BYTES,
+    MAX_ROSTER_ROWS,
     MAX_TERMS,
+    check_profile_text,
     load_profile,
     load_profiles,
+    nearest_papers,
+    parse_roster_text,
+    set_fields,
 )
 
 from .hostile import HOSTILE_PROFILES, write_hostile_profiles
@@ -69,7 +74,7 @@ def test_minimal_profile_gets_defaults(write_profile):
     ("name: Bo\nemail: bo@example.org\ninterests:\n  - a\n  - text: b\n    weight: high\n",
      ":6: interests[1].weight: Input should be a valid number"),
     ("name: Bo\nemail: bo@example.org\nintrests: [a]\n",
-     ":3: intrests: unknown field (check the spelling)"),
+     ":3: intrests: unknown field; did you mean `interests`?"),
     ("name: [Bo\nemail: bo@example.org\n", ":2: not valid YAML"),
     ("email: bo@example.org\n", ":1: name: required field is missing"),
     ("name: Bo\nemail: bo.example.org\n", ":2: email: 'bo.example.org' is not an email"),
@@ -205,3 +210,142 @@ def test_a_profile_at_every_limit_loads(write_profile):
     assert path.stat().st_size < MAX_PROFILE_BYTES
     profile = load_profile(path)
     assert len(profile.interests) == MAX_INTERESTS and len(profile.liked) == MAX_PAPER_REFERENCES
+
+
+# --- every problem, and the nearest right word ------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("intrests: [a]", "intrests: unknown field; did you mean `interests`?"),
+    ("Email2: x", "Email2: unknown field; did you mean `email`?"),
+    ("colour: red", "colour: unknown field (the fields here: id, name, email, timezone, "
+                    "schedule, max_papers, interests, keywords, avoid, authors, liked, "
+                    "disliked, active, min_score, when_nothing)"),
+    ("require: [a]", "require: unknown field; did you mean `keywords.require`?"),
+    ("keywords: {mutte: [a]}", "keywords.mutte: unknown field; did you mean `mute`?"),
+    ("interests: [{text: a, wieght: 2}]", "interests[0].wieght: unknown field; did you mean "
+                                          "`weight`?"),
+    ("when_nothing: notes", "when_nothing: Input should be 'skip' or 'note'; did you mean "
+                            "`note`?"),
+    ("when_nothing: always", "when_nothing: Input should be 'skip' or 'note'"),
+    ("active: yes", "active: Input should be a valid boolean (true or false)"),
+    ("schedule: daly 07:00", "schedule: bad schedule 'daly 07:00'; did you mean `daily 07:00`?"),
+    ("schedule: weekdays at 7.30 pm", "did you mean `weekdays 19:30`?"),
+    ("schedule: weekly thrusday 08:00", "did you mean `weekly thursday 08:00`?"),
+    ("schedule: daily", "did you mean `daily 07:00`?"),
+    ("schedule: weekends 07:00", "schedule: bad schedule 'weekends 07:00': expected"),
+    ("schedule: 0 7 * * 8", "schedule: bad schedule '0 7 * * 8': day of week"),
+    ("timezone: europe/lisbn", "timezone: unknown time zone 'europe/lisbn'; did you mean "
+                               "`Europe/Lisbon`?"),
+    ("timezone: New York", "did you mean `America/New_York`?"),
+    ("timezone: Sao Paolo", "did you mean `America/Sao_Paulo`?"),
+    ("timezone: UTC+2", "timezone: unknown time zone 'UTC+2': an offset is not a zone; use the "
+                        "zone of a city (Europe/Berlin), which follows its summer time"),
+    ("timezone: CEST", "timezone: unknown time zone 'CEST' (use an IANA name like "
+                       "Europe/Lisbon)"),
+    ("timezone: Mars/Olympus", "timezone: unknown time zone 'Mars/Olympus' (use an IANA name"),
+])
+def test_each_problem_says_the_nearest_right_word(tmp_path, line, expected):
+    path = tmp_path / "bo.yaml"
+    check = check_profile_text(f"name: Bo\nemail: bo@example.org\n{line}\n", path)
+    assert check.profile is None and len(check.problems) == 1
+    problem = str(check.problems[0])
+    assert problem.startswith(f"{path}:3: ") and expected in problem, problem
+
+
+def test_every_problem_comes_back_in_line_order(tmp_path):
+    path = tmp_path / "bo.yaml"
+    text = ("email: bo@example\nmax_papers: 0\ninterests:\n  - ok\n  - {weight: high, x: 1}\n"
+            "  - ''\nwhen_nothing: skp\nnamee: Bo\n")
+    check = check_profile_text(text, path)
+    assert [(p.line, p.field) for p in check.problems] == [
+        (1, "name"), (2, "max_papers"), (5, "interests[1].text"), (5, "interests[1].weight"),
+        (5, "interests[1].x"), (6, "interests[2]"), (7, "when_nothing"), (8, "namee")]
+    # Loading (for a send, the daemon, status) keeps one line: the first, and a count.
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    assert str(caught.value) == (f"{path}:1: name: required field is missing (and 7 more "
+                                 "problems: `digest profile validate` lists them)")
+    assert caught.value.field == "name" and caught.value.line == 1
+    path.write_text("name: Bo\nemail: bo@example.org\nmax_papers: 0\navoid: 3\n",
+                    encoding="utf-8")
+    with pytest.raises(ProfileError, match=r"\(and 1 more problem: "):
+        load_profile(path)
+
+
+def test_a_good_profile_has_no_problems(tmp_path):
+    check = check_profile_text(FULL, tmp_path / "ana.yaml")
+    assert check.problems == () and check.profile is not None
+    assert check.profile == load_profile(_written(tmp_path / "ana.yaml", FULL))
+
+
+def _written(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_web_pages_get_the_same_words(write_profile):
+    """`set_fields` (the interests page) says what `digest profile validate` says."""
+    path = write_profile("ana", text=FULL)
+    edit = set_fields(path, {"timezone": "Europe/Lisbn", "schedule": "daly 07:00"})
+    assert {p.field: p.message for p in edit.problems} == {
+        "timezone": "unknown time zone 'Europe/Lisbn'; did you mean `Europe/Lisbon`?",
+        "schedule": "bad schedule 'daly 07:00'; did you mean `daily 07:00`?"}
+    with pytest.raises(ProfileError, match="max_paper: unknown field; did you mean "
+                                           "`max_papers`"):
+        set_fields(path, {"max_paper": 5})
+
+
+def _paper(title, arxiv_id=None):
+    from datetime import UTC, datetime
+
+    return Paper(key=arxiv_id or title.lower(), title=title, abstract="",
+                 first_seen=datetime(2026, 1, 1, tzinfo=UTC), arxiv_id=arxiv_id)
+
+
+PAPERS = [_paper("Promptagator: Few-shot Dense Retrieval From 8 Examples", "2209.11755"),
+          _paper("Dense Passage Retrieval for Open-Domain Question Answering"),
+          _paper("Dense X Retrieval: What Retrieval Granularity Should We Use?"),
+          _paper("Attention Is All You Need", "1706.03762")]
+
+
+@pytest.mark.parametrize(("reference", "titles"), [
+    ("promptagator few shot dense retreival", [PAPERS[0].title]),
+    ("Promptagator", [PAPERS[0].title]),  # a title cut short
+    ("Dense Passage Retrieval for Open Domain QA", [PAPERS[1].title]),
+    ("2209.11775", [PAPERS[0].title]),  # two digits swapped
+    ("1706.03762v9", []),  # an id that is right is found, not suggested; this one is stored
+    ("2401.00001", []),
+    ("Quantum gravity of cats", []),
+    ("", []),
+])
+def test_nearest_papers(reference, titles):
+    found = [p.title for p in nearest_papers(reference, PAPERS)]
+    if reference.startswith("1706"):
+        assert found == [PAPERS[3].title]
+    else:
+        assert found == titles
+
+
+def test_nearest_papers_gives_at_most_three():
+    papers = [_paper(f"Dense Retrieval Study {n}") for n in range(10)]
+    assert len(nearest_papers("dense retrieval study", papers)) == 3
+
+
+def test_a_roster_parses_with_the_line_of_each_row():
+    text = ('name,email,interests\n\nAna,ana@x.org,"a;\nb"\nBo,bo@x.org,c; d ;\n'
+            "Cy,cy@x.org,e\nDee,dee@x.org,f\n")
+    parsed = parse_roster_text(text, "lab.csv", max_rows=3)
+    assert [(r.line, r.name, r.interests) for r in parsed.rows] == [
+        (3, "Ana", ("a", "b")), (5, "Bo", ("c", "d")), (6, "Cy", ("e",))]
+    assert [str(p) for p in parsed.problems] == [
+        "lab.csv:7: more than 3 rows: this one and those after it are not read (see "
+        "docs/limits.md)"]
+    assert MAX_ROSTER_ROWS == 10_000
+
+
+@pytest.mark.parametrize("text", ["", "\x00\x01", "a,b\n\"unclosed", "name,email,interests\n"
+                                  + "x," * 5000, "\ufeffname,email,interests\n\r\n\r"])
+def test_a_roster_parse_never_raises(text):
+    parse_roster_text(text, "lab.csv")

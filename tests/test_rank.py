@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digest.ingest.storing import ingest_files
 from digest.models import Interest, Profile
 from digest.rank import (
     DEFAULT_PARAMS,
@@ -20,7 +21,7 @@ from digest.rank import (
 )
 from digest.rank.cache import candidate_cache
 from digest.rank.reasons import liked_section
-from digest.running.editions import ingest_files, resolve_preferences
+from digest.running.editions import resolve_preferences
 
 from .conftest import NOW
 

@@ -41,7 +41,7 @@ def test_reports_add_up():
 
 
 def test_send_all_over_two_processes(tmp_path, settings, seeds, smtp_sink, write_profile):
-    from digest.running.editions import ingest_files
+    from digest.ingest.storing import ingest_files
     from digest.store import Store
 
     store = Store.open(settings.db_url)
@@ -68,8 +68,8 @@ def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smt
     import os
     import sys
 
+    from digest.ingest.storing import ingest_files
     from digest.running import processes as shards
-    from digest.running.editions import ingest_files
     from digest.store import Store
 
     store = Store.open(settings.db_url)

@@ -11,7 +11,9 @@ import difflib
 import logging
 import re
 import socket
+import subprocess
 import threading
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -27,14 +29,15 @@ from starlette.testclient import TestClient
 from digest.commands.web import make_app
 from digest.config import Settings, WebSettings
 from digest.deliver import OutboxMailer
+from digest.ingest.storing import ingest_files
 from digest.models import OutgoingEmail
 from digest.profiles import load_profile
-from digest.running.editions import EditionRun, ingest_files
+from digest.running.editions import EditionRun
 from digest.store import Store
 from digest.tokens import LinkToken, Signer
 
 from .conftest import NOW
-from .running import wait_for
+from .running import ROOT, digest_cli, wait_for
 
 SECRET = "test-secret-" + "x" * 32
 PROFILE = """\
@@ -514,3 +517,55 @@ def test_a_client_that_leaves_mid_body_is_one_line_without_a_traceback(strict_ap
         wait_for(lambda: "web.client-gone" in caplog.text, 20, "the server to notice")
     assert "Exception in ASGI application" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+# `digest serve` itself: its port, and saying it serves only once it listens ---------------
+
+def _serve_command(config: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    command, env = digest_cli(config, DIGEST_SECRET=SECRET)
+    return [*command, "serve", "--port", str(port)], env
+
+
+def test_the_default_port_is_no_common_tools_default():
+    """Not aiosmtpd's or Mailpit's 8025 (the README's own test SMTP servers), not the demo's
+    8026, nor a web framework's usual one; and digest.toml says the same."""
+    default = WebSettings().port
+    assert default == 8377
+    assert default not in {8025, 8026, 8080, 8000, 5000, 3000, 8888, 5173, 9000}
+    shipped = tomllib.loads((ROOT / "digest" / "data" / "digest.toml").read_text())
+    assert shipped["web"]["port"] == default
+
+
+def test_serve_on_a_port_in_use_is_one_clear_line(config_file, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command, env = _serve_command(config_file, port)
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"digest: error: cannot serve the links of test.digest.example on "
+                           f"127.0.0.1:{port}: Address already in use (choose another with "
+                           "--port or [web] port)\n")
+
+
+def test_serve_says_it_serves_once_it_listens(config_file, tmp_path):
+    with socket.socket() as probe:  # a port free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command, env = _serve_command(config_file, port)
+    server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert line == (f"Serving the links of test.digest.example on http://127.0.0.1:{port}/ "
+                        "(Ctrl-C stops)\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:  # at once
+            client.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -270,7 +270,8 @@ def test_a_shard_waits_for_a_live_sender_then_takes_over_when_it_falls_silent(
     heartbeat stops they are taken back and sent: each edition once, one report."""
     from datetime import timedelta
 
-    from digest.running.editions import _last_slot, ingest_files
+    from digest.ingest.storing import ingest_files
+    from digest.running.editions import _last_slot
 
     ingest_files(store, seeds, now=now)
     ana = write_profile("ana", interests=["language models"], schedule="daily 07:00")
@@ -332,7 +333,8 @@ def test_one_subscribers_failure_stays_with_that_subscriber(store, seeds, write_
                                                            monkeypatch, smtp_sink, in_worker):
     """A bug while making one edition (here: rendering Ben's) is that edition's outcome;
     the shard's other editions go out, and the report says whose failed and why."""
-    from digest.running.editions import EditionRun, ingest_files
+    from digest.ingest.storing import ingest_files
+    from digest.running.editions import EditionRun
 
     ingest_files(store, seeds, now=now)
     paths = [write_profile(name, interests=["language models", "retrieval"],

@@ -6,49 +6,40 @@ stderr and exit status 1; a traceback is shown only with -vv.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console
-from rich.table import Table
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from digest import __version__
-from digest.config import CONFIG_NAME, Settings, load_settings
-from digest.deliver import OutboxMailer
 from digest.errors import DigestError
-from digest.models import Profile
-from digest.profilecache import ProfileCache
-from digest.profiles import (
-    load_profile,
-    load_profiles,
-    new_profile_text,
-    parse_profile,
-    profile_paths,
-    profile_schema,
-    set_feedback,
-    set_field,
-)
-from digest.running.editions import EditionRun, Status, ingest_files, ingest_inbox
+from digest.progress import Advance, counted, progress
 from digest.running.liveness import recover_abandoned, utc_now
-from digest.running.processes import send_all
-from digest.running.sending import SHOW_ALL, SendReport
-from digest.schedule import parse_schedule
-from digest.store import Store
+
+if TYPE_CHECKING:  # each command imports what it uses, so that start-up stays quick
+    from rich.console import Console
+
+    from digest.config import Settings
+    from digest.models import Profile
+    from digest.profiles import ProfileCheck
+    from digest.running.sending import SendReport
+    from digest.store import Store
+
+# `digest --help` imports only what is above (tests/test_startup.py checks it). Written
+# here, not imported from digest.config, which costs pydantic: the same name.
+CONFIG_NAME = "digest.toml"
 
 log = logging.getLogger("digest")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,10 +56,14 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from digest.config import load_settings
+
             self._settings = load_settings(self.config, data_dir=self.data_dir)
         return self._settings
 
     def open_store(self) -> Store:
+        from digest.store import Store
+
         return Store.open(self.settings.db_url)
 
 
@@ -120,6 +115,8 @@ def cli(ctx: click.Context, config: Path | None, data_dir: Path | None, verbose:
     if verbose < 2:
         for noisy in ("mail.log", "aiosmtplib", "apscheduler"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Long work says how far it is: a bar on a terminal, else these lines (digest/progress.py).
+    logging.getLogger("digest.progress").setLevel(logging.INFO)
     ctx.obj = Context(config=config, data_dir=data_dir, verbose=verbose)
 
 
@@ -141,24 +138,28 @@ def init(folder: Path) -> None:
         digest init ~/papers && cd ~/papers && digest send --dry-run
     """
     from digest.commands.demo import DATA
+    from digest.profiles import PROFILE_TEMPLATE
 
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("data", "profiles", "inbox", "outbox"):
         (folder / sub).mkdir(exist_ok=True)
+    # The example profile is the template `digest profile new` fills: one commented form.
     for source, target in ((DATA / "digest.toml", folder / CONFIG_NAME),
-                           (DATA / "example-profile.yaml", folder / "profiles" / "example.yaml")):
+                           (PROFILE_TEMPLATE, folder / "profiles" / "example.yaml")):
         if target.exists():
             click.echo(f"{target}: exists, left as it is")
         else:
             target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
             click.echo(f"{target}: written")
-    click.echo(f"Next: edit {folder / 'profiles' / 'example.yaml'}, drop digest files into "
-               f"{folder / 'inbox'}, then run `digest ingest` and `digest send --dry-run`.")
+    click.echo(f"Next: edit {folder / 'profiles' / 'example.yaml'} (one file per subscriber: "
+               "`digest profile new` writes one, `digest profile import-csv` one per row of a "
+               f"list), drop digest files into {folder / 'inbox'}, then run `digest ingest` "
+               "and `digest send --dry-run`.")
 
 
 # demo ----------------------------------------------------------------------------------
 
-DEMO_PORT = 8026  # where the demo's links point (not web.port, 8025, nor an SMTP port)
+DEMO_PORT = 8026  # where the demo's links point (not web.port, 8377, nor an SMTP port)
 
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -183,7 +184,13 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
         digest demo --out /tmp/demo
         digest demo --serve        # then click the links in digest-demo/ana.html
     """
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
     from digest.commands.demo import run_demo
+    from digest.running.editions import Status
 
     started = time.perf_counter()
     wanted = os.environ.get("DIGEST_EMBEDDINGS", "auto")
@@ -229,17 +236,22 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
         sys.exit(1)
 
 
-def _listen(port: int) -> socket.socket:
-    """A socket listening on 127.0.0.1:`port`, or one line saying why not."""
-    listener = socket.socket()
+def _listen(port: int, host: str = "127.0.0.1", *, what: str = "the demo's links",
+            hint: str = "choose another with --port") -> socket.socket:
+    """A socket listening on `host`:`port`, or one line saying why not (and exit 1)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        fail(f"cannot serve {what} on {host}:{port}: {getattr(exc, 'strerror', None) or exc}")
+    listener = socket.socket(family, kind, proto)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind(("127.0.0.1", port))
+        listener.bind(address)
     except OSError as exc:
         listener.close()
-        fail(f"cannot serve the demo's links on 127.0.0.1:{port}: {exc.strerror or exc} "
-             "(choose another with --port)")
-    listener.listen(64)
+        fail(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc} ({hint})")
+    listener.listen(2048)
     return listener
 
 
@@ -265,13 +277,19 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     Example:
         digest ingest inbox/*.txt --date 2026-03-11
     """
+    from digest.ingest.storing import ingest_files, ingest_inbox
+
     store = obj.open_store()
     try:
         reference = file_date.replace(tzinfo=UTC) if file_date else None
-        if paths:
-            report = ingest_files(store, paths, now=utc_now(), reference=reference)
-        else:
-            report = ingest_inbox(store, obj.settings.inbox_dir, now=utc_now())
+        with progress("Reading digest files", len(paths) or None, unit="file") as files_done:
+            shown = _file_progress(files_done)
+            if paths:
+                report = ingest_files(store, paths, now=utc_now(), reference=reference,
+                                      progress=shown)
+            else:
+                report = ingest_inbox(store, obj.settings.inbox_dir, now=utc_now(),
+                                      progress=shown)
         total = store.count_papers()
     finally:
         store.close()
@@ -281,10 +299,32 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
                                "new_papers": report.new_papers, "papers_stored": total,
                                "rejected": [str(p) for p in report.rejected]}))
     else:
-        click.echo(f"{report.files} files, {report.entries} entries, {report.new_papers} new "
-                   f"papers ({total} stored), {len(report.rejected)} files rejected.")
+        click.echo(f"{counted(report.files, 'file')}, "
+                   f"{counted(report.entries, 'entry', 'entries')}, "
+                   f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
+                   f"{counted(len(report.rejected), 'file')} rejected.")
     if report.rejected:
         sys.exit(1)
+
+
+LARGE_FILE = 2_000  # entries: a digest file this big shows the progress of its own papers
+
+
+def _file_progress(files_done: Advance
+                   ) -> Callable[[Path, int], AbstractContextManager[Advance | None]]:
+    """What `ingest_files` tells of each file: a bar of its papers for a large one, and one
+    more file done when it is stored."""
+
+    @contextmanager
+    def file(path: Path, entries: int) -> Iterator[Advance | None]:
+        if entries >= LARGE_FILE:
+            with progress(f"Storing {path.name}", entries, unit="paper") as advance:
+                yield advance
+        else:
+            yield None
+        files_done(1)
+
+    return file
 
 
 # rank ----------------------------------------------------------------------------------
@@ -307,11 +347,17 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     Example:
         digest --data-dir data rank profiles/ana.yaml --top 5 --json
     """
+    from rich.console import Console
+
+    from digest.profiles import load_profiles
+    from digest.running.editions import EditionRun
+
     loaded = load_profiles(profiles, default_max_papers=top, for_sending=False)
     report_problems(loaded.errors)
     store = obj.open_store()
     try:
-        run = EditionRun(store, obj.settings)
+        run = EditionRun(store, obj.settings, preview=True)
+        _say_if_preview_links(run)
         run.prefetch(loaded.profiles)
         by_path = {p.path: p for p in loaded.profiles}
         errors = {e.path: e for e in loaded.errors}
@@ -344,6 +390,8 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
 
 
 def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{profile.name} ({profile.path})")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -354,6 +402,14 @@ def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> No
         table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.section,
                       pick.reason)
     console.print(table if picks else f"{profile.name}: nothing relevant among stored papers")
+
+
+def _say_if_preview_links(run: Any) -> None:
+    """A command that sends nothing, with links but no DIGEST_SECRET: say that its links
+    are signed with the public preview key."""
+    if run.preview_only:
+        click.echo("DIGEST_SECRET is not set: the links here are signed with a public "
+                   "preview key and will not work (nothing is sent).", err=True)
 
 
 # preview -------------------------------------------------------------------------------
@@ -371,6 +427,9 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     Example:
         digest preview profiles/ana.yaml && xdg-open ana-preview.html
     """
+    from digest.profiles import load_profile
+    from digest.running.editions import EditionRun
+    from digest.schedule import parse_schedule
 
     settings = obj.settings
     profile = load_profile(profile_path, default_max_papers=settings.default_max_papers)
@@ -378,7 +437,8 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     slot = parse_schedule(profile.schedule, profile.timezone).next_slot(now)
     store = obj.open_store()
     try:
-        run = EditionRun(store, settings)
+        run = EditionRun(store, settings, preview=True)
+        _say_if_preview_links(run)
         picks = run.choose_picks(profile, now=now)
         message = run.render(profile, picks, slot=slot, now=now).email
     finally:
@@ -396,22 +456,68 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
 
 # send ----------------------------------------------------------------------------------
 
+def _plural(count: int, noun: str) -> str:
+    """"1 edition", "2 editions"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _test_address(_ctx: click.Context, _param: click.Parameter, value: str | None
+                  ) -> str | None:
+    """`send --to`: an address digest can send to (no line breaks, name@domain)."""
+    from digest.identity import check_email
+
+    if value is None:
+        return None
+    try:
+        return check_email(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @cli.command()
 @click.argument("profiles", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Write .eml files to the outbox folder instead "
               "of sending; the ledger is not touched.")
+@click.option("--retry-failed", is_flag=True, help="First put the failed editions of each "
+              "profile's current slot back in the queue, attempts reset (once the cause, "
+              "such as a refused recipient, is fixed).")
+@click.option("--to", "to", metavar="ADDRESS", callback=_test_address,
+              help="Send one PROFILE's next edition to ADDRESS instead, as a test "
+              "(\"[test]\" in its subject); nothing is recorded.")
 @pass_context
 @handle_errors
-def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
+def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool, retry_failed: bool,
+         to: str | None) -> None:
     """Send each subscriber's due edition, once: a second run sends nothing new.
 
-    Without PROFILE arguments, every profile in the profiles folder is served.
+    Without PROFILE arguments, every profile in the profiles folder is served. If the SMTP
+    server cannot be reached (refused, unknown host, TLS or login failing), the run stops
+    at once with one line saying what to check; its editions wait, pending, for the next
+    run.
 
     \b
     Example:
+        digest send --to me@example.org profiles/ana.yaml
         digest send --dry-run && digest send
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from digest.profilecache import ProfileCache
+    from digest.profiles import profile_paths
+    from digest.running.editions import Status
+    from digest.running.processes import send_all
+    from digest.running.sending import SHOW_ALL, requeue_failed
+
     settings = obj.settings
+    if to is not None:
+        if len(profiles) != 1 or dry_run or retry_failed:
+            raise click.UsageError("--to sends one PROFILE's edition as a test: give one "
+                                   "PROFILE, without --dry-run or --retry-failed")
+        _send_test(settings, profiles[0], to)
+        return
+    if dry_run and retry_failed:
+        raise click.UsageError("--retry-failed changes the ledger; a --dry-run does not")
     paths = list(profiles) or profile_paths(settings.profiles_dir)
     if not paths:
         fail(f"no profiles in {settings.profiles_dir} (run `digest init`, or pass files)")
@@ -422,6 +528,9 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
             report = _dry_run(store, settings, paths)
         else:
             recover_abandoned(store, now=utc_now())
+            if retry_failed:
+                requeued = requeue_failed(store, settings, paths, now=utc_now())
+                click.echo(f"Re-queued {_plural(requeued, 'failed edition')}.")
     finally:
         store.close()  # workers open their own; none may inherit this one
     if not dry_run:
@@ -450,11 +559,14 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
             table.add_row(o.profile.subscriber_id, str(o.status), str(o.count), detail)
         Console().print(table)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.most_common())
-    click.echo(f"{report.editions} editions in {elapsed:.1f} s: {counts or 'none due'}.")
+    click.echo(f"{_plural(report.editions, 'edition')} in {elapsed:.1f} s: "
+               f"{counts or 'none due'}.")
     report_problems(report.errors)
     for o in report.shown:
         if o.status is Status.FAILED:
-            click.echo(f"{o.profile.path}: edition not delivered: {o.detail}", err=True)
+            again = "" if o.retry else " (once fixed: digest send --retry-failed)"
+            click.echo(f"{o.profile.path}: edition not delivered: {o.detail}{again}",
+                       err=True)
         elif o.status is Status.ERROR:
             click.echo(f"{o.profile.path}: edition not sent: {o.detail} (a bug: please "
                        "report it with the output of -vv)", err=True)
@@ -462,13 +574,40 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool) -> None:
         sys.exit(1)
 
 
+def _send_test(settings: Settings, path: Path, to: str) -> None:
+    """`send --to`: the profile's next edition to `to` as a test; the server's refusal of
+    it is one line (a ConnectionFailure says it itself, through handle_errors)."""
+    from digest.errors import PermanentDeliveryError, TransientDeliveryError
+    from digest.running.sending import send_test
+
+    try:
+        sent = send_test(settings, path, to, now=utc_now())
+    except (TransientDeliveryError, PermanentDeliveryError) as exc:
+        fail(f"the test email to {to} was not delivered: {exc}")
+    nothing = (": nothing new, so the real edition would be skipped"
+               if not sent.picks and sent.profile.when_nothing == "skip" else "")
+    click.echo(f"Sent a test of {sent.profile.name}'s edition of "
+               f"{sent.slot.astimezone().isoformat(timespec='minutes')} "
+               f"({_plural(sent.picks, 'paper')}{nothing}) to {to}: {sent.reply}")
+
+
 def _dry_run(store: Store, settings: Settings, paths: Sequence[Path]) -> SendReport:
     """Every due edition written to the outbox as .eml, in this process; nothing recorded."""
+
+    import asyncio
+
+    from digest.deliver import OutboxMailer
+    from digest.profiles import load_profiles
+    from digest.running.editions import EditionRun
+    from digest.running.sending import SendReport
+
     loaded = load_profiles(paths, default_max_papers=settings.default_max_papers)
     report = SendReport(errors=[str(e) for e in loaded.errors])
     outbox = OutboxMailer(settings.outbox_dir)
-    outcomes = asyncio.run(EditionRun(store, settings).run_editions(
-        loaded.profiles, outbox, now=utc_now(), dry_run=True))
+    run = EditionRun(store, settings, preview=True)
+    _say_if_preview_links(run)
+    outcomes = asyncio.run(run.run_editions(loaded.profiles, outbox, now=utc_now(),
+                                            dry_run=True))
     for o in outcomes:
         report.counts[o.status] += 1
         report.shown.append(o.lite())
@@ -490,6 +629,9 @@ def run(obj: Context) -> None:
     Example:
         digest -c /etc/digest/digest.toml run
     """
+    import asyncio
+
+    from digest.config import load_settings
     from digest.running.daemon import Daemon
 
     settings = obj.settings
@@ -529,7 +671,8 @@ def worker(obj: Context) -> None:
 
 @cli.command()
 @click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
-@click.option("--port", type=int, help="Port to listen on (default: web.port, 8025).")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port to listen on (default: web.port, 8377).")
 @pass_context
 @handle_errors
 def serve(obj: Context, host: str | None, port: int | None) -> None:
@@ -539,7 +682,7 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
 
     \b
     Example:
-        digest serve --port 8025   # with DIGEST_SECRET set
+        digest serve --port 8377   # with DIGEST_SECRET set
     """
     import uvicorn
 
@@ -549,10 +692,14 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     app = make_app(settings)
     host = host or settings.web.host
     port = port or settings.web.port
-    click.echo(f"Serving the links of {settings.mail.list_id} on http://{host}:{port}/ "
+    listener = _listen(port, host, what=f"the links of {settings.mail.list_id}",
+                       hint="choose another with --port or [web] port")
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"Serving the links of {settings.mail.list_id} on http://{shown}:{port}/ "
                "(Ctrl-C stops)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False,
-                proxy_headers=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", server_header=False,
+                                           proxy_headers=True))
+    server.run(sockets=[listener])
 
 
 # status --------------------------------------------------------------------------------
@@ -562,42 +709,38 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
 @pass_context
 @handle_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Show each subscriber's next and last edition, each feed's last poll, and counts.
+    """Show whether a daemon runs (the leader and any standbys), each subscriber's next
+    and last edition, each feed's last poll, and counts. Reads only: with no digest.toml
+    and no database, it says so and creates nothing.
 
     \b
     Example:
         digest status --json
     """
-    from digest.commands.status import collect_status
+    from rich.console import Console
+
+    from digest.commands.status import (
+        collect_status,
+        print_status,
+        read_status_snapshot,
+        sqlite_file,
+    )
 
     settings = obj.settings
-    store = obj.open_store()
-    try:
-        report = collect_status(store, settings, now=utc_now())
-    finally:
-        store.close()
+    snapshot = read_status_snapshot(settings.db_url)
+    if snapshot is None:  # a SQLite file that is not there
+        where = sqlite_file(settings.db_url)
+        if settings.config_path is None:
+            fail(f"no {CONFIG_NAME} here and no database at {where}: nothing to show (run "
+                 "it in a folder `digest init` made, or give -c CONFIG)")
+        click.echo(f"No database yet at {where} (the first `digest ingest`, `send` or "
+                   "`run` makes it).", err=True)
+    now = utc_now()
+    report = collect_status(snapshot, settings, now=now)
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
         return
-    console = Console()
-    table = Table(title="Subscribers")
-    for column in ("subscriber", "schedule", "next edition", "last edition", "state",
-                   "detail"):
-        table.add_column(column, overflow="fold")
-    for s in report.subscribers:
-        table.add_row(s.subscriber_id, s.schedule, s.next_slot or "", s.last_slot or "",
-                      s.last_state or "", s.detail or "")
-    console.print(table)
-    if report.feeds:
-        feeds = Table(title="Feeds")
-        for column in ("feed", "last poll", "result", "new papers", "next poll"):
-            feeds.add_column(column, overflow="fold")
-        for f in report.feeds:
-            feeds.add_row(f.url, f.last_poll or "never", f.result, str(f.new_papers),
-                          f.next_poll or "now")
-        console.print(feeds)
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(report.editions.items()))
-    click.echo(f"{report.papers} papers stored; editions: {counts or 'none yet'}.")
+    print_status(report, Console(), now=now)
     report_problems(report.problems)
 
 
@@ -618,31 +761,56 @@ def profile() -> None:
 @pass_context
 @handle_errors
 def profile_validate(obj: Context, paths: tuple[Path, ...]) -> None:
-    """Check profile files and report every problem as FILE:LINE: field: problem.
+    """Check profile files and report every problem of each, one per line, as FILE:LINE:
+    field: problem (with the nearest known key or value where one is close), then a count.
 
-    Without arguments, every profile in the profiles folder is checked.
+    Without arguments, every profile in the profiles folder is checked. The exit status is
+    1 if any file has a problem.
 
     \b
     Example:
         digest profile validate profiles/ana.yaml
     """
-    targets = list(paths) or profile_paths(obj.settings.profiles_dir)
-    loaded = load_profiles(targets)
-    report_problems(loaded.errors)
-    for p in loaded.profiles:
-        click.echo(f"{p.path}: ok ({p.name} <{p.email}>, {p.schedule} {p.timezone})")
-    if loaded.errors:
-        sys.exit(1)
+    from digest.profiles import check_profiles, profile_paths
+
+    checks = check_profiles(list(paths) or profile_paths(obj.settings.profiles_dir))
+    if not checks:
+        click.echo(f"No profiles in {obj.settings.profiles_dir}: `digest profile new ADDRESS "
+                   "--name NAME` writes one.")
+        return
+    for check in checks:
+        if check.profile is not None:
+            p = check.profile
+            click.echo(f"{p.path}: ok ({p.name} <{p.email}>, {p.schedule} {p.timezone})")
+        report_problems(check.problems)
+    broken = [c for c in checks if c.problems]
+    problems = sum(len(c.problems) for c in broken)
+    if not broken:
+        click.echo(f"{counted(len(checks), 'file')}, no problems.")
+        return
+    ok = len(checks) - len(broken)
+    where = f" (in {counted(len(broken), 'file')}; {ok:,} ok)" if len(checks) > 1 else ""
+    click.echo(f"{counted(len(checks), 'file')}, {counted(problems, 'problem')}{where}.")
+    sys.exit(1)
 
 
 def _feedback(obj: Context, profile_path: Path, references: Sequence[str], *,
-              liked: bool) -> None:
+              liked: bool, as_given: bool) -> None:
+    """Move papers into liked or disliked. A reference that matches no stored paper is
+    answered with the nearest stored ones and nothing is changed, unless `as_given`."""
+
+    from digest.profiles import load_profile, set_feedback
+
     current = load_profile(profile_path)
     store = obj.open_store()
     try:
         found = store.find_papers([*references, *current.liked, *current.disliked])
+        missing = [r for r in dict.fromkeys(references) if r not in found]
+        stored = store.papers() if missing and not as_given else []
     finally:
         store.close()
+    if missing and not as_given:
+        _no_such_papers(profile_path, missing, stored)
 
     def key(entry: str) -> str:
         paper = found.get(entry)
@@ -655,29 +823,64 @@ def _feedback(obj: Context, profile_path: Path, references: Sequence[str], *,
         paper = found.get(reference)
         entry = paper.title if paper is not None else reference
         if paper is None:
-            click.echo(f"{reference!r} is not among the stored papers; recorded as given "
-                       "(titles still steer the ranking)", err=True)
+            click.echo(f"{reference!r} matches no stored paper; recorded as given "
+                       "(--as-given: a title still steers the ranking)", err=True)
         else:
             found[entry] = paper
         outcome = set_feedback(profile_path, entry, liked=liked, same=same)
         click.echo(f"{profile_path}: {entry!r} {outcome}")
 
 
+def _no_such_papers(profile_path: Path, missing: Sequence[str], stored: Sequence[Any]
+                    ) -> NoReturn:
+    """Say which references match no stored paper, with the nearest stored ones, and exit 1
+    (the profile is not edited)."""
+
+    from digest.profiles import nearest_papers
+
+    if not stored:
+        fail(f"no papers are stored yet, so {missing[0]!r} matches none: run `digest ingest` "
+             f"first, or add --as-given to record it as written ({profile_path} is unchanged)")
+    for reference in missing:
+        near = nearest_papers(reference, stored)
+        if not near:
+            click.echo(f"{reference!r} matches no stored paper, nor nearly "
+                       f"({counted(len(stored), 'paper')} stored).", err=True)
+            continue
+        click.echo(f"{reference!r} matches no stored paper; the nearest:", err=True)
+        for paper in near:
+            known = f"  (arXiv {paper.arxiv_id})" if paper.arxiv_id else ""
+            click.echo(f"  \"{paper.title}\"{known}", err=True)
+    fail(f"{profile_path} is unchanged: give each paper as stored (its title, arXiv id or "
+         "DOI), or add --as-given to record it as written")
+
+
+_AS_GIVEN = click.option(
+    "--as-given", is_flag=True,
+    help="Record a paper that matches no stored one as written (by default the nearest "
+         "stored titles are shown and nothing is changed).")
+
+
 @profile.command("like")
 @click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
 @click.argument("papers", nargs=-1, required=True)
+@_AS_GIVEN
 @pass_context
 @handle_errors
-def profile_like(obj: Context, profile_path: Path, papers: tuple[str, ...]) -> None:
-    """More like this: add papers (id, arXiv id or title) to the profile's liked list.
+def profile_like(obj: Context, profile_path: Path, papers: tuple[str, ...],
+                 as_given: bool) -> None:
+    """More like this: add stored papers (title, arXiv id or DOI) to the profile's liked
+    list.
 
-    The edit keeps the file's comments and layout; the next edition reflects it.
+    A paper that matches no stored one is answered with the nearest stored titles, and
+    the profile is left as it was (exit status 1), unless --as-given. The edit keeps the
+    file's comments and layout; the next edition reflects it.
 
     \b
     Example:
         digest profile like profiles/ana.yaml 2209.11755
     """
-    _feedback(obj, profile_path, papers, liked=True)
+    _feedback(obj, profile_path, papers, liked=True, as_given=as_given)
 
 
 @profile.command("import")
@@ -721,16 +924,20 @@ def profile_import(obj: Context, profile_path: Path, files: tuple[Path, ...]) ->
 @profile.command("dislike")
 @click.argument("profile_path", metavar="PROFILE", type=click.Path(path_type=Path))
 @click.argument("papers", nargs=-1, required=True)
+@_AS_GIVEN
 @pass_context
 @handle_errors
-def profile_dislike(obj: Context, profile_path: Path, papers: tuple[str, ...]) -> None:
-    """Less like this: add papers to the profile's disliked list (out of liked).
+def profile_dislike(obj: Context, profile_path: Path, papers: tuple[str, ...],
+                    as_given: bool) -> None:
+    """Less like this: add stored papers to the profile's disliked list (out of liked).
+
+    A paper that matches no stored one is answered as by `digest profile like`.
 
     \b
     Example:
         digest profile dislike profiles/ana.yaml "Some Paper Title"
     """
-    _feedback(obj, profile_path, papers, liked=False)
+    _feedback(obj, profile_path, papers, liked=False, as_given=as_given)
 
 
 @profile.command("set")
@@ -748,6 +955,11 @@ def profile_set(obj: Context, profile_path: Path, key: str, value: str) -> None:
     Example:
         digest profile set profiles/ana.yaml max_papers 15
     """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    from digest.profiles import set_field
+
     try:
         parsed = YAML(typ="safe").load(value)
     except YAMLError as exc:
@@ -769,24 +981,164 @@ def profile_set(obj: Context, profile_path: Path, key: str, value: str) -> None:
 @handle_errors
 def profile_new(obj: Context, email: str, name: str, interests: tuple[str, ...],
                 timezone: str, schedule: str, subscriber_id: str | None) -> None:
-    """Write a new, commented profile file into the profiles folder.
+    """Write a new profile file into the profiles folder: the commented template that
+    `digest init` writes as example.yaml, with these values and nothing liked yet.
 
     \b
     Example:
         digest profile new ana@example.org --name "Ana Lima" --interest "dense retrieval"
     """
-    folder = obj.settings.profiles_dir
-    stem = subscriber_id or re.sub(r"[^A-Za-z0-9._-]+", "-", email.partition("@")[0]).strip(".-")
-    path = folder / f"{stem or 'subscriber'}.yaml"
+    from digest.profiles import (
+        check_profile_text,
+        new_profile_text,
+        subscriber_id_for,
+        write_new_profile,
+    )
+
+    path = obj.settings.profiles_dir / f"{subscriber_id or subscriber_id_for(email)}.yaml"
     text = new_profile_text(name, email, interests, timezone, schedule)
-    parse_profile(text, path)  # the file name must make a valid subscriber id
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with path.open("x", encoding="utf-8") as handle:  # never over someone's file
-            handle.write(text)
-    except FileExistsError:
+    check = check_profile_text(text, path)
+    if check.problems:  # each said as the option that gave the value
+        for problem in check.problems:
+            reason = (problem.reason.removeprefix(f"{problem.field}: ") if problem.field else
+                      f"{path.stem!r} cannot be a subscriber id (and file name): letters, "
+                      "digits, '.', '_' or '-', starting with a letter or digit")
+            click.echo(f"digest: error: {_new_option(problem.field)}: {reason}", err=True)
+        sys.exit(1)
+    if not write_new_profile(path, text):  # never over someone's file
         fail(f"{path} exists already (choose another --id)")
     click.echo(f"{path}: written")
+
+
+def _new_option(field: str | None) -> str:
+    """The option of `digest profile new` that gave a profile's field."""
+    if field is None:
+        return "--id"  # only the file name has problems without a field
+    name = field.partition("[")[0]
+    return {"email": "EMAIL", "interests": "--interest"}.get(name, f"--{name}")
+
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line per profile: id, file, name, email, schedule, "
+                   "timezone, next_edition (local ISO time; null when paused), active, error.")
+@pass_context
+@handle_errors
+def profile_list(obj: Context, as_json: bool) -> None:
+    """List the subscribers of the profiles folder: id, name, address, schedule and time
+    zone, their next edition (in their own time) and whether they are active.
+
+    A broken profile is listed with its first problem, and the exit status is then 1
+    (`digest profile validate` lists every problem).
+
+    \b
+    Example:
+        digest profile list --json
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from digest.profiles import check_profiles, profile_paths
+
+    settings = obj.settings
+    checks = check_profiles(profile_paths(settings.profiles_dir),
+                            default_max_papers=settings.default_max_papers)
+    now = utc_now()
+    rows = [_listed(check, now) for check in checks]
+    broken = [row for row in rows if row["error"] is not None]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+    elif not rows:
+        click.echo(f"No profiles in {settings.profiles_dir}: `digest profile new ADDRESS "
+                   "--name NAME` writes one.")
+    else:
+        # Without rules at the edges, six columns fit 80 characters; a long address folds.
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      collapse_padding=True)
+        for column in ("id", "name", "email"):
+            table.add_column(column, overflow="fold")
+        table.add_column("schedule", overflow="fold", min_width=14)
+        table.add_column("next edition", min_width=12)
+        table.add_column("active", no_wrap=True, min_width=6)
+        for row in rows:
+            if row["error"] is None:
+                table.add_row(row["id"], row["name"], row["email"],
+                              f"{row['schedule']}\n{row['timezone']}",
+                              _local_time(row["next_edition"]), "yes" if row["active"] else "no")
+        Console().print(table)
+        for row in broken:
+            click.echo(f"broken: {row['error']}", err=True)
+        active = sum(1 for row in rows if row["active"])
+        click.echo(f"{counted(len(rows), 'profile')} in {settings.profiles_dir}: {active:,} "
+                   f"active, {len(rows) - active - len(broken):,} paused, {len(broken):,} "
+                   "broken.")
+    if broken:
+        sys.exit(1)
+
+
+def _listed(check: ProfileCheck, now: datetime) -> dict[str, Any]:
+    """One profile as `digest profile list --json` gives it."""
+
+    from digest.schedule import parse_schedule
+
+    p = check.profile
+    if p is None:
+        more = len(check.problems) - 1
+        error = str(check.problems[0]) + (f" (and {counted(more, 'more problem')}: `digest "
+                                          "profile validate` lists them)" if more else "")
+        return {"id": None, "file": str(check.path), "name": None, "email": None,
+                "schedule": None, "timezone": None, "next_edition": None, "active": None,
+                "error": error}
+    following = None
+    if p.active:
+        slot = parse_schedule(p.schedule, p.timezone).next_slot(now)
+        following = slot.astimezone(ZoneInfo(p.timezone)).isoformat(timespec="minutes")
+    return {"id": p.subscriber_id, "file": str(p.path), "name": p.name, "email": p.email,
+            "schedule": p.schedule, "timezone": p.timezone, "next_edition": following,
+            "active": p.active, "error": None}
+
+
+def _local_time(iso: str | None) -> str:
+    """A local ISO time as the table shows it: `26 Nov 07:00`."""
+    return datetime.fromisoformat(iso).strftime("%d %b %H:%M") if iso else "paused"
+
+
+@profile.command("import-csv")
+@click.argument("csv_path", metavar="FILE", type=click.Path(path_type=Path))
+@pass_context
+@handle_errors
+def profile_import_csv(obj: Context, csv_path: Path) -> None:
+    """Write a profile for each person of a roster: a CSV file whose header is
+    name,email,interests (interests separated by ';'), and if wanted schedule, timezone
+    and id.
+
+    Each profile is the commented one `digest profile new` writes, in the profiles folder.
+    A person who has a profile already (the same address) is left as they are, and said
+    so: importing again writes nothing twice. A row that cannot make a valid profile is
+    reported as FILE:LINE: reason and the others are written; the exit status is then 1.
+    At most 10,000 rows (docs/limits.md).
+
+    \b
+    Example:
+        digest profile import-csv lab.csv
+    """
+    from digest.profiles import import_roster
+
+    report = import_roster(csv_path, obj.settings.profiles_dir)
+    report_problems(report.notes)
+    for path in report.written:
+        click.echo(f"{path}: written")
+    for note in report.existing:
+        click.echo(str(note))
+    report_problems(report.problems)
+    refused = len({problem.line for problem in report.problems})
+    click.echo(f"{csv_path}: {counted(len(report.written), 'profile')} written, "
+               f"{len(report.existing):,} left as they were (a profile exists), "
+               f"{counted(refused, 'row')} refused.")
+    if report.problems:
+        sys.exit(1)
 
 
 @profile.command("schema")
@@ -800,6 +1152,8 @@ def profile_schema_command(out: Path | None) -> None:
     Example:
         digest profile schema --out profile.schema.json
     """
+    from digest.profiles import profile_schema
+
     text = json.dumps(profile_schema(), indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
@@ -834,6 +1188,8 @@ def db_current(obj: Context, as_json: bool) -> None:
     Example:
         digest -c /etc/digest/digest.toml db current --json
     """
+    from digest.store import Store
+
     store = Store.open(obj.settings.db_url, upgrade=False)
     try:
         current, newest = store.revision()
@@ -862,6 +1218,8 @@ def db_upgrade(obj: Context) -> None:
     Example:
         digest -c /etc/digest/digest.toml db upgrade
     """
+    from digest.store import Store
+
     store = Store.open(obj.settings.db_url, upgrade=False)
     try:
         before, after = store.upgrade()

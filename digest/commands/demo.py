@@ -21,9 +21,10 @@ from pydantic import SecretStr
 from digest.commands.smtpsink import SmtpSink
 from digest.config import MailSettings, RankSettings, Settings, SmtpSettings, WebSettings
 from digest.deliver import SmtpMailer
+from digest.ingest.storing import ingest_files
 from digest.models import IngestReport
 from digest.profiles import ProfileSet, load_profiles, profile_paths
-from digest.running.editions import EditionOutcome, EditionRun, ingest_files
+from digest.running.editions import EditionOutcome, EditionRun
 from digest.store import Store
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digest.errors import InputError
 from digest.ingest.files import read_digest_file
 from digest.models import Problem
-from digest.store import Store
+
+if TYPE_CHECKING:
+    from digest.store import Store
 
 log = logging.getLogger(__name__)
+
+# Told of a file about to be stored and its number of entries (0: rejected), it gives the
+# context in which they are, and the callable told of each one stored (`digest ingest`).
+FileProgress = Callable[[Path, int], AbstractContextManager[Callable[[int], None] | None]]
 
 PROCESSED = "processed"
 REJECTED = "rejected"
@@ -76,23 +85,31 @@ class InboxWatcher:
         self._seen = current
         return ready
 
-    def process(self, store: Store, now: datetime, *, wait: bool = True) -> list[InboxFile]:
+    def process(self, store: Store, now: datetime, *, wait: bool = True,
+                progress: FileProgress | None = None) -> list[InboxFile]:
         """Ingest every ready file and move it out of the inbox."""
         done = []
         for path in self.ready(now, wait=wait):
-            done.append(self._ingest(store, path, now))
+            done.append(self._ingest(store, path, now, progress))
             self._seen.pop(path, None)
         return done
 
-    def _ingest(self, store: Store, path: Path, now: datetime) -> InboxFile:
+    def _ingest(self, store: Store, path: Path, now: datetime,
+                progress: FileProgress | None = None) -> InboxFile:
+        def storing(entries: int) -> AbstractContextManager[Callable[[int], None] | None]:
+            return progress(path, entries) if progress is not None else nullcontext()
+
         try:
             parsed = read_digest_file(path)
         except InputError as exc:
-            return self._reject(path, exc.reason)
+            with storing(0):
+                return self._reject(path, exc.reason)
         fatal = [p for p in parsed.problems if p.fatal]
         if fatal or not parsed.entries:
-            return self._reject(path, fatal[0].reason if fatal else "no papers found")
-        added = store.add_entries(parsed.entries, now)
+            with storing(0):
+                return self._reject(path, fatal[0].reason if fatal else "no papers found")
+        with storing(len(parsed.entries)) as advance:
+            added = store.add_entries(parsed.entries, now, progress=advance)
         target = _unique(self.folder / PROCESSED / path.name)
         target.parent.mkdir(exist_ok=True)
         shutil.move(path, target)

@@ -42,7 +42,7 @@ from digest.profiles import load_profile, profile_paths
 from digest.running.dispatch import EditionQueue, LoadedProfile
 from digest.running.editions import check_sending
 from digest.running.leader import leadership_for
-from digest.running.liveness import Sender, recover_abandoned, utc_now
+from digest.running.liveness import DaemonPresence, Sender, recover_abandoned, utc_now
 from digest.schedule import parse_schedule
 from digest.store import Store
 from digest.store.store import engine_name
@@ -81,8 +81,11 @@ class Daemon:
         self.leadership = leadership_for(self.store.engine)
         self.exit_status = 0
         self._feed_polls: dict[str, asyncio.Task[None]] = {}  # by feed URL
+        sender = Sender(clock=clock)
         self.editions = EditionQueue(self.settings, self.store, self.profiles, clock=clock,
-                                     stopping=self.stopping, sender=Sender(clock=clock))
+                                     stopping=self.stopping, sender=sender)
+        # Leader or standby, for `digest status`: a heartbeat row of its own.
+        self.presence = DaemonPresence(self.store, sender.identity, clock=clock)
 
     # Profiles --------------------------------------------------------------------------
 
@@ -237,8 +240,10 @@ class Daemon:
         """Wait until this process leads (no other `digest run` on this database does);
         False if told to stop first."""
         if await self._ask_leadership(self.leadership.try_acquire):
+            self.presence.beat("leader")
             log.info("daemon.leader pid=%d", os.getpid())
             return True
+        self.presence.beat("standby")
         poll = self.settings.daemon.standby_poll_s
         log.info("daemon.standby pid=%d (another `digest run` leads on this database; "
                  "checking every %.0f s, taking over when it stops)", os.getpid(), poll)
@@ -249,6 +254,7 @@ class Daemon:
                 pass
             if not self.stopping.is_set() and await self._ask_leadership(
                     self.leadership.try_acquire):
+                self.presence.beat("leader")
                 log.info("daemon.leader pid=%d (took over)", os.getpid())
                 return True
         return False
@@ -278,6 +284,7 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         if not await self._lead():
+            await asyncio.to_thread(self.presence.stop, 10)
             self.store.close()
             log.info("daemon.stopped (was a standby)")
             return 0
@@ -305,6 +312,8 @@ class Daemon:
             log.error("daemon.stop sending did not finish within %ss",
                       self.settings.daemon.shutdown_timeout_s)
         self.editions.close()
+        # Out of `digest status` first, so that it never shows this leader and the next.
+        await asyncio.to_thread(self.presence.stop, 10)
         try:  # a database that stopped answering must not hold up the exit
             await off_loop(self.leadership.release, 10, name="digest-leader")
         except TimeoutError:

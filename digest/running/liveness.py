@@ -14,13 +14,24 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from digest.store import Store
-from digest.store.store import HEARTBEAT_S, SILENT_AFTER_S
+from digest.store.snapshot import (
+    HEARTBEAT_S,
+    SILENT_AFTER_S,
+    Heartbeat,
+    Role,
+    daemon_role,
+    daemon_row,
+)
+
+if TYPE_CHECKING:  # the store is handed in; importing it costs SQLAlchemy (`digest status`)
+    from digest.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +127,95 @@ class Sender:
                          released)
 
 
-def _process_alive(pid: int) -> bool:
+class DaemonPresence:
+    """A `digest run`'s own heartbeat row, `leader@<sender>` or `standby@<sender>`, so that
+    `digest status` can tell which daemons are alive and which of them leads. A thread
+    writes it at once whenever the role changes, then every HEARTBEAT_S, and removes it
+    when the daemon stops; a daemon killed leaves it to fall silent. Every database call
+    is on that thread, never on the daemon's event loop."""
+
+    def __init__(self, store: Store, sender: str, *,
+                 clock: Callable[[], datetime] = utc_now):
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._role: Role | None = None
+        self._stopping = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, role: Role) -> None:
+        """From now on, say this daemon runs in `role` (at once, then every HEARTBEAT_S)."""
+        self._role = role
+        self._wake.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="digest-presence",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Remove the row (waiting at most `timeout_s` for the database) and stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        host, pid = pid_space(), os.getpid()
+        written: str | None = None  # the row this daemon has in the table now
+        started = self._clock()
+        while True:
+            self._wake.wait(HEARTBEAT_S)
+            self._wake.clear()
+            stopping, role = self._stopping, self._role
+            row = daemon_row(role, self._sender) if role is not None and not stopping else None
+            try:
+                if written is not None and written != row:
+                    self._store.forget_sender(written)
+                    written = None
+                if row is not None:
+                    if written is None:
+                        started = self._clock()  # in this role since
+                    self._store.heartbeat(row, host=host, pid=pid, started_at=started,
+                                          now=self._clock())
+                    written = row
+            except Exception as exc:  # the database is away: say so, keep trying
+                log.warning("daemon.heartbeat-failed error=%r", str(exc))
+            if stopping or self._store.closed:
+                return
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    """A `digest run` as its heartbeat row tells it (`DaemonPresence`)."""
+
+    role: Role
+    host: str  # its host name
+    pid: int
+    since: datetime  # in this role
+    heard_at: datetime  # its last heartbeat
+    alive: bool  # heard within SILENT_AFTER_S, and, on this host, its process is there
+
+
+def daemon_states(heartbeats: Iterable[Heartbeat], *, now: datetime) -> list[DaemonState]:
+    """The daemons among the senders' heartbeats: the living (leaders first), then the
+    others; in each, the most recently heard first."""
+    found = []
+    here = pid_space()
+    for beat in heartbeats:
+        named = daemon_role(beat.row_id)
+        if named is None:
+            continue
+        heard = now - beat.heartbeat_at < timedelta(seconds=SILENT_AFTER_S)
+        local_and_gone = beat.host == here and not process_alive(beat.pid)
+        found.append(DaemonState(named[0], beat.host.split("/")[0], beat.pid, beat.started_at,
+                                 beat.heartbeat_at, heard and not local_and_gone))
+    return sorted(found, key=lambda d: (not d.alive, d.alive and d.role != "leader",
+                                        -d.heard_at.timestamp()))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid runs (in this pid space)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -133,7 +232,7 @@ def recover_abandoned(store: Store, *, now: datetime, touched_at: datetime | Non
     is gone, or one on any host whose heartbeat stopped SILENT_AFTER_S before `now`. They
     are marked as touched at `touched_at` (default: `now`)."""
     recovered = store.recover_abandoned(
-        pid_space(), _process_alive, now=touched_at or now,
+        pid_space(), process_alive, now=touched_at or now,
         silent_since=now - timedelta(seconds=SILENT_AFTER_S))
     store.forget_senders(silent_since=now - timedelta(days=1))
     if recovered:

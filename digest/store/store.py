@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -50,9 +51,8 @@ from digest.store.schema import (
     senders,
 )
 from digest.store.schema import subscribers as subscribers_table
-
-HEARTBEAT_S = 10.0  # a sender says it is alive (`heartbeat`) this often
-SILENT_AFTER_S = 3 * HEARTBEAT_S  # a sender silent this long is taken for dead
+from digest.store.snapshot import HEARTBEAT_S as HEARTBEAT_S  # the senders' timing lives
+from digest.store.snapshot import SILENT_AFTER_S as SILENT_AFTER_S  # there, imported cheaply
 
 
 @dataclass(frozen=True)
@@ -194,9 +194,11 @@ class Store:
 
     # Papers ---------------------------------------------------------------------------
 
-    def add_entries(self, entries: Sequence[PaperEntry], now: datetime) -> AddResult:
+    def add_entries(self, entries: Sequence[PaperEntry], now: datetime, *,
+                    progress: Callable[[int], None] | None = None) -> AddResult:
         """Merge entries into the papers they are; idempotent for the same (paper, source),
-        also when another process adds the same entries at the same time."""
+        also when another process adds the same entries at the same time. `progress` is
+        told of each entry merged (in one transaction: none is stored until all are)."""
         new_papers = new_sources = 0
         with self._begin() as conn:
             for entry in entries:
@@ -214,6 +216,8 @@ class Store:
                             paper_id=paper_id, source=entry.source,
                             source_line=entry.source_line, seen_at=now)
                         .returning(paper_sources.c.id)).first() is not None
+                if progress is not None:
+                    progress(1)
         return AddResult(len(entries), new_papers, new_sources)
 
     def _merge_entry(self, conn: Connection, entry: PaperEntry, now: datetime, *,
@@ -613,6 +617,11 @@ class Store:
             conn.execute(statement.on_conflict_do_update(index_elements=[senders.c.id],
                                                          set_={"heartbeat_at": now}))
 
+    def forget_sender(self, row_id: str) -> None:
+        """Remove one heartbeat row (a daemon's own, when it stops)."""
+        with self._begin() as conn:
+            conn.execute(delete(senders).where(senders.c.id == row_id))
+
     def forget_senders(self, *, silent_since: datetime) -> None:
         """Remove the heartbeats of senders silent since `silent_since` (long gone)."""
         with self._begin() as conn:
@@ -620,7 +629,10 @@ class Store:
 
     def supersede_failed_many(self, editions_: Sequence[tuple[str, datetime]], *,
                               now: datetime) -> int:
-        """`supersede_failed` for many (subscriber, new slot) pairs; returns how many."""
+        """`supersede_failed` for many (subscriber, new slot) pairs; returns how many. An
+        older edition still pending (never handed to a server: its SMTP server was
+        unreachable until after the next slot) is superseded too, so that its papers come
+        in the new edition rather than in neither."""
         by_slot: dict[datetime, list[str]] = {}
         for subscriber_id, slot in editions_:
             by_slot.setdefault(slot, []).append(subscriber_id)
@@ -630,9 +642,11 @@ class Store:
                 for chunk in _chunks(subscriber_ids):
                     done += int(conn.execute(
                         update(editions)
-                        .where(editions.c.subscriber_id.in_(chunk),
-                               editions.c.state == EditionState.FAILED.value,
-                               editions.c.retryable, editions.c.slot < slot)
+                        .where(editions.c.subscriber_id.in_(chunk), editions.c.slot < slot,
+                               or_(and_(editions.c.state == EditionState.FAILED.value,
+                                        editions.c.retryable),
+                                   editions.c.state == EditionState.PENDING.value))
+                        .values(state=EditionState.FAILED.value)
                         .values(retryable=False, updated_at=now,
                                 smtp_reply=func.coalesce(editions.c.smtp_reply, "")
                                 + f" (superseded by the edition of {slot.isoformat()})"))
@@ -674,6 +688,29 @@ class Store:
                 editions.c.updated_at < untouched_since, editions.c.slot >= slots_since)
                 .order_by(editions.c.updated_at, editions.c.id)).all()
         return [(str(subscriber_id), slot) for subscriber_id, slot in rows]
+
+    def requeue_failed(self, editions_: Sequence[tuple[str, datetime]], *,
+                       now: datetime) -> int:
+        """Put these (subscriber, slot) editions back to `pending` if they `failed` (for
+        good, or retryable), with their attempts reset, so the next run sends them as if
+        they were new (their picks and Message-ID kept); returns how many. What the
+        operator asks for once the cause is fixed (`digest send --retry-failed`). The last
+        reply is kept until the next attempt replaces it."""
+        by_slot: dict[datetime, list[str]] = {}
+        for subscriber_id, slot in editions_:
+            by_slot.setdefault(slot, []).append(subscriber_id)
+        done = 0
+        with self._begin() as conn:
+            for slot, subscriber_ids in by_slot.items():
+                for chunk in _chunks(sorted(set(subscriber_ids))):
+                    done += int(conn.execute(
+                        update(editions)
+                        .where(editions.c.subscriber_id.in_(chunk), editions.c.slot == slot,
+                               editions.c.state == EditionState.FAILED.value)
+                        .values(state=EditionState.PENDING.value, attempts=0,
+                                retryable=True, claimed_by=None, updated_at=now))
+                        .rowcount)
+        return done
 
     def release_own_claims(self, claimer: str, *, now: datetime) -> int:
         """Put back to `pending` every edition `claimer` holds: for a sender that knows it
