@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from digest.identity import normalise_title, parse_arxiv_id, parse_doi
 from digest.ingest.library import read_library_file
 from digest.models import Paper, PaperEntry, Problem
 from digest.profiles import MAX_PAPER_REFERENCES, MAX_PROFILE_BYTES, edit_profile, load_profile
+from digest.progress import ShowProgress
 from digest.store import Store
 
 MAX_REFERENCE_CHARS = 500  # a profile's texts (liked titles) are at most this long
@@ -47,7 +49,7 @@ class ImportReport:
 
 
 def import_library(store: Store, profile_path: Path, paths: Sequence[Path], *,
-                   now: datetime) -> ImportReport:
+                   now: datetime, show_progress: ShowProgress | None = None) -> ImportReport:
     """Read library files, store their papers and add them to the profile's liked list.
 
     Idempotent: importing the same files again stores and adds nothing. Raises
@@ -58,15 +60,20 @@ def import_library(store: Store, profile_path: Path, paths: Sequence[Path], *,
     entries: list[PaperEntry] = []
     problems: list[Problem] = []
     files = 0
-    for path in paths:
-        try:
-            parsed = read_library_file(path)
-        except InputError as exc:
-            problems.append(Problem(str(path), exc.line, exc.reason, fatal=True))
-            continue
-        files += 1
-        entries.extend(parsed.entries)
-        problems.extend(parsed.problems)
+    with (show_progress("Reading libraries", len(paths), unit="file")
+          if show_progress is not None else nullcontext(None)) as advance:
+        for path in paths:
+            try:
+                parsed = read_library_file(path)
+            except InputError as exc:
+                problems.append(Problem(str(path), exc.line, exc.reason, fatal=True))
+                continue
+            finally:
+                if advance is not None:
+                    advance(1)
+            files += 1
+            entries.extend(parsed.entries)
+            problems.extend(parsed.problems)
     if not entries:
         return ImportReport(files=files, problems=tuple(problems))
     stored = store.add_references(entries, now)

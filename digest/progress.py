@@ -14,9 +14,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Advance = Callable[[int], None]  # told how many more items are done
+
+
+class ShowProgress(Protocol):
+    """What a long stage is given to show its progress: called with a label, the total and
+    the unit once the work's size is known, it returns the context in which to call
+    `Advance`. `progress` below is one; a stage given None shows nothing."""
+
+    def __call__(self, label: str, total: int | None = None, *,
+                 unit: str = "") -> AbstractContextManager[Advance]: ...
+
 
 # Not a terminal: nothing for the first QUIET_S (short work says nothing), then a line at
 # each tenth of the work, at most one every QUIET_S, and a last line when it is done. Work

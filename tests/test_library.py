@@ -471,3 +471,22 @@ def test_import_library_reports_what_it_did(stored, write_profile):
     report = import_library(stored, path, [LIBRARY / "zotero.json"], now=NOW)
     assert (report.files, report.entries, report.papers, report.new_papers, report.added,
             report.already_liked, report.problems) == (1, 4, 4, 3, 4, 0, ())
+
+
+def test_an_import_shows_its_progress_file_by_file(stored, write_profile):
+    """What shows progress is told the files to read, and each one read (a file that
+    cannot be read counts too)."""
+    from contextlib import contextmanager
+
+    path = write_profile("ana", interests=["retrieval"])
+    shown: list[tuple[str, int | None, str]] = []
+    done: list[int] = []
+
+    @contextmanager
+    def recorded(label: str, total: int | None = None, *, unit: str = ""):
+        shown.append((label, total, unit))
+        yield done.append
+
+    files = [LIBRARY / "zotero.json", LIBRARY / "mendeley.ris", LIBRARY / "not-a-library.txt"]
+    import_library(stored, path, files, now=NOW, show_progress=recorded)
+    assert shown == [("Reading libraries", 3, "file")] and done == [1, 1, 1]

@@ -98,3 +98,31 @@ def test_a_send_leaves_the_garbage_collector_as_it_found_it(settings, seeds, smt
     forked = processes == 1 or "torch" not in sys.modules
     assert {f.read_text() for f in seen.iterdir()} == (
         {f"{shards.YOUNG_GENERATION} True"} if forked else set())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_send_all_shows_its_progress(settings, seeds, smtp_sink, write_profile, processes):
+    """`send_all` tells what shows progress its total once and every edition done, in this
+    process or as the worker processes' shards come back."""
+    from contextlib import contextmanager
+
+    from digest.ingest.storing import ingest_files
+    from digest.store import Store
+
+    store = Store.open(settings.db_url)
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    store.close()
+    paths = [write_profile(f"p{i:02d}", interests=["dense retrieval"]) for i in range(12)]
+    shown: list[tuple[str, int | None, str]] = []
+    done: list[int] = []
+
+    @contextmanager
+    def recorded(label: str, total: int | None = None, *, unit: str = ""):
+        shown.append((label, total, unit))
+        yield done.append
+
+    report = send_all(settings, paths, now=NOW, processes=processes, shard=5,
+                      show_progress=recorded)
+    assert report.counts[Status.SENT] == 12
+    assert ("Sending editions", 12, "edition") in shown
+    assert sum(done) == 12 and all(n > 0 for n in done)

@@ -350,13 +350,14 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     from rich.console import Console
 
     from digest.profiles import load_profiles
+    from digest.progress import progress
     from digest.running.editions import EditionRun
 
     loaded = load_profiles(profiles, default_max_papers=top, for_sending=False)
     report_problems(loaded.errors)
     store = obj.open_store()
     try:
-        run = EditionRun(store, obj.settings, preview=True)
+        run = EditionRun(store, obj.settings, preview=True, show_progress=progress)
         _say_if_preview_links(run)
         run.prefetch(loaded.profiles)
         by_path = {p.path: p for p in loaded.profiles}
@@ -428,6 +429,7 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
         digest preview profiles/ana.yaml && xdg-open ana-preview.html
     """
     from digest.profiles import load_profile
+    from digest.progress import progress
     from digest.running.editions import EditionRun
     from digest.schedule import parse_schedule
 
@@ -437,7 +439,7 @@ def preview(obj: Context, profile_path: Path, out: Path | None) -> None:
     slot = parse_schedule(profile.schedule, profile.timezone).next_slot(now)
     store = obj.open_store()
     try:
-        run = EditionRun(store, settings, preview=True)
+        run = EditionRun(store, settings, preview=True, show_progress=progress)
         _say_if_preview_links(run)
         picks = run.choose_picks(profile, now=now)
         message = run.render(profile, picks, slot=slot, now=now).email
@@ -540,8 +542,10 @@ def send(obj: Context, profiles: tuple[Path, ...], dry_run: bool, retry_failed: 
             report = send_through_celery(settings, [(path, None) for path in paths],
                                          now=utc_now(), show_all=len(paths) <= SHOW_ALL)
         else:  # on this machine's cores
+            from digest.progress import progress
+
             report = send_all(settings, paths, now=utc_now(),
-                              processes=settings.send.processes)
+                              processes=settings.send.processes, show_progress=progress)
         if not profiles:  # the whole folder was served: forget profiles no longer in it
             cache = ProfileCache.for_settings(settings)
             cache.keep_only(paths)
@@ -904,12 +908,14 @@ def profile_import(obj: Context, profile_path: Path, files: tuple[Path, ...]) ->
         digest profile import profiles/ana.yaml ~/Zotero/library.bib
     """
     from digest.library import import_library
+    from digest.progress import progress
 
     if obj.verbose < 2:  # bibtexparser logs what it skips; the report says it, by line
         logging.getLogger("bibtexparser").setLevel(logging.ERROR)
     store = obj.open_store()
     try:
-        report = import_library(store, profile_path, files, now=utc_now())
+        report = import_library(store, profile_path, files, now=utc_now(),
+                                show_progress=progress)
     finally:
         store.close()
     report_problems(report.problems)

@@ -14,7 +14,7 @@ import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
@@ -45,6 +45,7 @@ from digest.models import (
     Profile,
 )
 from digest.profilecache import ProfileCache
+from digest.progress import Advance, ShowProgress
 from digest.rank import (
     Candidates,
     Corpus,
@@ -70,8 +71,10 @@ from digest.tokens import Links, Signer
 log = logging.getLogger(__name__)
 
 
-def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> np.ndarray:
-    """One embedding per paper (`paper_vectors`), computed once and kept in the store."""
+def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
+                 show_progress: ShowProgress | None = None) -> np.ndarray:
+    """One embedding per paper (`paper_vectors`), computed once and kept in the store;
+    `show_progress` is shown the papers computed."""
     name = stored_name(embedder)
     known = store.embeddings([p.row_id for p in papers], name)
     sizes = {len(v) for v in known.values()}
@@ -82,12 +85,16 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper]) -> n
     if len(missing) > 100:
         log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
                  len(missing), name)
-    for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run keeps
-        batch = missing[start:start + 256]  # what it computed
-        vectors = paper_vectors(embedder.encode, batch)
-        fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
-        store.save_embeddings(name, fresh)
-        known.update(fresh)
+    with (show_progress("Embedding papers", len(missing), unit="paper")
+          if show_progress is not None and missing else nullcontext(None)) as advance:
+        for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run
+            batch = missing[start:start + 256]  # keeps what it computed
+            vectors = paper_vectors(embedder.encode, batch)
+            fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
+            store.save_embeddings(name, fresh)
+            known.update(fresh)
+            if advance is not None:
+                advance(len(batch))
     if missing:
         log.info("embeddings.computed papers=%d model=%s", len(missing), name)
     return np.vstack([known[p.row_id] for p in papers]) if papers else np.zeros((0, 1))
@@ -230,6 +237,8 @@ class EditionRun:
     # links are signed with the public preview key rather than refused.
     preview: bool = False
     preview_only: bool = field(init=False, default=False)
+    # Shows the progress of long work (embedding the store's papers); None: nothing shown.
+    show_progress: ShowProgress | None = None
     # Called once the corpus is built (`digest send` takes memory that lives as long as the
     # run out of the garbage collector's full passes then: digest/running/processes.py).
     on_corpus: Callable[[], None] | None = None
@@ -278,7 +287,8 @@ class EditionRun:
             if embedder is None:
                 self._corpus = build_corpus(papers)
             else:
-                vectors = embed_papers(self.store, embedder, papers)
+                vectors = embed_papers(self.store, embedder, papers,
+                                       show_progress=self.show_progress)
                 self._corpus = build_corpus(papers, embeddings=vectors,
                                             embed_text=embedder.encode)
             if self.on_corpus is not None:
@@ -463,7 +473,8 @@ class EditionRun:
                            now: datetime, dry_run: bool = False,
                            rng: random.Random | None = None,
                            slots: Sequence[datetime | None] | None = None,
-                           retry_in_run: bool = True) -> list[EditionOutcome]:
+                           retry_in_run: bool = True, progress: Advance | None = None
+                           ) -> list[EditionOutcome]:
         """Run every profile's edition (its latest due one, or the one of `slots[i]`); one
         subscriber's failure never stops the rest. The one way editions are run: every
         caller (the CLI, local worker processes, Celery workers, the daemon) hands its
@@ -495,6 +506,8 @@ class EditionRun:
                 outcomes += [EditionOutcome(p, Status.STOPPED, slot) for p, slot in batch]
                 continue
             outcomes += await self.run_batch(batch, mailer, now=now, dry_run=dry_run)
+            if progress is not None:
+                progress(len(batch))
         rng = rng or random.Random()
         mail = self.settings.mail
         for attempt in range(1, mail.max_attempts if retry_in_run else 1):

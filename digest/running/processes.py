@@ -19,12 +19,13 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
 from digest.config import Settings
 from digest.errors import ConnectionFailure
+from digest.progress import ShowProgress
 from digest.running.editions import EditionRun, check_sending
 from digest.running.sending import SHOW_ALL, SendReport, run_shard
 from digest.store import Store
@@ -41,7 +42,8 @@ YOUNG_GENERATION = 20_000
 
 
 def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
-             processes: int = 0, shard: int = SHARD) -> SendReport:
+             processes: int = 0, shard: int = SHARD,
+             show_progress: ShowProgress | None = None) -> SendReport:
     """Every profile's due edition, over `processes` worker processes on this machine (0:
     one per core), `shard` profiles at a time; a run of one shard stays in this process.
 
@@ -49,14 +51,16 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
     not yet begun are not begun, and every edition not sent stays pending."""
     show_all = len(paths) <= SHOW_ALL
     workers = min(processes or available_cores(), -(-len(paths) // shard))
+    shown = (show_progress("Sending editions", len(paths), unit="edition")
+             if show_progress is not None else nullcontext(None))
     if workers <= 1:
         store = Store.open(settings.db_url)
         try:
-            run = EditionRun(store, settings)
-            with _frozen() as frozen:
+            run = EditionRun(store, settings, show_progress=show_progress)
+            with _frozen() as frozen, shown as advance:
                 if frozen:  # the corpus lives as long as the run too
                     run.on_corpus = gc.freeze
-                return run_shard(run, paths, now=now, show_all=show_all)
+                return run_shard(run, paths, now=now, show_all=show_all, progress=advance)
         finally:
             store.close()
     check_sending(settings)  # a configuration error is said here, not in every worker
@@ -68,12 +72,14 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
     log.info("send.workers processes=%d shards=%d start=%s", workers, len(shards), method)
     # Frozen before the fork, what is loaded here is the workers' too and stays shared: no
     # collection in a worker writes to (and so copies) those pages.
-    with _frozen(), ProcessPoolExecutor(
+    with _frozen(), shown as advance, ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context(method),
             initializer=_start_worker, initargs=(settings,)) as pool:
-        for done in pool.map(_worker_shard, shards, [now] * len(shards),
-                             [show_all] * len(shards)):
+        for done, sent in zip(pool.map(_worker_shard, shards, [now] * len(shards),
+                                       [show_all] * len(shards)), shards, strict=True):
             report.add(done)
+            if advance is not None:
+                advance(len(sent))
             if report.unreachable:  # the other shards would meet it too
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise ConnectionFailure(report.unreachable)

@@ -18,6 +18,7 @@ from digest.deliver import SmtpMailer
 from digest.models import Profile
 from digest.profilecache import ProfileCache
 from digest.profiles import load_profile, load_profiles
+from digest.progress import Advance
 from digest.running.editions import EditionOutcome, EditionRun, Status
 from digest.schedule import parse_schedule
 from digest.store import Store
@@ -104,8 +105,8 @@ def _outcome_from_json(data: dict[str, Any]) -> EditionOutcome:
 
 
 def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
-              show_all: bool = False, slots: Sequence[datetime | None] | None = None
-              ) -> SendReport:
+              show_all: bool = False, slots: Sequence[datetime | None] | None = None,
+              progress: Advance | None = None) -> SendReport:
     """Load, rank, render and send the editions of these profiles, in this process: each
     profile's latest due edition, or the one of `slots[i]` for `paths[i]`. A path may come
     more than once (two slots of one subscriber); it is read once."""
@@ -128,7 +129,8 @@ def run_shard(run: EditionRun, paths: Sequence[Path], *, now: datetime,
         settings = run.settings
         async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
             return await run.run_editions(profiles, mailer, now=now,
-                                          slots=[slot for _, slot in items])
+                                          slots=[slot for _, slot in items],
+                                          progress=progress)
 
     for outcome in asyncio.run(go()):
         report.counts[outcome.status] += 1

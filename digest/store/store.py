@@ -633,9 +633,7 @@ class Store:
         older edition still pending (never handed to a server: its SMTP server was
         unreachable until after the next slot) is superseded too, so that its papers come
         in the new edition rather than in neither."""
-        by_slot: dict[datetime, list[str]] = {}
-        for subscriber_id, slot in editions_:
-            by_slot.setdefault(slot, []).append(subscriber_id)
+        by_slot = _by_slot(editions_)
         done = 0
         with self._begin() as conn:
             for slot, subscriber_ids in by_slot.items():
@@ -696,9 +694,7 @@ class Store:
         they were new (their picks and Message-ID kept); returns how many. What the
         operator asks for once the cause is fixed (`digest send --retry-failed`). The last
         reply is kept until the next attempt replaces it."""
-        by_slot: dict[datetime, list[str]] = {}
-        for subscriber_id, slot in editions_:
-            by_slot.setdefault(slot, []).append(subscriber_id)
+        by_slot = _by_slot(editions_)
         done = 0
         with self._begin() as conn:
             for slot, subscriber_ids in by_slot.items():
@@ -1028,6 +1024,14 @@ def _driver_values(rows: Sequence[tuple[Any, ...]], plan: Sequence[tuple[int, An
                if convert is None else [convert(row[i]) for row in rows]
                for i, convert in plan]
     return list(zip(*columns, strict=True))
+
+
+def _by_slot(pairs: Sequence[tuple[str, datetime]]) -> dict[datetime, list[str]]:
+    """(subscriber, slot) pairs as the subscribers of each slot: one statement a slot."""
+    by_slot: dict[datetime, list[str]] = {}
+    for subscriber_id, slot in pairs:
+        by_slot.setdefault(slot, []).append(subscriber_id)
+    return by_slot
 
 
 def _param(name: str, column: ColumnElement[Any]) -> Any:
