@@ -48,6 +48,7 @@ from digest.errors import InputError, ProfileError
 from digest.identity import check_email, normalise_title, parse_arxiv_id, parse_doi
 from digest.ingest.files import decode_text
 from digest.models import MAX_PAPERS, Interest, Paper, Problem, Profile
+from digest.progress import counted
 from digest.reading import read_regular_file
 from digest.schedule import load_timezone, parse_schedule
 
@@ -276,18 +277,13 @@ def _fields_of(text: str, path: Path) -> tuple[ProfileFile | None, list[ProfileE
         return None, _located_problems(exc, root, path)
 
 
-def _counted(count: int, noun: str) -> str:
-    """`1 problem`, `2 problems`: a count and its noun, in the right number."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 def _first_of(problems: Sequence[ProfileError]) -> ProfileError:
     """The first problem, in one line that says how many more there are."""
     first = problems[0]
     if len(problems) == 1:
         return first
     reason = first.reason.removeprefix(f"{first.field}: ") if first.field else first.reason
-    more = _counted(len(problems) - 1, "more problem")
+    more = counted(len(problems) - 1, "more problem")
     return ProfileError(first.path, f"{reason} (and {more}: `digest profile validate` lists "
                                     "them)", line=first.line, field=first.field)
 
@@ -1367,7 +1363,7 @@ def parse_roster_text(text: str, source: str, *,
                                                   "docs/limits.md)"))
             break
         if len(record) != len(columns):
-            problems.append(Problem(source, line, f"{_counted(len(record), 'value')} where the "
+            problems.append(Problem(source, line, f"{counted(len(record), 'value')} where the "
                                                   f"header has {len(columns)} (a value that "
                                                   "holds a comma needs double quotes)"))
             continue

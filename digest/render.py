@@ -39,6 +39,7 @@ from markupsafe import Markup
 from digest.config import MailSettings
 from digest.identity import ascii_address, ascii_domain
 from digest.models import MAX_PAPERS, OutgoingEmail, Paper, Pick, Profile
+from digest.schedule import cadence
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
 
@@ -232,23 +233,6 @@ def grouped(picks: Sequence[Pick]) -> list[tuple[str, list[Pick]]]:
     if rest:
         ordered.append((OTHER_SECTION, rest))
     return ordered
-
-
-def cadence(schedule: str) -> str:
-    """"weekly" for a schedule that comes round once a week, "daily" for once or on
-    weekdays, "" for any other."""
-    fields = schedule.split()
-    if fields[:1] == ["weekly"]:
-        return "weekly"
-    if fields[:1] in (["daily"], ["weekdays"]):
-        return "daily"
-    if len(fields) == 5 and fields[2] == "*" and fields[3] == "*" and "," not in fields[1] \
-            and "*" not in fields[1] and "/" not in fields[1]:
-        days = fields[4]
-        if days not in ("*", "1-5", "mon-fri") and not any(c in days for c in ",-/*"):
-            return "weekly"
-        return "daily"
-    return ""
 
 
 def edition_subject(profile: Profile, picks: Sequence[Pick], day: datetime) -> str:

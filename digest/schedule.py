@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -28,6 +29,24 @@ _WEEKLY = re.compile(
     rf"^weekly\s+(?P<day>mon|tue|wed|thu|fri|sat|sun)[a-z]*\s+{_TIME}$", re.IGNORECASE)
 # Look-back windows for the latest slot: short first, so frequent schedules iterate little.
 _WINDOWS = tuple(timedelta(days=d) for d in (1 / 24, 1, 8, 32, 367, 5 * 366))
+
+
+@lru_cache(maxsize=256)
+def cadence(spec: str) -> str:
+    """How often a schedule comes round, as an email names its edition: "weekly" for
+    `weekly DAY HH:MM` or a cron that fires at one time on one weekday, "daily" for
+    `daily`, `weekdays` or a cron that fires at one time on any or several days, ""
+    for any other (`every 6h`, a cron of several times a day)."""
+    spec = " ".join(spec.split())
+    if _WEEKLY.match(spec):
+        return "weekly"
+    if _DAILY.match(spec) or _WEEKDAYS.match(spec):
+        return "daily"
+    fields = spec.split(" ")
+    if len(fields) != 5 or fields[2:4] != ["*", "*"] or not fields[1].isdigit():
+        return ""
+    one_day = fields[4] != "*" and not any(sign in fields[4] for sign in ",-/*")
+    return "weekly" if one_day else "daily"
 
 
 def load_timezone(name: str) -> ZoneInfo:

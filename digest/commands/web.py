@@ -230,20 +230,33 @@ class Pages:
 
     # Plain functions run in Starlette's thread pool: file locks and fsync do not stall
     # the event loop.
-    def unsubscribe(self, request: Request) -> Response:
-        opened = self._open(request, "unsubscribe")
+    def _set_active(self, request: Request, action: Action, active: bool, *, question: str,
+                    button: str) -> tuple[LinkToken, str] | Response:
+        """Unsubscribe or resubscribe: a confirm page for GET and HEAD (never act); on
+        POST, `active` set in the profile and logged. The token and what the edit did, or
+        the page to answer with."""
+        opened = self._open(request, action)
         if isinstance(opened, Response):
             return opened
         token, path = opened
         if request.method != "POST":  # GET or HEAD: never act
-            return self.page("confirm", title="Unsubscribe?",
-                             message=f"Stop sending {self.settings.mail.from_name} emails to "
-                                     "this subscription?", button="Unsubscribe")
+            return self.page("confirm", title=f"{button}?", message=question, button=button)
         try:
-            set_field(path, "active", False)
+            done = set_field(path, "active", active)
         except ProfileError as exc:
             return self._not_changed(exc)
-        log.info("web.unsubscribed subscriber=%s", token.subscriber_id)
+        log.info("web.%s subscriber=%s", "resubscribed" if active else "unsubscribed",
+                 token.subscriber_id)
+        return token, done
+
+    def unsubscribe(self, request: Request) -> Response:
+        name = self.settings.mail.from_name
+        changed = self._set_active(request, "unsubscribe", False, button="Unsubscribe",
+                                   question=f"Stop sending {name} emails to this "
+                                            "subscription?")
+        if isinstance(changed, Response):
+            return changed
+        token, _done = changed
         # A new token, not the unsubscribe link's: it works for link_days from now, however
         # old the email was, and no link in an email (nor a List-Unsubscribe POST) can
         # ever resubscribe anyone.
@@ -255,19 +268,12 @@ class Pages:
                          until=f"{expires.day} {expires:%B %Y}")
 
     def resubscribe(self, request: Request) -> Response:
-        opened = self._open(request, "resubscribe")
-        if isinstance(opened, Response):
-            return opened
-        token, path = opened
-        if request.method != "POST":  # GET or HEAD: never act
-            return self.page("confirm", title="Resubscribe?",
-                             message=f"Send {self.settings.mail.from_name} emails to this "
-                                     "subscription again?", button="Resubscribe")
-        try:
-            done = set_field(path, "active", True)
-        except ProfileError as exc:
-            return self._not_changed(exc)
-        log.info("web.resubscribed subscriber=%s", token.subscriber_id)
+        name = self.settings.mail.from_name
+        changed = self._set_active(request, "resubscribe", True, button="Resubscribe",
+                                   question=f"Send {name} emails to this subscription again?")
+        if isinstance(changed, Response):
+            return changed
+        _token, done = changed
         return self.page("message", title="You are subscribed again",
                          message="Your emails start again with the next one your schedule "
                                  "brings." if done != "unchanged" else

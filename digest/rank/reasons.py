@@ -25,9 +25,8 @@ from digest.rank.corpus import Candidates, Corpus
 from digest.rank.evidence import Scale
 from digest.rank.plans import Plan
 from digest.rank.queries import Key, QueryScores, candidate_key
-from digest.rank.words import Words
+from digest.rank.words import TOKEN, Words
 
-_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")  # as the model's tokenizer reads words
 # The same with hyphenated words whole ("re-ranking" as "reranking"): a second reading, so
 # that "passage reranking" is found in "passage re-ranking" and the other way round.
 _COMPOUND = re.compile(r"\b(?=[\w-]*[^\W\d_])\w[\w]*(?:-\w+)+\b|\b(?=\w*[^\W\d_])\w\w+\b")
@@ -53,7 +52,7 @@ class _Tokens:
 
 
 def _tokens(words: Words, text: str, *, compounds: bool = False) -> _Tokens:
-    pattern = _COMPOUND if compounds else _TOKEN
+    pattern = _COMPOUND if compounds else TOKEN
     found = [m for m in pattern.finditer(text.lower()) if m.group() not in ENGLISH_STOP_WORDS]
     return _Tokens(words.stems([m.group().replace("-", "") for m in found]),
                    [m.span() for m in found], text)

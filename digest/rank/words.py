@@ -16,13 +16,13 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 # Words of two or more letters or digits that hold a letter, in any script: "3D", "6G" and
 # "Ragnarök" count, "2024" does not; hyphenated words are their parts ("retrieval-augmented"
 # matches "retrieval augmented").
-_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")
+TOKEN = re.compile(r"\b(?=\w*[^\W\d_])\w\w+\b")
 _WORD = re.compile(r"\w+")
 
 
 def words_of(text: str) -> list[str]:
     """The words of a lowercased text, English stop words left out."""
-    return [w for w in _TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS]
+    return [w for w in TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS]
 
 
 class Words:
