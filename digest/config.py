@@ -135,12 +135,20 @@ class DaemonSettings(_Frozen):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# The sentence models digest can embed papers with (digest/embed.py's MODELS says which
+# packages ship each one's weights).
+EmbeddingModel = Literal["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+
+
 class RankSettings(_Frozen):
     """How papers are ranked."""
 
     # Sentence embeddings: "auto" uses them when the `embeddings` extra is installed,
     # "on" requires it, "off" ranks lexically only.
     embeddings: Literal["auto", "on", "off"] = "auto"
+    # Which model (DIGEST_EMBEDDING_MODEL). Vectors are stored per model: after a change
+    # the stored papers are embedded again, once; a change back finds the old ones.
+    embedding_model: EmbeddingModel = "all-MiniLM-L6-v2"
 
 
 class WebSettings(_Frozen):
@@ -338,8 +346,10 @@ def load_settings(
         raw["data_dir"] = Path(env["DIGEST_DATA_DIR"])
     if data_dir is not None:
         raw["data_dir"] = data_dir
-    if env.get("DIGEST_EMBEDDINGS"):
-        raw["rank"] = {**(raw.get("rank") or {}), "embeddings": env["DIGEST_EMBEDDINGS"]}
+    for key, variable in (("embeddings", "DIGEST_EMBEDDINGS"),
+                          ("embedding_model", "DIGEST_EMBEDDING_MODEL")):
+        if env.get(variable):
+            raw["rank"] = {**(raw.get("rank") or {}), key: env[variable]}
     for where, value in (("database_url", raw.get("database_url")),
                          ("DIGEST_DATABASE_URL", env.get("DIGEST_DATABASE_URL"))):
         if isinstance(value, str) and "://" in value:

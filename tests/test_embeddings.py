@@ -13,6 +13,7 @@ import pytest
 
 from digest.config import RankSettings
 from digest.embed import PROGRESS_BATCH, load_embedder, paper_vectors
+from digest.errors import ConfigError
 from digest.ingest.storing import ingest_files
 from digest.models import Interest, Profile
 from digest.running.editions import EditionRun, embed_papers
@@ -35,7 +36,7 @@ def test_without_the_extra_or_when_off_ranking_is_lexical(store, seeds, settings
 @pytest.mark.skipif(INSTALLED, reason="the extra is installed here")
 def test_auto_without_the_extra_is_none_and_on_says_what_is_missing():
     assert load_embedder("auto") is None
-    with pytest.raises(ImportError):
+    with pytest.raises(ConfigError, match=r"not installed: pip install 'digest\[embeddings\]'"):
         load_embedder("on")
 
 

@@ -73,8 +73,12 @@ log = logging.getLogger(__name__)
 
 def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
                  show_progress: ShowProgress | None = None) -> np.ndarray:
-    """One embedding per paper (`paper_vectors`), computed once and kept in the store;
-    `show_progress` is shown the papers computed."""
+    """One embedding per paper (`paper_vectors`), computed once and kept in the store under
+    the model's name; `show_progress` is shown the papers computed.
+
+    Only the vectors of `embedder`'s model are read: after the model is changed, every
+    paper is embedded again (once; saved as it goes, so an interrupted run keeps what it
+    computed). Another model's vectors stay stored, for a change back."""
     name = stored_name(embedder)
     known = store.embeddings([p.row_id for p in papers], name)
     sizes = {len(v) for v in known.values()}
@@ -85,19 +89,19 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
     if len(missing) > 100:
         log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
                  len(missing), name)
-    with (show_progress("Embedding papers", len(missing), unit="paper")
+    with (show_progress(f"Embedding papers with {embedder.name}", len(missing), unit="paper")
           if show_progress is not None and missing else nullcontext(None)) as advance:
         for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run
             batch = missing[start:start + 256]  # keeps what it computed
-            vectors = paper_vectors(embedder.encode, batch)
+            vectors = paper_vectors(embedder.encode, batch, progress=advance)
             fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
             store.save_embeddings(name, fresh)
             known.update(fresh)
-            if advance is not None:
-                advance(len(batch))
     if missing:
         log.info("embeddings.computed papers=%d model=%s", len(missing), name)
-    return np.vstack([known[p.row_id] for p in papers]) if papers else np.zeros((0, 1))
+    if not papers:
+        return paper_vectors(embedder.encode, [])
+    return np.vstack([known[p.row_id] for p in papers])
 
 
 def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Paper] | None = None
@@ -276,7 +280,9 @@ class EditionRun:
 
     def get_embedder(self) -> Embedder | None:
         if self.embedder == "unloaded":
-            self.embedder = load_embedder(self.settings.rank.embeddings)
+            rank = self.settings.rank
+            self.embedder = load_embedder(rank.embeddings, rank.embedding_model,
+                                          cache_dir=self.settings.data_dir / "models")
         return self.embedder
 
     @property
