@@ -46,3 +46,39 @@ def test_a_profile_of_topic_names_finds_what_its_weights_ask_for(days):
     assert ours.utility >= 0.42, f"utility@10 fell to {ours.utility:.3f}"
     assert ours.utility > scores["keyword alert"].utility
     assert ours.unwanted <= 0.10, f"unwanted@10 rose to {ours.unwanted:.3f}"
+
+
+def test_the_closed_loop_records_each_click_in_the_profile_and_never_repeats_a_paper(
+        days, tmp_path):
+    """A simulated reader's clicks go into its profile file as the email's links put them
+    there, and each edition is ranked from the file: the liked and disliked lists grow by
+    the clicks, no paper is shown twice, and the found papers are the clicked ones."""
+    from benchmarks.quality import (
+        EDITIONS,
+        DigestLearner,
+        K,
+        _studied_topics,
+        _topic_trials,
+        run_loop,
+    )
+    from digest.profiles import load_profile
+
+    trials = _topic_trials(_studied_topics(2), days, splits=1, seed=0)
+    _, day, liked, wanted, pool = next(trials)
+    shown: list[int] = []
+
+    class Watching(DigestLearner):
+        def top(self, pool, already):
+            picks = super().top(pool, already)
+            assert not set(picks) & already
+            shown.extend(picks)
+            return picks
+
+    learner = Watching(day, False, tmp_path, liked=liked.tolist())
+    counts = run_loop(learner, pool, wanted, click_less=True)
+    assert len(counts) == EDITIONS and len(shown) == EDITIONS * K == len(set(shown))
+    found = sum(f for f, _ in counts)
+    assert counts[0][1] == len(wanted) and found >= 1
+    profile = load_profile(learner.path)
+    assert len(profile.liked) == len(liked) + found
+    assert len(profile.disliked) == EDITIONS * K - found

@@ -103,6 +103,20 @@ class Corpus:
         default_factory=weakref.WeakKeyDictionary, repr=False, compare=False)
     _queries: dict[str, SparseRows] = field(default_factory=dict)
     _embedded: dict[str, np.ndarray] = field(default_factory=dict)  # text -> `embed` row
+    _stored_sample: tuple[np.ndarray, sparse.csr_matrix] | None = None
+
+    def stored_sample(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        """Up to `params.learned_stored` of the reference papers, evenly through them: their
+        rows in `matrix`, and those rows (what a classifier learns against; made once)."""
+        if self._stored_sample is None:
+            rows = self.reference
+            if len(rows) > self.params.learned_stored:
+                rows = rows[np.linspace(0, len(rows) - 1, self.params.learned_stored,
+                                        dtype=np.int64)]
+            block = self.matrix[rows].tocsr()
+            block.sort_indices()
+            self._stored_sample = (rows, block)
+        return self._stored_sample
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
         """Tf-idf rows of query texts; the same phrase in many profiles is done once."""

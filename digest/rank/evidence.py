@@ -14,7 +14,7 @@ from scipy import sparse
 from sklearn.svm import LinearSVC
 
 from digest.rank.corpus import Candidates, Corpus, SparseRows
-from digest.rank.plans import Plan, Preferences
+from digest.rank.plans import Plan, Preferences, RankRequest, learns_from_ratings
 from digest.rank.queries import (
     Groups,
     Key,
@@ -172,6 +172,63 @@ def classifier_scores(corpus: Corpus, candidates: Candidates, prefs: Preferences
     return scores.astype(np.float32)
 
 
+def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
+                   ) -> list[np.ndarray]:
+    """The liked papers' evidence once the reader has rated papers digest sent them (a
+    liked or disliked paper among `request.exclude`): a linear classifier of the liked
+    papers against the disliked ones (each weighing `params.less_weight` of a liked one)
+    and the stored reference papers (together weighing as much as the liked), as
+    arxiv-sanity-lite learns against everything else. Its scores on the scoring rows
+    (float32) from the tf-idf rows and, with the embeddings extra, from the papers'
+    embeddings; none before any such rating.
+
+    A rating of a paper digest chose says where the ranking erred, and "less like this"
+    on a paper shown because it came close marks a boundary inside the topic rather than
+    a region to avoid: a centroid can take neither into account, a classifier can."""
+    if not learns_from_ratings(request):
+        return []
+    prefs = request.prefs
+    params = corpus.params
+    stored, stored_rows = corpus.stored_sample()
+    # A rated paper among the stored ones is not learned against: it weighs nothing there.
+    rated = {corpus.rows.get(p.row_id) for p in (*prefs.liked, *prefs.disliked)}
+    stored_weights = np.full(len(stored), len(prefs.liked) / max(len(stored), 1))
+    stored_weights[np.isin(stored, np.array([r for r in rated if r is not None]))] = 0
+    n_terms = candidates.scoring.shape[1]
+    liked, disliked = corpus.vectors(prefs.liked), corpus.vectors(prefs.disliked)
+    labels = np.r_[np.ones(liked.count), np.zeros(disliked.count + len(stored))]
+    weights = np.r_[np.ones(liked.count), np.full(disliked.count, params.less_weight),
+                    stored_weights]
+    rated_rows = SparseRows.stack([liked, disliked]).to_csr(n_terms)
+    rated_rows.sort_indices()
+    train = sparse.vstack([rated_rows, stored_rows], format="csr")
+    learned = [_linear(train, labels, weights, params.learned_c, candidates.scoring)]
+    liked_vectors = corpus.paper_embeddings(prefs.liked)
+    disliked_vectors = corpus.paper_embeddings(prefs.disliked) if prefs.disliked else None
+    if (liked_vectors is not None and corpus.embeddings is not None
+            and candidates.scoring_embeddings is not None):
+        dense = np.vstack([liked_vectors,
+                           *([disliked_vectors] if disliked_vectors is not None else []),
+                           corpus.embeddings[stored]])
+        if len(dense) == len(labels):
+            learned.append(_linear(dense, labels, weights, params.learned_c,
+                                   candidates.scoring_embeddings))
+    return learned
+
+
+def _linear(train: Any, labels: np.ndarray, weights: np.ndarray, c: float, scoring: Any
+            ) -> np.ndarray:
+    """A linear SVM's scores of `scoring`'s rows, learned from `train`'s (float32)."""
+    model = LinearSVC(C=c, max_iter=5000, random_state=0)  # the same picks every run
+    # The rows are finite and the parameters fixed: sklearn's checks would cost more than
+    # they catch.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        model.fit(train, labels, sample_weight=weights)
+    # What model.decision_function computes, without checking its input again.
+    scores: np.ndarray = scoring @ model.coef_.ravel() + model.intercept_
+    return scores.astype(np.float32)
+
+
 class Similarity:
     """Cosine similarity between candidates (`matrix`: their rows), for MMR: computed per
     shortlist at first, from a table of every two candidates once enough profiles have
@@ -230,3 +287,4 @@ def diverse_top(score: np.ndarray, eligible: np.ndarray, similarity: Similarity,
         base[rows, best] = -np.inf
         penalty = np.maximum(penalty, pairs[rows, best])
     return [chosen[j, :steps[j]].tolist() for j in rows.tolist()]
+

@@ -28,6 +28,13 @@ class RankParams:
     scattered_phrase: float = 0.5
     # Liked papers, and disliked papers, needed (each) before a classifier is learned.
     classifier_min_papers: int = 5
+    # Once the reader has rated papers digest sent ("more / less like this"), the liked
+    # papers' evidence is learned: a linear classifier of the liked papers against the
+    # disliked ones and the stored papers (`learned_scores`). A disliked paper weighs
+    # this much of a liked one in it; the stored papers, together, as much as the liked.
+    less_weight: float = 0.25
+    learned_c: float = 1.0  # its regularisation (LinearSVC's C)
+    learned_stored: int = 2000  # stored papers it learns against, at most
     # Stored papers sampled as the typical ones that scores are measured against.
     reference_papers: int = 2000
     # Below this spread a query's scores say more about the query than about the papers

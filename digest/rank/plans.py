@@ -36,6 +36,14 @@ class RankRequest:
     min_score: float | None = None
 
 
+def learns_from_ratings(request: RankRequest) -> bool:
+    """Whether the liked papers' evidence is learned from the reader's ratings: once they
+    have liked papers and have rated a paper digest sent them."""
+    prefs = request.prefs
+    return bool(prefs.liked) and any(p.row_id in request.exclude
+                                     for p in (*prefs.liked, *prefs.disliked))
+
+
 @dataclass
 class Plan:
     """One profile's request, with what may be picked and its queries by key; `feedback` is
@@ -79,7 +87,12 @@ def plan_request(corpus: Corpus, candidates: Candidates, mentions: Mentions,
         weights = weights / max(float(weights.max()), 1e-9)
     liked = paper_keys(corpus, prefs.liked, "linking") + [
         (("text", t), None) for t in prefs.liked_titles]
-    disliked = paper_keys(corpus, prefs.disliked, "vector")
+    # Papers it sent that the reader rated "less like this" are learned from
+    # (`evidence.learned_scores`) where ratings are, not regions to avoid.
+    learns = learns_from_ratings(request)
+    disliked = paper_keys(corpus, [p for p in prefs.disliked
+                                   if not learns or p.row_id not in request.exclude],
+                          "vector")
     avoid: list[tuple[Key, Paper | None]] = [(("phrase", a), None) for a in profile.avoid]
     for key, source in (*interests, *liked, *disliked, *avoid):
         wanted.setdefault(key, source)

@@ -17,6 +17,7 @@ from digest.rank.evidence import (
     best_of,
     classifier_scores,
     diverse_top,
+    learned_scores,
     liked_family,
     mean_of,
     semantic,
@@ -120,13 +121,30 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     liked = liked_family(corpus, candidates, bank, plans, liked_embedded, scale,
                          feedback=False)
 
-    classifier = np.zeros((len(plans), candidates.scoring.shape[0]), dtype=np.float32)
+    # Rated papers digest sent: the liked papers' evidence is learned from them instead.
+    width = candidates.scoring.shape[0]
+    lexical_learned = np.zeros((len(plans), width), dtype=np.float32)
+    semantic_learned = np.zeros((len(plans), width), dtype=np.float32)
     learned = np.zeros(len(plans), dtype=bool)
+    semantic_present = np.zeros(len(plans), dtype=bool)
     for j, plan in enumerate(plans):
-        scores = classifier_scores(corpus, candidates, plan.request.prefs)
+        parts = learned_scores(corpus, candidates, plan.request)
+        if parts:
+            lexical_learned[j], learned[j] = parts[0], True
+        if len(parts) > 1:
+            semantic_learned[j], semantic_present[j] = parts[1], True
+    if learned.any():
+        by_ratings = mean_of([scale.standardised(lexical_learned, learned),
+                              scale.standardised(semantic_learned, semantic_present)])
+        liked = (np.where(learned[:, None], by_ratings[0], liked[0]), liked[1] | learned)
+    classifier = np.zeros((len(plans), width), dtype=np.float32)
+    classified_rows = np.zeros(len(plans), dtype=bool)
+    for j, plan in enumerate(plans):
+        scores = None if learned[j] else classifier_scores(corpus, candidates,
+                                                           plan.request.prefs)
         if scores is not None:
-            classifier[j], learned[j] = scores, True
-    classified = (scale.standardised(classifier, learned)[0], learned)
+            classifier[j], classified_rows[j] = scores, True
+    classified = (scale.standardised(classifier, classified_rows)[0], classified_rows)
 
     penalty = np.zeros((len(plans), n))
     for keys in ([p.disliked for p in plans], [p.avoid for p in plans]):
@@ -148,7 +166,7 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     # over `min_score`, and papers that match nothing (tied) never stand in for liked ones.
     floors = np.array([-np.inf if p.request.min_score is None else p.request.min_score
                        for p in plans])
-    expand = liked[1] | interests[1]
+    expand = (liked[1] | interests[1]) & ~learned  # a learned profile has no query
     if params.feedback_papers > 0 and expand.any():
         relevant = allowed & (score > np.maximum(floors, 0.0)[:, None])
         order = np.argsort(np.where(relevant, -score, np.inf), axis=1, kind="stable")
@@ -184,8 +202,11 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
         by_family = {name: values[j] for name, (values, present) in
                      (("interests", interests), ("liked", liked), ("classifier", classified))
                      if present[j]}
+        if learned[j]:  # the liked papers' evidence is the classifier's: say so
+            by_family["classifier"] = liked[0][j]
         picks.append(make_picks(corpus, candidates, bank, plan, chosen[j], score[j],
                                 by_family, followed[j], scale, cache.phrases,
                                 liked_embedded[j]))
     made = iter(picks)
     return [[] if p is None else next(made) for p in planned]
+
