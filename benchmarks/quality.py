@@ -28,7 +28,7 @@ weights, unwanted ones avoided), no library, on the same pools, against a keywor
 and a tf-idf query of the names.
 
 A fourth view (`evaluate_cold_start`) gives the names view's profile, below edition 1's
-picks, papers to rate chosen to cover what the picks leave out (`ask_sample`), and
+picks, papers to rate chosen to cover what the picks leave out (`RankRequest.ask`), and
 measures edition 2 after the reader rates them, the picks, both or nothing. A fifth
 (`evaluate_loop`) is the loop the daemon lives in: a simulated reader receives edition 1,
 clicks "more like this" on the papers it wants and (one kind of reader) "less like this"
@@ -68,16 +68,17 @@ from sklearn.svm import LinearSVC
 
 from digest.embed import DEFAULT_MODEL, MODELS, load_embedder, paper_vectors
 from digest.identity import normalise_title
-from digest.models import Interest, Paper, Profile
+from digest.models import ASK_SECTION, Interest, Paper, Profile
 from digest.profiles import load_profile, new_profile_text, set_feedback, set_fields
 from digest.rank import (
     DEFAULT_PARAMS,
     Corpus,
     Preferences,
     RankParams,
+    RankRequest,
     build_corpus,
     prepare_candidates,
-    rank_papers,
+    rank_many,
 )
 
 DATA = Path(__file__).parent / "data" / "arxiv-frontpage"
@@ -250,37 +251,15 @@ def _digest_top(day: Day, use_embeddings: bool, pool: np.ndarray, prefs: Prefere
 
 def _digest_edition(day: Day, use_embeddings: bool, pool: np.ndarray, prefs: Preferences,
                     shown: Collection[int] = (), ask: int = 0) -> tuple[list[int], list[int]]:
-    """`_digest_top`, and `ask` papers more for the reader to rate (`ask_sample`)."""
+    """`_digest_top`, and the `ask` papers the email asks the reader to rate (the picks
+    in its ASK_SECTION)."""
     corpus = day.corpus_emb if use_embeddings else day.corpus
     assert corpus is not None
     candidates = prepare_candidates(corpus, [day.papers[i] for i in pool])
-    exclude = frozenset(day.papers[i].row_id for i in shown)
-    ranked = rank_papers(corpus, prefs, candidates, top=K + ask * ASK_SHORTLIST,
-                         exclude=exclude, min_score=None)
-    rows = [day.index[p.paper.key] for p in ranked]
-    near = [row for row, pick in zip(rows[K:], ranked[K:], strict=True) if pick.score > 0]
-    return rows[:K], ask_sample(day.corpus.matrix, rows[:K], near, ask)
-
-
-def ask_sample(matrix: sparse.csr_matrix, picks: list[int], near: list[int], count: int
-               ) -> list[int]:
-    """`count` papers for the reader to rate, covering the themes near the profile that the
-    picks leave out rather than the next of its list: of `near` (the candidates after the
-    picks, better than a typical stored paper, best first), each next one is the least like
-    anything already in the email (the picks, the papers asked about before it): a
-    farthest-first cover."""
-    if count <= 0 or not near:
-        return []
-    rows = matrix[near + picks]
-    closest = np.asarray((rows[:len(near)] @ rows[len(near):].T).max(axis=1).todense()
-                         ).ravel() if picks else np.full(len(near), -np.inf)
-    asked: list[int] = []
-    for _ in range(min(count, len(near))):
-        at = int(np.argmin(closest))  # ties: the better first
-        asked.append(near[at])
-        closest = np.maximum(closest, (rows[:len(near)] @ rows[at].T).toarray().ravel())
-        closest[at] = np.inf
-    return asked
+    request = RankRequest(prefs, K, frozenset(day.papers[i].row_id for i in shown), None, ask)
+    picks = rank_many(corpus, candidates, [request])[0]
+    return ([day.index[p.paper.key] for p in picks if p.section != ASK_SECTION],
+            [day.index[p.paper.key] for p in picks if p.section == ASK_SECTION])
 
 
 def ndcg(top: list[int], hidden: set[int]) -> float:
@@ -749,7 +728,6 @@ def evaluate_loop(splits: int = 5, seed: int = 0, use_embeddings: bool = True,
 # Cold start: a profile of interest words alone (the names view) gets, below edition 1's
 # picks, ASK papers to rate; edition 2 is measured after each way of rating.
 ASK = 5
-ASK_SHORTLIST = 3  # asked about: from this many candidates per paper asked, after the picks
 ARMS = {  # what the reader rates in edition 1: (the picks, the papers asked about)
     "no ratings": (False, False),
     "rates the picks": (True, False),
@@ -762,7 +740,7 @@ def evaluate_cold_start(splits: int = 5, seed: int = 0, use_embeddings: bool = T
                         days: list[Day] | None = None
                         ) -> tuple[dict[str, dict[str, LibraryScore]], str]:
     """The names view's profile (`evaluate_names`, the same pools): edition 1 is its picks
-    and ASK papers asked about (`ask_sample`); the reader clicks "more" on the wanted
+    and ASK papers asked about (`RankRequest.ask`); the reader clicks "more" on the wanted
     papers and "less" on the others of what it rates (ARMS); edition 2's picks are scored
     as in the names view. By digest method, then arm."""
     filed = load_topics()

@@ -124,6 +124,9 @@ class ProfileFile(BaseModel):
     active: bool = True
     min_score: float = Field(default=0.0, ge=-5, le=50)
     when_nothing: Literal["skip", "note"] = "skip"
+    # Until there are 5 liked and 5 disliked papers, each email ends with a few papers to
+    # rate; false: never.
+    ask_ratings: bool = True
 
     @field_validator("min_score", mode="before")
     @classmethod
@@ -245,6 +248,7 @@ def _profile_of(data: ProfileFile, path: Path, subscriber_id: str,
         active=data.active,
         min_score=data.min_score,
         when_nothing=data.when_nothing,
+        ask_ratings=data.ask_ratings,
     )
 
 

@@ -38,7 +38,7 @@ from markupsafe import Markup
 
 from digest.config import MailSettings
 from digest.identity import ascii_address, ascii_domain
-from digest.models import MAX_PAPERS, OutgoingEmail, Paper, Pick, Profile
+from digest.models import ASK_SECTION, MAX_PAPERS, OutgoingEmail, Paper, Pick, Profile
 from digest.schedule import cadence
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
@@ -221,17 +221,22 @@ OTHER_SECTION = "More for you"
 
 def grouped(picks: Sequence[Pick]) -> list[tuple[str, list[Pick]]]:
     """The picks by section, each shown once: the section of the best pick first, the
-    best pick first within each (picks come best first). Picks of no section go last,
-    under OTHER_SECTION; an email of one section has no heading ("")."""
+    best pick first within each (picks come best first). Picks of no section go after
+    them, under OTHER_SECTION; an email of one section has no heading (""). The papers
+    the reader is asked to rate (ASK_SECTION) come last, under their heading."""
     sections: dict[str, list[Pick]] = {}
     for pick in picks:
         sections.setdefault(pick.section, []).append(pick)
-    if len(sections) == 1:
-        return [("", list(picks))]
-    rest = sections.pop("", [])
-    ordered = list(sections.items())
-    if rest:
-        ordered.append((OTHER_SECTION, rest))
+    asked = sections.pop(ASK_SECTION, [])
+    if len(sections) <= 1:
+        ordered = [("", [p for p in picks if p.section != ASK_SECTION])] if sections else []
+    else:
+        rest = sections.pop("", [])
+        ordered = list(sections.items())
+        if rest:
+            ordered.append((OTHER_SECTION, rest))
+    if asked:
+        ordered.append((ASK_SECTION, asked))
     return ordered
 
 
@@ -310,12 +315,16 @@ def render_edition(
                                   more_url=feedback(p, "more"), less_url=feedback(p, "less"),
                                   section=one_line(section) if position == 0 else ""))
     unsubscribe = url("unsubscribe", None) if url else None
-    count = len(views)
+    asked = sum(p.section == ASK_SECTION for p in picks)
+    count = len(views) - asked
+    to_rate = (f" At the end, {asked} more to rate: your \u201cmore\u201d and \u201cless\u201d "
+               "teach digest what you like." if asked else "")
     context = {
         "subject": subject,
         "heading": edition_heading(profile, local_day),
         "lede": (f"{profile.name}, here {'is' if count == 1 else 'are'} {count} new "
-                 f"paper{'' if count == 1 else 's'} picked for your interests." if count else
+                 f"paper{'' if count == 1 else 's'} picked for your interests.{to_rate}"
+                 if count else
                  f"{profile.name}, nothing that arrived since your last email matched your "
                  "interests closely enough. Your profile asks for this note on such days."),
         "preheader": f"Top pick: {views[0].title}" if views else "Nothing new today",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
 
 from digest.commands.cli import cli
 from digest.commands.smtpsink import SmtpSink
@@ -20,6 +21,10 @@ from digest.config import MailSettings, RankSettings, Settings, SmtpSettings
 from digest.store import Store
 
 from .services import postgres_schema
+
+# No test is timed: hypothesis's per-example deadline failed tests on a loaded machine.
+settings.register_profile("untimed", deadline=None)
+settings.load_profile("untimed")
 
 DATA = Path(__file__).parent / "data"
 SEEDS = sorted((DATA / "digests" / "seeds").glob("*.txt"))

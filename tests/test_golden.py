@@ -24,7 +24,9 @@ import pytest
 
 from digest.commands.demo import DemoResult, run_demo
 from digest.config import MailSettings
+from digest.models import ASK_SECTION
 from digest.render import make_environment, render_edition
+from digest.running.editions import ASK_RATINGS
 from digest.tokens import Links, Signer
 
 from .conftest import NOW
@@ -92,7 +94,11 @@ def regenerate(request: pytest.FixtureRequest) -> bool:
 
 def test_the_demo_sends_every_subscriber_an_edition(demo: DemoResult) -> None:
     assert sorted(eml.stem for eml, _ in demo.saved) == list(SUBSCRIBERS)
-    assert all(len(o.picks) == 6 for o in demo.outcomes)
+    # Six picks each, then the papers a new subscriber is asked to rate (the demo's
+    # emails carry links to rate them with).
+    assert all(sum(p.section != ASK_SECTION for p in o.picks) == 6 for o in demo.outcomes)
+    assert all(sum(p.section == ASK_SECTION for p in o.picks) == ASK_RATINGS
+               for o in demo.outcomes)
 
 
 @pytest.mark.parametrize("name", FILES)

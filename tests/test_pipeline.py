@@ -238,3 +238,38 @@ def test_one_edition_asked_for_twice_in_a_batch_is_sent_once(store, settings, sm
     outcomes = asyncio.run(go())
     assert [o.status for o in outcomes] == [Status.SENT, Status.SENT]
     assert len(smtp_sink.received) == 1
+
+
+def test_a_new_subscriber_is_asked_to_rate_a_few_papers_until_there_are_enough_ratings(
+        store, seeds, settings):
+    """With links in the emails, a profile with fewer than 5 liked or 5 disliked papers
+    gets ASK_RATINGS papers to rate after its picks; not with `ask_ratings: false`, not
+    once it has enough ratings, and not without links (nothing to rate them with)."""
+    from dataclasses import replace
+
+    from pydantic import SecretStr
+
+    from digest.config import WebSettings
+    from digest.models import ASK_SECTION, Interest, Profile
+    from digest.running.editions import ASK_RATINGS
+
+    ingest_files(store, seeds, now=NOW, reference=NOW)
+    titles = [p.title for p in store.papers()]
+    profile = Profile(subscriber_id="new", path=Path("new.yaml"), name="New",
+                      email="new@example.org", interests=(Interest("dense retrieval"),),
+                      max_papers=5)
+    linked = EditionRun(store, settings.model_copy(update={
+        "web": WebSettings(base_url="https://digest.example/links",
+                           secret=SecretStr("a test secret, long enough to sign with"))}))
+
+    def asked(run: EditionRun, who: Profile) -> int:
+        picks = run.choose_picks(who, now=NOW, everything=True)
+        assert sum(p.section != ASK_SECTION for p in picks) == 5
+        return sum(p.section == ASK_SECTION for p in picks)
+
+    assert asked(linked, profile) == ASK_RATINGS
+    assert asked(linked, replace(profile, liked=tuple(titles[:5]))) == ASK_RATINGS
+    assert asked(linked, replace(profile, ask_ratings=False)) == 0
+    assert asked(linked, replace(profile, liked=tuple(titles[:5]),
+                                 disliked=tuple(titles[-5:]))) == 0
+    assert asked(EditionRun(store, settings), profile) == 0  # no links

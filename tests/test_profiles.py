@@ -220,7 +220,7 @@ def test_a_profile_at_every_limit_loads(write_profile):
     ("Email2: x", "Email2: unknown field; did you mean `email`?"),
     ("colour: red", "colour: unknown field (the fields here: id, name, email, timezone, "
                     "schedule, max_papers, interests, keywords, avoid, authors, liked, "
-                    "disliked, active, min_score, when_nothing)"),
+                    "disliked, active, min_score, when_nothing, ask_ratings)"),
     ("require: [a]", "require: unknown field; did you mean `keywords.require`?"),
     ("keywords: {mutte: [a]}", "keywords.mutte: unknown field; did you mean `mute`?"),
     ("interests: [{text: a, wieght: 2}]", "interests[0].wieght: unknown field; did you mean "

@@ -628,3 +628,30 @@ def test_rating_papers_it_sent_teaches_a_classifier_of_the_ratings(store, papers
     again = rank_papers(corpus, prefs, candidates, top=3, exclude=unrated)
     assert len(again) == 3 and not any("learned from" in p.reason for p in again)
     assert not unrated & {p.paper.row_id for p in again}
+
+
+def test_a_profile_asked_to_rate_gets_papers_after_its_picks_that_the_picks_leave_out(
+        store, papers):
+    """`ask` papers come after the picks, in the ASK_SECTION: near the profile (better
+    than a typical paper, from the candidates just after the picks), none of the picks,
+    each the least like what the email already holds. The picks are those it gets
+    without asking."""
+    from digest.models import ASK_SECTION
+    from digest.rank import RankRequest, rank_many
+
+    profile = _profile(interests=(Interest("dense retrieval"), Interest("reranking")))
+    prefs, _ = resolve_preferences(store, profile)
+    corpus = build_corpus(papers)
+    candidates = prepare_candidates(corpus, papers)
+    plain = rank_many(corpus, candidates, [RankRequest(prefs, 5)])[0]
+    [asking] = rank_many(corpus, candidates, [RankRequest(prefs, 5, ask=3)])
+    picks = [p for p in asking if p.section != ASK_SECTION]
+    asked = [p for p in asking if p.section == ASK_SECTION]
+    assert asking[:5] == picks and [p.paper for p in picks] == [p.paper for p in plain]
+    assert len(asked) == 3 and all(p.score > 0 and p.reason for p in asked)
+    shown = [p.paper.row_id for p in asking]
+    assert len(set(shown)) == len(shown)
+    # From the candidates right after the picks, not the next three in order.
+    after = [p.paper.row_id for p in rank_papers(corpus, prefs, candidates, top=14)][5:]
+    assert {p.paper.row_id for p in asked} <= set(after)
+    assert [p.paper.row_id for p in asked] != after[:3]

@@ -175,7 +175,8 @@ def classifier_scores(corpus: Corpus, candidates: Candidates, prefs: Preferences
 def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
                    ) -> list[np.ndarray]:
     """The liked papers' evidence once the reader has rated papers digest sent them (a
-    liked or disliked paper among `request.exclude`): a linear classifier of the liked
+    liked or disliked paper among `request.exclude`) and likes `classifier_min_papers`
+    papers or more: a linear classifier of the liked
     papers against the disliked ones (each weighing `params.less_weight` of a liked one)
     and the stored reference papers (together weighing as much as the liked), as
     arxiv-sanity-lite learns against everything else. Its scores on the scoring rows
@@ -185,7 +186,7 @@ def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
     A rating of a paper digest chose says where the ranking erred, and "less like this"
     on a paper shown because it came close marks a boundary inside the topic rather than
     a region to avoid: a centroid can take neither into account, a classifier can."""
-    if not learns_from_ratings(request):
+    if not learns_from_ratings(request, corpus.params.classifier_min_papers):
         return []
     prefs = request.prefs
     params = corpus.params
@@ -288,3 +289,25 @@ def diverse_top(score: np.ndarray, eligible: np.ndarray, similarity: Similarity,
         penalty = np.maximum(penalty, pairs[rows, best])
     return [chosen[j, :steps[j]].tolist() for j in rows.tolist()]
 
+
+
+def ask_sample(matrix: sparse.csr_matrix, picks: Sequence[int], near: Sequence[int],
+               count: int) -> list[int]:
+    """`count` candidates for the reader to rate, covering the themes near the profile
+    that the picks leave out rather than the next of its list: of `near` (the candidates
+    after the picks, better than a typical stored paper, best first), each next one is the
+    least like anything already in the email (the picks, the papers asked about before
+    it), a farthest-first cover. Positions in `matrix`'s rows."""
+    if count <= 0 or not near:
+        return []
+    rows = matrix[list(near) + list(picks)]
+    ahead = rows[:len(near)]
+    closest = (_dense(ahead @ rows[len(near):].T).max(axis=1) if len(picks)
+               else np.full(len(near), -np.inf, dtype=np.float32))
+    asked: list[int] = []
+    for _ in range(min(count, len(near))):
+        at = int(np.argmin(closest))  # ties: the better first
+        asked.append(int(near[at]))
+        closest = np.maximum(closest, _dense(ahead @ rows[at].T).ravel())
+        closest[at] = np.inf
+    return asked

@@ -28,10 +28,11 @@ class RankParams:
     scattered_phrase: float = 0.5
     # Liked papers, and disliked papers, needed (each) before a classifier is learned.
     classifier_min_papers: int = 5
-    # Once the reader has rated papers digest sent ("more / less like this"), the liked
-    # papers' evidence is learned: a linear classifier of the liked papers against the
-    # disliked ones and the stored papers (`learned_scores`). A disliked paper weighs
-    # this much of a liked one in it; the stored papers, together, as much as the liked.
+    # Once the reader has rated papers digest sent ("more / less like this") and likes
+    # `classifier_min_papers` papers, the liked papers' evidence is learned: a linear
+    # classifier of the liked papers against the disliked ones and the stored papers
+    # (`learned_scores`). A disliked paper weighs this much of a liked one in it (Buckley
+    # and Salton's Rocchio ratio, 16:4); the stored papers, together, as much as the liked.
     less_weight: float = 0.25
     learned_c: float = 1.0  # its regularisation (LinearSVC's C)
     learned_stored: int = 2000  # stored papers it learns against, at most
@@ -45,6 +46,9 @@ class RankParams:
     # MMR: a pick loses this many standard deviations per unit of cosine similarity to a
     # paper already chosen.
     diversity_sd: float = 1.0
+    # Papers asked about (`RankRequest.ask`) are chosen from this many candidates each,
+    # the ones after the picks.
+    ask_shortlist: int = 3
     reason_terms: int = 3  # matched terms a reason names, at most
 
     # Keyword rules (`mute`, `require`).

@@ -28,20 +28,26 @@ class Preferences:
 @dataclass(frozen=True)
 class RankRequest:
     """One profile to rank: up to `top` picks, none of `exclude` (row ids: papers already
-    sent) nor below `min_score`."""
+    sent) nor below `min_score`; then `ask` papers for the reader to rate (picks in the
+    ASK_SECTION, after the others: `evidence.ask_sample`)."""
 
     prefs: Preferences
     top: int
     exclude: frozenset[int] = frozenset()
     min_score: float | None = None
+    ask: int = 0
 
 
-def learns_from_ratings(request: RankRequest) -> bool:
+def learns_from_ratings(request: RankRequest, least: int) -> bool:
     """Whether the liked papers' evidence is learned from the reader's ratings: once they
-    have liked papers and have rated a paper digest sent them."""
+    have rated a paper digest sent them and have `least` liked papers (a classifier of
+    fewer knows less than a query of them and of their best matches), unless the profile
+    has interests: there the interests' best matches join the liked papers' query
+    (pseudo-relevance feedback), which a classifier of a few ratings does worse than
+    (docs/ranking.md, the cold start)."""
     prefs = request.prefs
-    return bool(prefs.liked) and any(p.row_id in request.exclude
-                                     for p in (*prefs.liked, *prefs.disliked))
+    return (not prefs.profile.interests and len(prefs.liked) >= least
+            and any(p.row_id in request.exclude for p in (*prefs.liked, *prefs.disliked)))
 
 
 @dataclass
@@ -89,7 +95,7 @@ def plan_request(corpus: Corpus, candidates: Candidates, mentions: Mentions,
         (("text", t), None) for t in prefs.liked_titles]
     # Papers it sent that the reader rated "less like this" are learned from
     # (`evidence.learned_scores`) where ratings are, not regions to avoid.
-    learns = learns_from_ratings(request)
+    learns = learns_from_ratings(request, corpus.params.classifier_min_papers)
     disliked = paper_keys(corpus, [p for p in prefs.disliked
                                    if not learns or p.row_id not in request.exclude],
                           "vector")

@@ -5,15 +5,17 @@ picks the top with MMR and explains each pick; `rank_many` is what the pipeline 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from digest.identity import normalise_title
-from digest.models import Paper, Pick
+from digest.models import ASK_SECTION, Paper, Pick
 from digest.rank.cache import candidate_cache
 from digest.rank.corpus import Candidates, Corpus
 from digest.rank.evidence import (
     Scale,
+    ask_sample,
     best_of,
     classifier_scores,
     diverse_top,
@@ -195,8 +197,17 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     # Nothing scores a profile's papers: only followed authors' papers can be picked.
     allowed &= any_family[:, None] | by_followed
     eligible = allowed & ((score > floors[:, None]) | by_followed)  # followed: a hard rule
+    # A profile asked to rate papers: the candidates after its picks are the ones to ask
+    # about, a few chosen to cover what the picks leave out.
     chosen = diverse_top(score + FOLLOWED_FIRST * by_followed, eligible, cache.similarity,
-                         [p.request.top for p in plans], params.diversity_sd)
+                         [p.request.top + p.request.ask * params.ask_shortlist
+                          for p in plans], params.diversity_sd)
+    asked: list[list[int]] = []
+    for j, plan in enumerate(plans):
+        top, after = chosen[j][:plan.request.top], chosen[j][plan.request.top:]
+        asked.append(ask_sample(candidates.matrix, top, [c for c in after if score[j, c] > 0],
+                                plan.request.ask))
+        chosen[j] = top + asked[j]
     picks: list[list[Pick]] = []
     for j, plan in enumerate(plans):
         by_family = {name: values[j] for name, (values, present) in
@@ -204,9 +215,11 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
                      if present[j]}
         if learned[j]:  # the liked papers' evidence is the classifier's: say so
             by_family["classifier"] = liked[0][j]
-        picks.append(make_picks(corpus, candidates, bank, plan, chosen[j], score[j],
-                                by_family, followed[j], scale, cache.phrases,
-                                liked_embedded[j]))
+        explained = make_picks(corpus, candidates, bank, plan, chosen[j], score[j], by_family,
+                               followed[j], scale, cache.phrases, liked_embedded[j])
+        first = len(explained) - len(asked[j])
+        picks.append(explained[:first]
+                     + [replace(p, section=ASK_SECTION) for p in explained[first:]])
     made = iter(picks)
     return [[] if p is None else next(made) for p in planned]
 

@@ -201,6 +201,9 @@ BATCH = 500  # subscribers whose editions are prepared, claimed and recorded tog
 RECORD_EVERY = 64
 RECORD_WITHIN_S = 0.02
 CANDIDATE_SETS = 8  # prepared candidate sets kept per run (one per distinct cut-off)
+# Papers an email asks a reader to rate while their profile has few ratings (a handful:
+# the picks come first). Measured in benchmarks/quality.py's cold-start view.
+ASK_RATINGS = 5
 
 
 @dataclass
@@ -343,7 +346,8 @@ class EditionRun:
             if sent is None:
                 sent = self.store.sent_paper_ids(profile.subscriber_id)
             requests.append(RankRequest(prefs, top=top or profile.max_papers,
-                                        exclude=frozenset(sent), min_score=profile.min_score))
+                                        exclude=frozenset(sent), min_score=profile.min_score,
+                                        ask=self.asks(prefs)))
         picks: list[list[Pick]] = [[] for _ in profiles]
         for since, members in groups.items():
             ranked = rank_many(self.corpus, self.candidates(since),
@@ -352,6 +356,16 @@ class EditionRun:
                 picks[i] = chosen
         self.timings["rank"] += time.perf_counter() - started
         return picks
+
+    def asks(self, prefs: Preferences) -> int:
+        """How many papers the email asks the reader to rate: ASK_RATINGS while the profile
+        asks for them and has fewer than `classifier_min_papers` liked or disliked
+        papers, when emails carry the links to rate with (`web.base_url`); else none."""
+        least = self.corpus.params.classifier_min_papers
+        if (not prefs.profile.ask_ratings or self.settings.web.base_url is None
+                or (len(prefs.liked) >= least and len(prefs.disliked) >= least)):
+            return 0
+        return ASK_RATINGS
 
     def render(self, profile: Profile, picks: Sequence[Pick], *, slot: datetime,
                now: datetime, sign: bool = True) -> OutgoingEmail:
