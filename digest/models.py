@@ -104,7 +104,7 @@ class Profile:
     min_score: float = 0.0
     when_nothing: str = "skip"  # no paper good enough: "skip" the edition, or send a "note"
     # Until the reader has rated enough papers, the email asks them to rate a few more.
-    ask_ratings: bool = True
+    ask_ratings: bool = False
 
 
 # The heading of the email's last section, when it has one: papers the reader is asked to

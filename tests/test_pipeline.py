@@ -243,7 +243,7 @@ def test_one_edition_asked_for_twice_in_a_batch_is_sent_once(store, settings, sm
 def test_a_new_subscriber_is_asked_to_rate_a_few_papers_until_there_are_enough_ratings(
         store, seeds, settings):
     """With links in the emails, a profile with fewer than 5 liked or 5 disliked papers
-    gets ASK_RATINGS papers to rate after its picks; not with `ask_ratings: false`, not
+    gets ASK_RATINGS papers to rate after its picks if it asks (`ask_ratings: true`); not
     once it has enough ratings, and not without links (nothing to rate them with)."""
     from dataclasses import replace
 
@@ -257,7 +257,7 @@ def test_a_new_subscriber_is_asked_to_rate_a_few_papers_until_there_are_enough_r
     titles = [p.title for p in store.papers()]
     profile = Profile(subscriber_id="new", path=Path("new.yaml"), name="New",
                       email="new@example.org", interests=(Interest("dense retrieval"),),
-                      max_papers=5)
+                      max_papers=5, ask_ratings=True)
     linked = EditionRun(store, settings.model_copy(update={
         "web": WebSettings(base_url="https://digest.example/links",
                            secret=SecretStr("a test secret, long enough to sign with"))}))

@@ -604,11 +604,12 @@ def test_a_phrase_of_several_words_prefers_papers_holding_it():
 
 def test_rating_papers_it_sent_teaches_a_classifier_of_the_ratings(store, papers):
     """Once the reader has rated a paper digest sent them ("more / less like this"), the
-    liked papers' evidence is learned from the ratings against the stored papers, however
-    few; before, the same liked papers make a query, and no classifier is learned."""
-    retrieval = [p for p in papers if "retriev" in p.title.lower()][:4]
+    liked papers' evidence is learned from the ratings against the stored papers (from 5
+    liked papers on); before, the same liked papers make a query, and no classifier is
+    learned; nor for a profile with interests, whose query does better."""
+    retrieval = [p for p in papers if "retriev" in p.title.lower()][:5]
     vision = [p for p in papers if "image" in p.title.lower()][:1]
-    assert len(retrieval) == 4 and len(vision) == 1
+    assert len(retrieval) == 5 and len(vision) == 1
     profile = _profile(liked=tuple(p.title for p in retrieval),
                        disliked=tuple(p.title for p in vision))
     prefs, _ = resolve_preferences(store, profile)
@@ -619,7 +620,10 @@ def test_rating_papers_it_sent_teaches_a_classifier_of_the_ratings(store, papers
     # The last liked paper and the disliked one came in earlier editions.
     sent = frozenset({retrieval[-1].row_id, vision[0].row_id})
     after = rank_papers(corpus, prefs, candidates, top=5, exclude=sent)
-    assert all("learned from your 4 liked and 1 disliked papers" in p.reason for p in after)
+    assert all("learned from your 5 liked and 1 disliked papers" in p.reason for p in after)
+    with_interests = replace(prefs, profile=replace(profile, interests=(Interest("retrieval"),)))
+    assert not any("learned from" in p.reason for p in rank_papers(
+        corpus, with_interests, candidates, top=5, exclude=sent))
     assert sum("retriev" in p.paper.text.lower() for p in after) >= 3
     rated = {p.row_id for p in (*retrieval, *vision)}
     assert not any(p.paper.row_id in rated for p in after)

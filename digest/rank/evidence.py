@@ -294,20 +294,20 @@ def diverse_top(score: np.ndarray, eligible: np.ndarray, similarity: Similarity,
 def ask_sample(matrix: sparse.csr_matrix, picks: Sequence[int], near: Sequence[int],
                count: int) -> list[int]:
     """`count` candidates for the reader to rate, covering the themes near the profile
-    that the picks leave out rather than the next of its list: of `near` (the candidates
-    after the picks, better than a typical stored paper, best first), each next one is the
-    least like anything already in the email (the picks, the papers asked about before
-    it), a farthest-first cover. Positions in `matrix`'s rows."""
+    that the picks leave out rather than the next of its list: of `near` (the best
+    candidates after the picks, best first), each next one is the least like anything
+    already in the email (the picks, the papers asked about before it), a farthest-first
+    cover. Positions in `matrix`'s rows."""
     if count <= 0 or not near:
         return []
     rows = matrix[list(near) + list(picks)]
-    ahead = rows[:len(near)]
-    closest = (_dense(ahead @ rows[len(near):].T).max(axis=1) if len(picks)
+    similar = _dense(rows[:len(near)] @ rows.T)  # a row per near candidate
+    closest = (similar[:, len(near):].max(axis=1) if len(picks)
                else np.full(len(near), -np.inf, dtype=np.float32))
     asked: list[int] = []
     for _ in range(min(count, len(near))):
         at = int(np.argmin(closest))  # ties: the better first
         asked.append(int(near[at]))
-        closest = np.maximum(closest, _dense(ahead @ rows[at].T).ravel())
+        closest = np.maximum(closest, similar[:, at])
         closest[at] = np.inf
     return asked

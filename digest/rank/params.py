@@ -47,7 +47,7 @@ class RankParams:
     # paper already chosen.
     diversity_sd: float = 1.0
     # Papers asked about (`RankRequest.ask`) are chosen from this many candidates each,
-    # the ones after the picks.
+    # the best after the picks.
     ask_shortlist: int = 3
     reason_terms: int = 3  # matched terms a reason names, at most
 

@@ -197,17 +197,22 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     # Nothing scores a profile's papers: only followed authors' papers can be picked.
     allowed &= any_family[:, None] | by_followed
     eligible = allowed & ((score > floors[:, None]) | by_followed)  # followed: a hard rule
-    # A profile asked to rate papers: the candidates after its picks are the ones to ask
-    # about, a few chosen to cover what the picks leave out.
     chosen = diverse_top(score + FOLLOWED_FIRST * by_followed, eligible, cache.similarity,
-                         [p.request.top + p.request.ask * params.ask_shortlist
-                          for p in plans], params.diversity_sd)
-    asked: list[list[int]] = []
+                         [p.request.top for p in plans], params.diversity_sd)
+    # A profile asked to rate papers: the best candidates after its picks (better than a
+    # typical paper) are the ones to ask about, a few chosen to cover what the picks leave
+    # out.
+    asked: list[list[int]] = [[] for _ in plans]
     for j, plan in enumerate(plans):
-        top, after = chosen[j][:plan.request.top], chosen[j][plan.request.top:]
-        asked.append(ask_sample(candidates.matrix, top, [c for c in after if score[j, c] > 0],
-                                plan.request.ask))
-        chosen[j] = top + asked[j]
+        if plan.request.ask > 0:
+            rest = eligible[j] & (score[j] > 0)
+            rest[chosen[j]] = False
+            near = np.flatnonzero(rest)
+            near = near[np.argsort(-score[j, near], kind="stable")
+                        [:plan.request.ask * params.ask_shortlist]]
+            asked[j] = ask_sample(candidates.matrix, chosen[j], near.tolist(),
+                                  plan.request.ask)
+            chosen[j] = chosen[j] + asked[j]
     picks: list[list[Pick]] = []
     for j, plan in enumerate(plans):
         by_family = {name: values[j] for name, (values, present) in
