@@ -86,6 +86,8 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
       (a profile with interests and no liked papers: they stand in for liked papers);
     - with the `embeddings` extra, the same two in sentence-embedding space (centred);
     - with enough liked and disliked papers, a per-subscriber linear classifier;
+    - once the reader has rated papers digest sent (and writes no interests), the liked
+      papers' evidence is instead a classifier of the ratings against the stored papers;
     - penalties for resemblance to disliked papers and avoided topics.
     Each kind is put on one scale (standard deviations above a typical stored paper) and
     averaged; muted and required keywords and followed authors are hard rules; the top is
