@@ -413,9 +413,10 @@ def test_ingest_tells_its_progress_of_each_file_and_each_paper(store, seeds, tmp
 
 @pytest.mark.slow
 def test_a_large_file_gives_progress_lines_when_not_on_a_terminal(tmp_path):
-    """`digest ingest` of a 5,000-paper file, its stderr a pipe (a real process): log lines
-    on the way (after its first quiet second) and one when done."""
-    big = write_big_digest(tmp_path / "big.txt", 5000)
+    """`digest ingest` of a 60,000-paper file, its stderr a pipe (a real process): log lines
+    on the way (after its first quiet second) and one when done. (The file is large enough
+    for its papers to take more than that second to store: 5,000 once did, no longer.)"""
+    big = write_big_digest(tmp_path / "big.txt", 60_000)
     command, env = digest_cli(tmp_path / "digest.toml")
     env.pop("DIGEST_CONFIG", None)
     (tmp_path / "digest.toml").write_text('data_dir = "data"\n')
@@ -424,12 +425,12 @@ def test_a_large_file_gives_progress_lines_when_not_on_a_terminal(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ("1 file, 5,000 entries, 5,000 new papers (5,000 stored), "
+    assert done.stdout == ("1 file, 60,000 entries, 60,000 new papers (60,000 stored), "
                            "0 files rejected.\n")
     lines = [line.partition(" digest.progress ")[2] for line in done.stderr.splitlines()
              if " INFO digest.progress Storing big.txt: " in line]
     assert len(lines) >= 2, done.stderr
-    assert re.fullmatch(r"Storing big\.txt: [\d,]+ of 5,000 papers \(\d+%\) in \d+ s.*",
+    assert re.fullmatch(r"Storing big\.txt: [\d,]+ of 60,000 papers \(\d+%\) in \d+ s.*",
                         lines[0]) and "(100%)" not in lines[0]
-    assert re.fullmatch(r"Storing big\.txt: 5,000 of 5,000 papers \(100%\) in \d+ s",
+    assert re.fullmatch(r"Storing big\.txt: 60,000 of 60,000 papers \(100%\) in \d+ s",
                         lines[-1])

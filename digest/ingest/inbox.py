@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digest.errors import InputError
-from digest.ingest.files import read_digest_file
+from digest.ingest.files import open_digest_file
 from digest.models import Problem
 
 if TYPE_CHECKING:
@@ -100,22 +100,23 @@ class InboxWatcher:
             return progress(path, entries) if progress is not None else nullcontext()
 
         try:
-            parsed = read_digest_file(path)
+            digest = open_digest_file(path)
         except InputError as exc:
             with storing(0):
                 return self._reject(path, exc.reason)
-        fatal = [p for p in parsed.problems if p.fatal]
-        if fatal or not parsed.entries:
-            with storing(0):
-                return self._reject(path, fatal[0].reason if fatal else "no papers found")
-        with storing(len(parsed.entries)) as advance:
-            added = store.add_entries(parsed.entries, now, progress=advance)
+        with digest:
+            fatal = [p for p in digest.problems if p.fatal]
+            if fatal or not digest.count:
+                with storing(0):
+                    return self._reject(path, fatal[0].reason if fatal else "no papers found")
+            with storing(digest.count) as advance:
+                added = store.add_entries(digest.entries(), now, progress=advance)
         target = _unique(self.folder / PROCESSED / path.name)
         target.parent.mkdir(exist_ok=True)
         shutil.move(path, target)
         log.info("inbox.ingested file=%s entries=%d new=%d skipped_lines=%d moved_to=%s",
-                 path.name, added.entries, added.new_papers, len(parsed.problems), target)
-        return InboxFile(target, added.new_papers, added.entries, parsed.problems)
+                 path.name, added.entries, added.new_papers, len(digest.problems), target)
+        return InboxFile(target, added.new_papers, added.entries, digest.problems)
 
     def _reject(self, path: Path, reason: str) -> InboxFile:
         target = _unique(self.folder / REJECTED / path.name)

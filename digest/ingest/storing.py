@@ -1,5 +1,6 @@
 """Digest files into the store, as `digest ingest` reads them: each file parsed, its papers
-merged into the stored ones, what was skipped reported with file and line.
+merged into the stored ones as they are read (a file of any size in little memory), what
+was skipped reported with file and line.
 
 Long work tells an optional `FileProgress` (see `inbox.py`) how far it is: the command
 shows it, this module shows nothing itself.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digest.errors import InputError
-from digest.ingest.files import read_digest_file
+from digest.ingest.files import open_digest_file
 from digest.ingest.inbox import FileProgress, InboxWatcher
 from digest.models import IngestReport, Problem
 
@@ -39,23 +40,24 @@ def ingest_files(store: Store, paths: Iterable[Path], *, now: datetime,
     problems: list[Problem] = []
     for path in paths:
         try:
-            parsed = read_digest_file(path, reference.date() if reference else None)
+            digest = open_digest_file(path, reference.date() if reference else None)
         except InputError as exc:
             problems.append(Problem(str(exc.path), exc.line, exc.reason, fatal=True))
             log.info("ingest.rejected path=%s reason=%s", exc.path, exc.reason)
             with file_progress(path, 0):
                 pass
             continue
-        problems.extend(parsed.problems)
-        with file_progress(path, len(parsed.entries)) as advance:
-            if not parsed.entries:
-                continue
-            result = store.add_entries(parsed.entries, now, progress=advance)
+        with digest:
+            problems.extend(digest.problems)
+            with file_progress(path, digest.count) as advance:
+                if not digest.count:
+                    continue
+                result = store.add_entries(digest.entries(), now, progress=advance)
         files += 1
         entries += result.entries
         new += result.new_papers
         log.info("ingest.file path=%s entries=%d new=%d skipped=%d", path, result.entries,
-                 result.new_papers, len(parsed.problems))
+                 result.new_papers, len(digest.problems))
     return IngestReport(files=files, entries=entries, new_papers=new, problems=tuple(problems))
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+from bisect import insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
+from itertools import chain, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 from weakref import WeakKeyDictionary
@@ -65,9 +69,24 @@ class Attempt:
     retryable: bool
 
 
+# Entries merged and stored together (`Store.add_entries`): a few queries and statements
+# for each batch; a batch's entries and their papers' rows are all it holds in memory.
+BATCH = 2_000
+
+
 @dataclass(frozen=True)
 class AddResult:
     entries: int
+    new_papers: int
+    new_sources: int
+
+
+@dataclass(frozen=True)
+class _StoredBatch:
+    """What `_store_batch` did: each entry's paper row (in the entries' order), how many
+    papers are new to the stream, and how many (paper, source) pairs are new."""
+
+    rows: list[dict[str, Any]]
     new_papers: int
     new_sources: int
 
@@ -194,92 +213,93 @@ class Store:
 
     # Papers ---------------------------------------------------------------------------
 
-    def add_entries(self, entries: Sequence[PaperEntry], now: datetime, *,
-                    progress: Callable[[int], None] | None = None) -> AddResult:
+    def add_entries(self, entries: Iterable[PaperEntry], now: datetime, *,
+                    progress: Callable[[int], None] | None = None,
+                    batch: int = BATCH) -> AddResult:
         """Merge entries into the papers they are; idempotent for the same (paper, source),
-        also when another process adds the same entries at the same time. `progress` is
-        told of each entry merged (in one transaction: none is stored until all are)."""
-        new_papers = new_sources = 0
-        with self._begin() as conn:
-            for entry in entries:
-                paper_id, created = self._merge_entry(conn, entry, now)
-                new_papers += created
-                found = conn.execute(
-                    select(paper_sources.c.id).where(
-                        paper_sources.c.paper_id == paper_id,
-                        paper_sources.c.source == entry.source,
-                    )
-                ).first()
-                if found is None:
-                    new_sources += conn.execute(
-                        self._upsert(paper_sources).on_conflict_do_nothing().values(
-                            paper_id=paper_id, source=entry.source,
-                            source_line=entry.source_line, seen_at=now)
-                        .returning(paper_sources.c.id)).first() is not None
-                if progress is not None:
-                    progress(1)
-        return AddResult(len(entries), new_papers, new_sources)
+        also when another process adds the same entries at the same time.
 
-    def _merge_entry(self, conn: Connection, entry: PaperEntry, now: datetime, *,
-                     reference: bool = False) -> tuple[int, bool]:
-        """The paper's row id, and whether it is new to the stream of papers: stored now,
-        or known until now only as a reference (see `add_references`)."""
-        title_key = _title_key(entry.title)
-        row = self._find_entry(conn, entry, title_key)
-        if row is None:
-            inserted = conn.execute(
-                self._upsert(papers).on_conflict_do_nothing().values(
-                    key=entry.arxiv_id or title_key, arxiv_id=entry.arxiv_id,
-                    title_key=title_key, title=entry.title, abstract=entry.abstract,
-                    authors=list(entry.authors), url=entry.url, published=entry.published,
-                    first_seen=now, reference=reference, doi=parse_doi(entry.doi))
-                .returning(papers.c.id)).scalar()
-            if inserted is not None:
-                return int(inserted), True
-            # Another process stored this paper since the look-up (its transaction has now
-            # committed: the insert waited for it), so it is found this time.
-            row = self._find_entry(conn, entry, title_key)
+        `entries` is read as it comes, `batch` entries at a time, each batch looked up in a
+        few queries and written in a few statements: a file of any size is stored in
+        little memory. `progress` is told of each entry once its batch is merged (in one
+        transaction: none is stored until all are)."""
+        count = new_papers = new_sources = 0
+        with self._begin() as conn:
+            for chunk in _batches(entries, batch):
+                stored = self._store_batch(conn, chunk, now, reference=False)
+                count += len(chunk)
+                new_papers += stored.new_papers
+                new_sources += stored.new_sources
+                if progress is not None:
+                    for _ in chunk:
+                        progress(1)
+        return AddResult(count, new_papers, new_sources)
+
+    def _store_batch(self, conn: Connection, entries: Sequence[PaperEntry], now: datetime, *,
+                     reference: bool) -> _StoredBatch:
+        """Merge a batch of entries into the papers they are (`_PaperIndex.match`, over the
+        stored papers they may be, read in a few queries), in the entries' order: an entry
+        may be a paper stored by one before it. New papers are stored as references if
+        `reference`; a reference an entry of `add_entries` is becomes an ordinary paper, new
+        to the stream."""
+        index = _PaperIndex.load(conn, entries)
+        rows: list[dict[str, Any]] = []
+        created = 0
+        for entry in entries:
+            row = index.match(entry)
             if row is None:
-                raise StoreError(f"{entry.source}: the paper {entry.title!r} clashes with a "
-                                 "stored one that cannot be found")
-        m = row._mapping
-        changes = _merged(m, entry)
-        promoted = bool(m["reference"]) and not reference
-        if promoted:
-            # A paper known only as someone's reference has now arrived as a paper: it is
-            # offered from now on as if it had never been imported (whoever liked it is
-            # never offered it: it is among their liked papers).
-            changes.update(reference=False, first_seen=now)
-        if changes:
-            conn.execute(update(papers).where(papers.c.id == m["id"]).values(**changes))
-        return int(m["id"]), promoted
+                row = index.add(_new_row(entry, index.title_key(entry.title), now,
+                                         reference=reference))
+            else:
+                changes = _merged(row, entry)
+                if row["reference"] and not reference:
+                    # A paper known only as someone's reference has now arrived as a paper:
+                    # it is offered from now on as if it had never been imported (whoever
+                    # liked it is never offered it: it is among their liked papers).
+                    changes.update(reference=False, first_seen=now)
+                    created += 1
+                index.change(row, changes)
+            rows.append(row)
+        # Changes first: a paper given its arXiv id frees its title key for a new one.
+        _update_papers(conn, index.changes)
+        inserted = {key: row_id for row_id, key in _INSERT_PAPERS.run(
+            conn, list(map(_paper_values, index.new)))}
+        created += len(inserted)
+        for row in index.new:
+            if row["key"] in inserted:
+                row["id"] = inserted[row["key"]]
+                continue
+            # Another process stored this paper since the look-up (its transaction has now
+            # committed: the insert waited for it): it is that one.
+            stored, made = self._merge_stored(conn, _entry_of(row), now, reference=reference)
+            created += made
+            row.update(stored)
+        sources: dict[tuple[int, str], int | None] = {}
+        for row, entry in zip(rows, entries, strict=True):
+            sources.setdefault((row["id"], entry.source), entry.source_line)
+        added = _ADD_SOURCES.run(conn, [(paper_id, source, line, now)
+                                        for (paper_id, source), line in sources.items()])
+        return _StoredBatch(rows, created, added)
 
     @staticmethod
-    def _find_entry(conn: Connection, entry: PaperEntry, title_key: str) -> Row[Any] | None:
-        """The stored paper an entry is: by arXiv id, else by DOI, else by title (oldest
-        first); `_PaperIndex.match` is the same rule over papers held in memory."""
-        if entry.arxiv_id:
-            row = conn.execute(select(papers).where(papers.c.arxiv_id == entry.arxiv_id)).first()
-            if row is not None:
-                return row
-        doi = parse_doi(entry.doi)
-        if doi:
-            query = select(papers).where(papers.c.doi == doi)
-            if entry.arxiv_id:
-                query = query.where(papers.c.arxiv_id.is_(None))
-            row = conn.execute(query.order_by(papers.c.id)).first()
-            if row is not None:
-                return row
-        query = select(papers).where(papers.c.title_key == title_key)
-        if entry.arxiv_id:  # a paper with another arXiv id and the same title is another
-            query = query.where(papers.c.arxiv_id.is_(None))
-        if doi:  # and so is one with another DOI
-            query = query.where(or_(papers.c.doi.is_(None), papers.c.doi == doi))
-        row = conn.execute(query.order_by(papers.c.id)).first()
-        if row is None and doi and not entry.arxiv_id:
-            # The paper that holds the title as its key is this one, whatever its DOI.
-            row = conn.execute(select(papers).where(papers.c.key == title_key)).first()
-        return row
+    def _merge_stored(conn: Connection, entry: PaperEntry, now: datetime, *,
+                      reference: bool) -> tuple[dict[str, Any], bool]:
+        """Merge `entry` into the paper another process stored after this batch looked for
+        it (this batch's insert of it waited for theirs to commit, then did nothing): that
+        paper's row, and whether it is new to the stream of papers (it was known until now
+        only as a reference, see `add_references`)."""
+        index = _PaperIndex.load(conn, [entry])
+        row = index.match(entry)
+        if row is None:
+            raise StoreError(f"{entry.source}: the paper {entry.title!r} clashes with a "
+                             "stored one that cannot be found")
+        changes = _merged(row, entry)
+        promoted = bool(row["reference"]) and not reference
+        if promoted:
+            changes.update(reference=False, first_seen=now)
+        index.change(row, changes)
+        _update_papers(conn, index.changes)
+        return row, promoted
 
     def add_references(self, entries: Sequence[PaperEntry], now: datetime) -> AddedReferences:
         """Match each entry of a reader's library to a stored paper (by arXiv id, then DOI,
@@ -287,41 +307,15 @@ class Store:
         for ranking and found by liked and disliked references, never offered as new
         (`papers(references=False)`). A matched paper gets what it lacks (DOI, abstract,
         authors) and stays what it was. Idempotent; a few statements for thousands of
-        entries."""
+        entries, in batches as `add_entries` stores them."""
+        found: list[Paper] = []
         created = 0
         with self._begin() as conn:
-            index = _PaperIndex.load(conn, entries)
-            rows: list[dict[str, Any]] = []
-            for entry in entries:
-                row = index.match(entry)
-                if row is None:
-                    row = index.add(_new_row(entry, now))
-                else:
-                    index.change(row, _merged(row, entry))
-                rows.append(row)
-            # Changes first: a paper given its arXiv id frees its title key for a new one.
-            for row_id, changes in index.changes.items():
-                conn.execute(update(papers).where(papers.c.id == row_id).values(**changes))
-            inserted = {key: row_id for row_id, key in _INSERT_PAPERS.run(
-                conn, [tuple(row[c] for c in _PAPER_COLUMNS) for row in index.new])}
-            created += len(inserted)
-            for row in index.new:
-                if row["key"] in inserted:
-                    row["id"] = inserted[row["key"]]
-                    continue
-                # Another process stored this paper since the look-up: it is that one.
-                row_id, made = self._merge_entry(conn, _entry_of(row), now, reference=True)
-                created += made
-                row.update(conn.execute(select(papers).where(papers.c.id == row_id))
-                           .one()._mapping)
-            sources: dict[tuple[int, str], int | None] = {}
-            for row, entry in zip(rows, entries, strict=True):
-                sources.setdefault((row["id"], entry.source), entry.source_line)
-            if sources:
-                conn.execute(self._upsert(paper_sources).on_conflict_do_nothing(), [
-                    dict(paper_id=paper_id, source=source, source_line=line, seen_at=now)
-                    for (paper_id, source), line in sources.items()])
-        return AddedReferences(tuple(_paper_of(row) for row in rows), created)
+            for chunk in _batches(entries, BATCH):
+                stored = self._store_batch(conn, chunk, now, reference=True)
+                found.extend(_paper_of(row) for row in stored.rows)
+                created += stored.new_papers
+        return AddedReferences(tuple(found), created)
 
     def count_papers(self) -> int:
         with self._begin() as conn:
@@ -790,15 +784,48 @@ def _merged(m: Mapping[Any, Any], entry: PaperEntry) -> dict[str, Any]:
 
 _PAPER_COLUMNS = ("key", "arxiv_id", "title_key", "title", "abstract", "authors", "url",
                   "published", "first_seen", "reference", "doi")
+_paper_values = itemgetter(*_PAPER_COLUMNS)  # a row's values, in that order
 
 
-def _new_row(entry: PaperEntry, now: datetime) -> dict[str, Any]:
-    """A reference paper's row, not yet stored (no id)."""
-    title_key = _title_key(entry.title)
+def _new_row(entry: PaperEntry, title_key: str, now: datetime, *, reference: bool
+             ) -> dict[str, Any]:
+    """A new paper's row, not yet stored (no id)."""
     return dict(id=None, key=entry.arxiv_id or title_key, arxiv_id=entry.arxiv_id,
                 title_key=title_key, title=entry.title, abstract=entry.abstract,
                 authors=list(entry.authors), url=entry.url, published=entry.published,
-                first_seen=now, reference=True, doi=parse_doi(entry.doi))
+                first_seen=now, reference=reference, doi=parse_doi(entry.doi))
+
+
+@contextmanager
+def _by_index(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: look papers up by their indexes in the block, never by reading the whole
+    table. A table filled since its statistics were last gathered (a new database, or an
+    ingest's own transaction) has none to say that a look-up of 500 values finds a few
+    rows: each would read all of it, each batch longer (100,000 papers into a new database
+    spent 90% of their time there)."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan TO DEFAULT")
+
+
+def _update_papers(conn: Connection, changes: Mapping[int, Mapping[str, Any]]) -> None:
+    """Write what merging changed: one executemany per set of columns changed, by row id
+    (one lock order for every writer)."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row_id in sorted(changes):
+        values = changes[row_id]
+        if values:
+            by_columns.setdefault(tuple(sorted(values)), []).append(
+                {"row_id": row_id, **{f"new_{name}": value for name, value in values.items()}})
+    for columns, rows in by_columns.items():
+        conn.execute(update(papers).where(papers.c.id == bindparam("row_id")).values(
+            {name: bindparam(f"new_{name}", type_=papers.c[name].type) for name in columns}),
+            rows)
 
 
 def _entry_of(row: Mapping[str, Any]) -> PaperEntry:
@@ -807,10 +834,17 @@ def _entry_of(row: Mapping[str, Any]) -> PaperEntry:
                       published=row["published"], doi=row["doi"])
 
 
+# The papers whose column holds one of the values given (an expanding parameter: the
+# statement is built once, not once per value).
+_PAPERS_BY = {name: select(papers).where(papers.c[name].in_(bindparam("values", expanding=True)))
+              for name in ("arxiv_id", "doi", "title_key", "key")}
+
+
 class _PaperIndex:
     """The stored papers that a batch of entries may be, read in a few queries and matched
-    in memory by `Store._find_entry`'s rule; papers made for the batch join it, so that
-    its entries match each other too. Rows are dicts of the papers table's columns."""
+    in memory (`match`: the rule of what paper an entry is); papers made for the batch join
+    it, so that its entries match each other too. Rows are dicts of the papers table's
+    columns."""
 
     def __init__(self) -> None:
         self.by_arxiv: dict[str, dict[str, Any]] = {}
@@ -819,19 +853,30 @@ class _PaperIndex:
         self.by_key: dict[str, dict[str, Any]] = {}
         self.new: list[dict[str, Any]] = []  # to insert
         self.changes: dict[int, dict[str, Any]] = {}  # by row id: to update
+        self._made: dict[int, int] = {}  # a new row's place in `new`, by the row's id()
+        self._title_keys: dict[str, str] = {}  # by title, for the batch's entries
 
     @classmethod
     def load(cls, conn: Connection, entries: Sequence[PaperEntry]) -> _PaperIndex:
+        """The stored papers `match` may find for these entries: by their arXiv ids; for
+        the entries whose arXiv id no stored paper has (or that have none), by their DOIs
+        and titles too, and by key for the title of one with a DOI and no arXiv id."""
         index = cls()
-        titles = sorted({_title_key(e.title) for e in entries})
-        wanted = [(papers.c.arxiv_id, sorted({e.arxiv_id for e in entries if e.arxiv_id})),
-                  (papers.c.doi, sorted({d for e in entries if (d := parse_doi(e.doi))})),
-                  (papers.c.title_key, titles), (papers.c.key, titles)]
         rows: dict[int, dict[str, Any]] = {}
-        for column, values in wanted:
-            for chunk in _chunks(values):
-                for r in conn.execute(select(papers).where(column.in_(chunk))):
-                    rows.setdefault(r._mapping["id"], dict(r._mapping))
+
+        def read(column: str, values: Iterable[Any]) -> None:
+            for chunk in _shaped_chunks(sorted(set(values)), 512):
+                for r in conn.execute(_PAPERS_BY[column], {"values": chunk}):
+                    if r.id not in rows:
+                        rows[r.id] = dict(r._mapping)
+
+        with _by_index(conn):
+            read("arxiv_id", (e.arxiv_id for e in entries if e.arxiv_id))
+            found = {row["arxiv_id"] for row in rows.values()}
+            rest = [e for e in entries if e.arxiv_id not in found]  # `match` reads on
+            read("doi", (d for e in rest if (d := parse_doi(e.doi))))
+            read("title_key", (index.title_key(e.title) for e in rest))
+            read("key", (index.title_key(e.title) for e in rest if e.doi and not e.arxiv_id))
         for row_id in sorted(rows):  # oldest first, as the look-ups in SQL order them
             index._index(rows[row_id])
         return index
@@ -845,24 +890,37 @@ class _PaperIndex:
         self.by_key.setdefault(row["key"], row)
 
     def match(self, entry: PaperEntry) -> dict[str, Any] | None:
-        """The paper `entry` is, by arXiv id, else DOI, else title (as `_find_entry`)."""
+        """The paper `entry` is: the one of its arXiv id; else the oldest of its DOI (without
+        another arXiv id); else the oldest of its title (without another arXiv id or DOI);
+        else, for an entry with a DOI and no arXiv id, the one that holds its title as key."""
         if entry.arxiv_id and entry.arxiv_id in self.by_arxiv:
             return self.by_arxiv[entry.arxiv_id]
         doi = parse_doi(entry.doi)
         for row in self.by_doi.get(doi, ()) if doi else ():
             if not entry.arxiv_id or row["arxiv_id"] is None:
                 return row
-        title_key = _title_key(entry.title)
+        title_key = self.title_key(entry.title)
         for row in self.by_title.get(title_key, ()):
             if ((not entry.arxiv_id or row["arxiv_id"] is None)
                     and (not doi or row["doi"] in (None, doi))):
                 return row
         return self.by_key.get(title_key) if doi and not entry.arxiv_id else None
 
+    def title_key(self, title: str) -> str:
+        key = self._title_keys.get(title)
+        if key is None:
+            key = self._title_keys[title] = _stored_title_key(title)
+        return key
+
     def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        self._made[id(row)] = len(self.new)
         self.new.append(row)
         self._index(row)
         return row
+
+    def _age(self, row: dict[str, Any]) -> tuple[int, int]:
+        """Oldest first: stored papers by row id, then the batch's new ones as made."""
+        return (0, row["id"]) if row["id"] is not None else (1, self._made[id(row)])
 
     def change(self, row: dict[str, Any], changes: dict[str, Any]) -> None:
         if not changes:
@@ -875,8 +933,8 @@ class _PaperIndex:
         if "arxiv_id" in changes:
             self.by_arxiv.setdefault(row["arxiv_id"], row)
             self.by_key.setdefault(row["key"], row)
-        if "doi" in changes:
-            self.by_doi.setdefault(row["doi"], []).append(row)
+        if "doi" in changes:  # among the papers of its DOI in their age order, as in SQL
+            insort(self.by_doi.setdefault(row["doi"], []), row, key=self._age)
 
 
 def _sendable(stale_before: datetime, live_since: datetime) -> ColumnElement[bool]:
@@ -911,11 +969,15 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(cause).split()) or type(cause).__name__
 
 
-@lru_cache(maxsize=65536)  # many profiles like the same few papers
-def _title_key(title: str) -> str:
+def _stored_title_key(title: str) -> str:
     """The normalised title as stored: at most 512 characters (the column's size, which
     PostgreSQL enforces), so a title key is found however long the title."""
     return normalise_title(title)[:TITLE_KEY_LENGTH].rstrip()
+
+
+# Many profiles like the same few papers. (A batch of entries keeps its own title keys: an
+# ingest of any size leaves this cache as it was.)
+_title_key = lru_cache(maxsize=65536)(_stored_title_key)
 
 
 def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
@@ -969,29 +1031,41 @@ class _DriverStatement:
             self._compiled[dialect] = found
         return found
 
-    def run(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    def run(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Run the statement for each row; returns how many rows it changed in all."""
         sql, plan, names = self._for(conn.dialect)
         rows = list(rows)
         if not rows:
-            return
+            return 0
         values = _driver_values(rows, plan)
         if names is None:
-            conn.exec_driver_sql(sql, values)
+            result = conn.exec_driver_sql(sql, values)
         else:
-            conn.exec_driver_sql(sql, [dict(zip(names, v, strict=True)) for v in values])
+            result = conn.exec_driver_sql(sql, [dict(zip(names, v, strict=True))
+                                                for v in values])
+        return int(result.rowcount)
 
 
 class _DriverInsert:
     """`INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING RETURNING ...` of many rows
     in one statement, handed to the driver directly as `_DriverStatement` does (SQLite's
     `executemany` cannot return rows). Rows are tuples of the values of `columns`; the
-    result, the `returning` columns of the rows inserted, as the driver gives them."""
+    result, the `returning` columns of the rows inserted, as the driver gives them.
 
-    ROWS = 100  # per statement: within the 999 parameters of the oldest SQLite
+    With `ids_first` (`returning` must then be the table's serial `id` and some of
+    `columns`), PostgreSQL takes the row ids from the table's sequence first and inserts
+    the rows with them in one `executemany`, which psycopg pipelines: twice as quick as
+    statements of many rows. The rows inserted are those whose id is then in the table."""
 
-    def __init__(self, table: Any, columns: tuple[str, ...], returning: tuple[str, ...]):
+    ROWS = 500  # per statement at most, and within the parameters the database allows
+
+    def __init__(self, table: Any, columns: tuple[str, ...], returning: tuple[str, ...], *,
+                 ids_first: bool = False):
         self._table, self._columns, self._returning = table, columns, returning
         self._converts: WeakKeyDictionary[Dialect, list[Any]] = WeakKeyDictionary()
+        self._ids_first = ids_first
+        if ids_first and (returning[0] != "id" or not set(returning[1:]) <= set(columns)):
+            raise ValueError(f"{returning}: not the id, then some of {columns}")
 
     def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         dialect = conn.dialect
@@ -1000,6 +1074,8 @@ class _DriverInsert:
                 self._table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
                 for name in self._columns]
         converts = self._converts[dialect]
+        if self._ids_first and dialect.name == "postgresql" and rows:
+            return self._run_with_ids(conn, rows, converts)
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         row_marks = f"({', '.join([mark] * len(self._columns))})"
@@ -1008,11 +1084,44 @@ class _DriverInsert:
         tail = f" ON CONFLICT DO NOTHING RETURNING {', '.join(map(quote, self._returning))}"
         found: list[tuple[Any, ...]] = []
         plan = list(enumerate(converts))
-        for chunk in _chunks(rows, self.ROWS):
-            values = [value for row in _driver_values(chunk, plan) for value in row]
+        size = max(1, min(self.ROWS, _max_parameters(conn) // len(self._columns)))
+        for chunk in _shaped_chunks(rows, size):
+            values = tuple(chain.from_iterable(_driver_values(chunk, plan)))
             sql = head + ", ".join([row_marks] * len(chunk)) + tail
-            found.extend(tuple(row) for row in conn.exec_driver_sql(sql, tuple(values)))
+            found.extend(tuple(row) for row in conn.exec_driver_sql(sql, values))
         return found
+
+
+    def _run_with_ids(self, conn: Connection, rows: Sequence[tuple[Any, ...]],
+                      converts: list[Any]) -> list[tuple[Any, ...]]:
+        quote = conn.dialect.identifier_preparer.quote
+        table = quote(self._table.name)
+        ids = [row_id for (row_id,) in conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) "
+            "FROM generate_series(1, %(count)s)", {"table": table, "count": len(rows)})]
+        names = ", ".join(map(quote, ("id", *self._columns)))
+        marks = ", ".join(["%s"] * (len(self._columns) + 1))
+        values = _driver_values(rows, list(enumerate(converts)))
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+                             "ON CONFLICT DO NOTHING",
+                             [(row_id, *row) for row_id, row in zip(ids, values, strict=True)])
+        stored = {row_id for (row_id,) in conn.exec_driver_sql(
+            f"SELECT id FROM {table} WHERE id = ANY(%(ids)s)", {"ids": ids})}
+        taken = [self._columns.index(name) for name in self._returning[1:]]
+        return [(row_id, *(row[i] for i in taken))
+                for row_id, row in zip(ids, rows, strict=True) if row_id in stored]
+
+
+def _max_parameters(conn: Connection) -> int:
+    """How many parameters one statement may have: SQLite's limit as built (999 before
+    3.32, 32,766 since; more in some builds), PostgreSQL's 65,535."""
+    if conn.dialect.name == "sqlite":
+        driver = conn.connection.dbapi_connection
+        getlimit = getattr(driver, "getlimit", None)  # Python 3.11's sqlite3 has it
+        if getlimit is None:
+            return 999
+        return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return 65_535
 
 
 def _driver_values(rows: Sequence[tuple[Any, ...]], plan: Sequence[tuple[int, Any]]
@@ -1021,9 +1130,25 @@ def _driver_values(rows: Sequence[tuple[Any, ...]], plan: Sequence[tuple[int, An
     the row's value converted (None: as it is), or a constant where the index is -1. Done
     column by column: far fewer steps per value than row by row."""
     columns = [[convert] * len(rows) if i < 0 else [row[i] for row in rows]
-               if convert is None else [convert(row[i]) for row in rows]
+               if convert is None else _converted([row[i] for row in rows], convert)
                for i, convert in plan]
     return list(zip(*columns, strict=True))
+
+
+def _converted(values: list[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """`convert` of each value; once for a run of one value where the column has runs (a
+    batch's `now`, the papers of one day), whose conversion (a date's, a time's) costs more
+    than telling so."""
+    if len(values) < 2 or values[0] is not values[1]:
+        return [convert(value) for value in values]
+    out = []
+    previous: Any = _converted  # no value is this function
+    result = None
+    for value in values:
+        if value is not previous:
+            previous, result = value, convert(value)
+        out.append(result)
+    return out
 
 
 def _by_slot(pairs: Sequence[tuple[str, datetime]]) -> dict[datetime, list[str]]:
@@ -1068,7 +1193,12 @@ _INSERT_EDITIONS = _DriverInsert(
     editions, ("subscriber_id", "slot", "state", "message_id", "attempts", "retryable",
                "candidates_until", "created_at", "updated_at"), ("id", "message_id"))
 
-_INSERT_PAPERS = _DriverInsert(papers, _PAPER_COLUMNS, ("id", "key"))
+_INSERT_PAPERS = _DriverInsert(papers, _PAPER_COLUMNS, ("id", "key"), ids_first=True)
+_SOURCE_NAMES = ("paper_id", "source", "source_line", "seen_at")
+_ADD_SOURCES = _DriverStatement(  # each (paper, source) once: the first line it was seen on
+    lambda dialect: _upsert_for(dialect, paper_sources).values(
+        {paper_sources.c[name]: _param(name, paper_sources.c[name]) for name in _SOURCE_NAMES})
+    .on_conflict_do_nothing(), _SOURCE_NAMES)
 
 _RECORD_NAMES = ("edition_row", "new_state", "reply", "may_retry", "sent", "now", "claimer")
 _RECORD_CLAIMED = _DriverStatement(lambda _: _record_statement(True), _RECORD_NAMES)
@@ -1099,6 +1229,29 @@ _SAVE_SUBSCRIBERS = _DriverStatement(_save_subscribers_statement, _SUBSCRIBER_NA
 def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def _shaped_chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """`values` in chunks of `size`, the rest in chunks of decreasing powers of two: a
+    statement made for each chunk has one of a few shapes (SQLite keeps each prepared, a few
+    hundred kB for an insert of hundreds of rows; one for every size would grow its cache to
+    tens of MB)."""
+    whole = len(values) - len(values) % size
+    yield from _chunks(values[:whole], size)
+    start = whole
+    while start < len(values):
+        step = 1 << ((len(values) - start).bit_length() - 1)
+        yield values[start:start + step]
+        start += step
+
+
+def _batches(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """`values` as lists of `size` (the last one shorter), read as they come."""
+    if size < 1:
+        raise ValueError(f"a batch holds at least one entry, not {size}")
+    values = iter(values)
+    while batch := list(islice(values, size)):
+        yield batch
 
 
 def engine_name(url: str) -> str:
