@@ -10,11 +10,10 @@ from pathlib import Path
 from digest.errors import InputError
 
 
-def read_regular_file(path: Path, max_bytes: int, *, kind: str,
-                      error: type[InputError] = InputError) -> bytes:
-    """The bytes of `path`, a regular file of at most `max_bytes`; raises `error` saying
-    why not. Never waits on a FIFO nor reads a device (a symbolic link to /dev/zero), and
-    reads no more than `max_bytes` + 1 bytes whatever the file claims its size is."""
+def open_regular_file(path: Path, *, kind: str,
+                      error: type[InputError] = InputError) -> int:
+    """A descriptor of `path` open for reading, a regular file; raises `error` saying why
+    not. Never waits on a FIFO (opened non-blocking) nor opens a device."""
     try:
         # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
@@ -33,6 +32,19 @@ def read_regular_file(path: Path, max_bytes: int, *, kind: str,
         if not stat.S_ISREG(mode):
             raise error(path, f"is not a regular file (a FIFO, socket or device); a {kind} "
                               "is read from a plain file only")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_file(path: Path, max_bytes: int, *, kind: str,
+                      error: type[InputError] = InputError) -> bytes:
+    """The bytes of `path`, a regular file of at most `max_bytes`; raises `error` saying
+    why not. Never waits on a FIFO nor reads a device (a symbolic link to /dev/zero), and
+    reads no more than `max_bytes` + 1 bytes whatever the file claims its size is."""
+    fd = open_regular_file(path, kind=kind, error=error)
+    try:
         chunks: list[bytes] = []
         size = 0
         while size <= max_bytes:

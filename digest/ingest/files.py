@@ -14,7 +14,6 @@ import io
 import marshal
 import os
 import re
-import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,7 @@ from typing import IO, Any
 from digest.errors import InputError
 from digest.ingest.digestfile import DigestParse, DigestParser
 from digest.models import PaperEntry, Problem
+from digest.reading import open_regular_file
 
 # Read as it streams, a file's size costs time, not memory. A digest page is ~100 kB; a year
 # of arXiv (250,000 papers) ~300 MB; anything bigger than this is not a digest file.
@@ -209,31 +209,9 @@ def _entry(row: Any, source: str, days: dict[int, date]) -> PaperEntry:
 
 
 def _open_regular(path: Path) -> IO[bytes]:
-    """`path` opened for reading, as `digest.reading.read_regular_file` opens a file: never
-    waiting on a FIFO, refusing anything but a regular file. Raises InputError."""
-    kind = "digest file"
-    try:
-        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError as exc:
-        raise InputError(path, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError(path, f"is a directory, not a {kind}") from exc
-    except PermissionError as exc:
-        raise InputError(path, "permission denied") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(path, f"is a directory, not a {kind}")
-        if not stat.S_ISREG(mode):
-            raise InputError(path, f"is not a regular file (a FIFO, socket or device); a {kind} "
-                                   "is read from a plain file only")
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb", buffering=_BLOCK)
+    """`path` opened for reading as `digest.reading` opens what people drop in a folder.
+    Raises InputError."""
+    return os.fdopen(open_regular_file(path, kind="digest file"), "rb", buffering=_BLOCK)
 
 
 def _too_large(path: Path) -> InputError:
