@@ -19,6 +19,10 @@ async def off_loop(func: Callable[[], T], timeout_s: float, *, name: str) -> T:
     done: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def run() -> None:
+        # Running from here on, so a caller that stops waiting (the daemon stopping) cannot
+        # cancel it: its outcome is set without an InvalidStateError ending the thread.
+        if not done.set_running_or_notify_cancel():
+            return  # given up on before it started
         try:
             done.set_result(func())
         except BaseException as exc:

@@ -390,3 +390,35 @@ def test_a_job_cut_short_by_a_stop_logs_no_traceback(daemon_settings, caplog):
     daemon.store.close()
     assert started.is_set()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_blocking_call_given_up_on_ends_its_thread_quietly(monkeypatch):
+    """The daemon stops waiting for a stuck fetch (its task cancelled at shutdown); when the
+    call returns after all, its thread ends without an error on the terminal."""
+    import threading
+
+    from digest.background import off_loop
+
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    release, finished = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        release.wait(30)
+        finished.set()
+        return "late"
+
+    async def give_up() -> None:
+        waiting = asyncio.create_task(off_loop(stuck, 60, name="stuck-fetch"))
+        await asyncio.sleep(0)  # the thread has started
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(give_up())
+    release.set()
+    assert finished.wait(30)
+    for thread in threading.enumerate():
+        if thread.name == "stuck-fetch":
+            thread.join(30)
+    assert errors == []
