@@ -612,12 +612,11 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
     """Load every profile it can; a broken one becomes an error value, not an exception.
 
     For sending, subscriber ids must be valid and distinct (the ledger is keyed by them);
-    for ranking alone they need not be. With `cache` (made for the same default_max_papers;
-    used for sending only), unchanged files are not parsed again.
+    for ranking alone they need not be. With `cache` (made for the same default_max_papers),
+    unchanged files are not parsed again. It holds only profiles that sending accepts,
+    which ranking accepts too: one parsed for ranking alone is kept only if its id is valid.
     """
     paths = list(paths)
-    if not for_sending:
-        cache = None  # what it holds passed the stricter checks of sending
     cached = cache.get(paths) if cache is not None else {}
     parsed: list[tuple[Profile, os.stat_result, int]] = []
     profiles: list[Profile] = []
@@ -634,7 +633,8 @@ def load_profiles(paths: Iterable[Path], *, default_max_papers: int = 10,
             except ProfileError as exc:
                 errors.append(exc)
                 continue
-            if stat is not None:
+            if stat is not None and (for_sending
+                                     or _SUBSCRIBER_ID.match(profile.subscriber_id)):
                 parsed.append((profile, stat, seen_ns))
         if for_sending and profile.subscriber_id in seen:
             errors.append(_same_id(path, profile.subscriber_id, seen[profile.subscriber_id]))

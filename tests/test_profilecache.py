@@ -155,15 +155,21 @@ def test_the_cache_of_other_settings_or_code_is_not_used(tmp_path, settings,
     assert parses == [path, path, path]
 
 
-def test_ranking_alone_neither_reads_nor_fills_it(tmp_path, write_profile: ProfileWriter,
-                                                  parses):
-    """Sending checks more (the subscriber id); what the cache holds passed those checks."""
-    path = write_profile("not a valid id", email="x@example.org", interests=["retrieval"])
-    _settle(path)
-    loose = load_profiles([path], for_sending=False, cache=ProfileCache(tmp_path))
-    strict = load_profiles([path], cache=ProfileCache(tmp_path))
-    assert loose.profiles and not strict.profiles and strict.errors
-    assert parses == [path, path]
+def test_ranking_shares_it_but_keeps_only_what_sending_accepts(
+        tmp_path, write_profile: ProfileWriter, parses):
+    """`digest rank` reads and fills the cache `digest send` uses; sending checks more (the
+    subscriber id), so a profile only ranking accepts is parsed every time, and sending
+    still refuses it."""
+    good = write_profile("ana", interests=["retrieval"])
+    odd = write_profile("not a valid id", email="x@example.org", interests=["retrieval"])
+    _settle(good, odd)
+    first = load_profiles([good, odd], for_sending=False, cache=ProfileCache(tmp_path))
+    again = load_profiles([good, odd], for_sending=False, cache=ProfileCache(tmp_path))
+    strict = load_profiles([good, odd], cache=ProfileCache(tmp_path))
+    assert first == again and len(first.profiles) == 2
+    assert [p.path for p in strict.profiles] == [good]
+    assert [e.path for e in strict.errors] == [odd]
+    assert parses == [good, odd, odd, odd]  # ana once, then from the cache
 
 
 def test_a_removed_profile_is_an_error_not_a_cached_ghost(tmp_path,

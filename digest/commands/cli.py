@@ -32,8 +32,10 @@ if TYPE_CHECKING:  # each command imports what it uses, so that start-up stays q
     from rich.console import Console
 
     from digest.config import Settings
+    from digest.errors import ProfileError
     from digest.models import Profile
     from digest.profiles import ProfileCheck
+    from digest.running.editions import EditionRun
     from digest.running.sending import SendReport
     from digest.store import Store
 
@@ -352,42 +354,53 @@ def rank(obj: Context, profiles: tuple[Path, ...], top: int, as_json: bool) -> N
     from digest.profiles import load_profiles
     from digest.progress import progress
     from digest.running.editions import EditionRun
+    from digest.running.processes import run_in_frozen_memory
 
-    loaded = load_profiles(profiles, default_max_papers=top, for_sending=False)
-    report_problems(loaded.errors)
     store = obj.open_store()
     try:
         run = EditionRun(store, obj.settings, preview=True, show_progress=progress)
         _say_if_preview_links(run)
+        # Parsed as sending parses them (the same cache), each picks `top` papers anyway.
+        loaded = load_profiles(profiles, default_max_papers=obj.settings.default_max_papers,
+                               for_sending=False, cache=run.profile_cache())
+        report_problems(loaded.errors)
         run.prefetch(loaded.profiles)
         by_path = {p.path: p for p in loaded.profiles}
         errors = {e.path: e for e in loaded.errors}
         console = Console()
-        for start in range(0, len(profiles), RANK_CHUNK):  # ranked together, shown as done
-            paths = profiles[start:start + RANK_CHUNK]
-            ranked = iter(run.choose_picks_many([by_path[p] for p in paths if p in by_path],
-                                                now=utc_now(), everything=True, top=top))
-            for path in paths:
-                profile = by_path.get(path)
-                if profile is None:
-                    if as_json:
-                        click.echo(json.dumps({"profile": str(path), "subscriber": None,
-                                               "picks": [], "error": str(errors.get(path))}))
-                    continue
-                picks = next(ranked)
-                if as_json:
-                    click.echo(json.dumps({
-                        "profile": str(path), "subscriber": profile.name,
-                        "picks": [{"id": p.paper.key, "title": p.paper.title,
-                                   "score": p.score, "reason": p.reason,
-                                   "section": p.section} for p in picks]},
-                        ensure_ascii=False))
-                else:
-                    _print_picks(console, profile, picks)
+        with run_in_frozen_memory(run):  # as `digest send` ranks, in one process
+            _rank_and_show(run, profiles, by_path, errors, top=top, as_json=as_json,
+                           console=console)
     finally:
         store.close()
     if loaded.errors:
         sys.exit(1)
+
+
+def _rank_and_show(run: EditionRun, profiles: Sequence[Path], by_path: dict[Path, Profile],
+                   errors: dict[Path, ProfileError], *, top: int, as_json: bool,
+                   console: Console) -> None:
+    """`digest rank`'s picks, RANK_CHUNK profiles ranked together and shown as done."""
+    for start in range(0, len(profiles), RANK_CHUNK):
+        paths = profiles[start:start + RANK_CHUNK]
+        ranked = iter(run.choose_picks_many([by_path[p] for p in paths if p in by_path],
+                                            now=utc_now(), everything=True, top=top))
+        for path in paths:
+            profile = by_path.get(path)
+            if profile is None:
+                if as_json:
+                    click.echo(json.dumps({"profile": str(path), "subscriber": None,
+                                           "picks": [], "error": str(errors.get(path))}))
+                continue
+            picks = next(ranked)
+            if as_json:
+                click.echo(json.dumps({
+                    "profile": str(path), "subscriber": profile.name,
+                    "picks": [{"id": p.paper.key, "title": p.paper.title, "score": p.score,
+                               "reason": p.reason, "section": p.section} for p in picks]},
+                    ensure_ascii=False))
+            else:
+                _print_picks(console, profile, picks)
 
 
 def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> None:

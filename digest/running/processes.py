@@ -57,9 +57,7 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
         store = Store.open(settings.db_url)
         try:
             run = EditionRun(store, settings, show_progress=show_progress)
-            with _frozen() as frozen, shown as advance:
-                if frozen:  # the corpus lives as long as the run too
-                    run.on_corpus = gc.freeze
+            with run_in_frozen_memory(run), shown as advance:
                 return run_shard(run, paths, now=now, show_all=show_all, progress=advance)
         finally:
             store.close()
@@ -148,6 +146,17 @@ def _frozen() -> Iterator[bool]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+@contextmanager
+def run_in_frozen_memory(run: EditionRun) -> Iterator[None]:
+    """A run of many editions (or `digest rank` of many profiles) in this process, with
+    what is loaded and, once built, its corpus kept out of the collector's full passes
+    (`_frozen`)."""
+    with _frozen() as frozen:
+        if frozen:  # the corpus lives as long as the run too
+            run.on_corpus = gc.freeze
+        yield
 
 
 def _worker_shard(paths: list[Path], now: datetime, show_all: bool) -> SendReport:
