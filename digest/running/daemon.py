@@ -35,6 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from digest.background import off_loop
 from digest.config import FeedSettings, Settings
+from digest.embed import embed_new_papers
 from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
@@ -81,6 +82,8 @@ class Daemon:
         self.leadership = leadership_for(self.store.engine)
         self.exit_status = 0
         self._feed_polls: dict[str, asyncio.Task[None]] = {}  # by feed URL
+        self._embedding: asyncio.Task[None] | None = None  # embed_new_papers, while it runs
+        self._embed_again = False
         sender = Sender(clock=clock)
         self.editions = EditionQueue(self.settings, self.store, self.profiles, clock=clock,
                                      stopping=self.stopping, sender=sender)
@@ -155,6 +158,8 @@ class Daemon:
                 log.warning("inbox.rejected file=%s reason=%r", item.path, item.rejected)
             for problem in item.problems:
                 log.warning("inbox.skipped %s", problem)
+        if any(item.new_papers for item in done):
+            self.embed_new_papers()
 
     async def poll_feed(self, feed: FeedSettings) -> None:
         """One feed's job: start polling it, unless its last poll is still going (a fetch
@@ -166,11 +171,38 @@ class Daemon:
 
     async def _poll_feed(self, feed: FeedSettings) -> None:
         try:
-            await poll_feed(self.store, feed, self.settings.daemon, now=self.clock(),
-                            rng=self.rng)
+            outcome = await poll_feed(self.store, feed, self.settings.daemon,
+                                      now=self.clock(), rng=self.rng)
         except Exception as exc:  # as a job's error would be: logged, and the next poll
             log.error("feed.error url=%s error=%r", feed.url, str(exc))
             log.debug("feed.error url=%s traceback", feed.url, exc_info=exc)
+            return
+        if outcome is not None and outcome.new_papers:
+            self.embed_new_papers()
+
+    def embed_new_papers(self) -> None:
+        """With the embeddings extra: embed the papers just stored, in a thread, so that an
+        edition's ranking finds them embedded. One such task at a time; asked again while
+        it runs, it runs once more after (with the model configured then)."""
+        if self._embedding is not None and not self._embedding.done():
+            self._embed_again = True
+            return
+        self._embedding = asyncio.create_task(self._embed_new_papers())
+
+    async def _embed_new_papers(self) -> None:
+        again = True
+        while again:
+            self._embed_again = False
+            try:
+                embedder = self.editions.embedder()
+                if embedder is not None:
+                    await asyncio.to_thread(embed_new_papers, self.store, embedder,
+                                            until=self.stopping.is_set)
+            except Exception as exc:  # the next send embeds what is missing, or says why
+                log.error("embeddings.error error=%r", str(exc))
+                log.debug("embeddings.error traceback", exc_info=exc)
+                return
+            again = self._embed_again
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -223,6 +255,7 @@ class Daemon:
         self.inbox = InboxWatcher(settings.inbox_dir, settings.daemon.inbox_settle_s)
         self._add_periodic_jobs()
         self.reload_profiles(force=True)
+        self.embed_new_papers()  # under the model now configured
         log.info("config.reloaded path=%s profiles=%d feeds=%d", settings.config_path,
                  len(self.profiles), len(settings.feeds))
 
@@ -301,6 +334,7 @@ class Daemon:
                  self.settings.inbox_dir, engine_name(self.settings.db_url))
         self.editions.catch_up()
         sender = asyncio.create_task(self.editions.send_editions())
+        self.embed_new_papers()  # stored while it was down, or under another model
         await self.stopping.wait()
         self.scheduler.shutdown(wait=False)
         for poll in self._feed_polls.values():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
-from digest.embed import Embedder
+from digest.embed import Embedder, embedder_for
 from digest.errors import ConfigError, ConnectionFailure, StoreError
 from digest.models import Profile
 from digest.running.editions import EditionRun, Status
@@ -69,6 +69,12 @@ class EditionQueue:
         if settings.celery != self.settings.celery:
             self.close()
         self.settings = settings
+
+    def embedder(self) -> Embedder | None:
+        """The embedder every run of this daemon shares (None: ranking is lexical)."""
+        if self._embedder == "unloaded":
+            self._embedder = embedder_for(self.settings)
+        return self._embedder
 
     def close(self) -> None:
         if self._celery_app is not None:
@@ -144,7 +150,7 @@ class EditionQueue:
             # A corpus fitted on today's papers; the embedding model is loaded only once,
             # and one sender (one heartbeat) serves every run.
             try:
-                run = EditionRun(self.store, self.settings, embedder=self._embedder,
+                run = EditionRun(self.store, self.settings, embedder=self.embedder(),
                                  stopping=self.stopping, sender=self.sender,
                                  clock=self.clock)
             except ConfigError as exc:  # checked at start and reload; the key file may go
@@ -154,7 +160,6 @@ class EditionQueue:
             due = self._take_due(batch)
             if due:
                 await self._send(run, due)
-            self._embedder = run.embedder
 
     def _take_due(self, batch: list[tuple[str, datetime | None]]
                   ) -> list[tuple[Profile, datetime]]:

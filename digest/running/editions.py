@@ -14,19 +14,18 @@ import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
 from jinja2 import Environment, TemplateError, TemplateSyntaxError
 
 from digest.config import Settings
 from digest.deliver import Mailer, wait_timed
-from digest.embed import Embedder, load_embedder, paper_vectors, stored_name
+from digest.embed import Embedder, StoredTexts, embed_papers, embedder_for
 from digest.errors import (
     ConfigError,
     ConnectionFailure,
@@ -69,39 +68,6 @@ from digest.store import Attempt, Store
 from digest.tokens import Links, Signer
 
 log = logging.getLogger(__name__)
-
-
-def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
-                 show_progress: ShowProgress | None = None) -> np.ndarray:
-    """One embedding per paper (`paper_vectors`), computed once and kept in the store under
-    the model's name; `show_progress` is shown the papers computed.
-
-    Only the vectors of `embedder`'s model are read: after the model is changed, every
-    paper is embedded again (once; saved as it goes, so an interrupted run keeps what it
-    computed). Another model's vectors stay stored, for a change back."""
-    name = stored_name(embedder)
-    known = store.embeddings([p.row_id for p in papers], name)
-    sizes = {len(v) for v in known.values()}
-    if len(sizes) > 1:  # vectors of another shape (an older model of the same name)
-        common = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
-        known = {k: v for k, v in known.items() if len(v) == common}
-    missing = [p for p in papers if p.row_id not in known]
-    if len(missing) > 100:
-        log.info("embeddings.computing papers=%d model=%s (once; kept in the store)",
-                 len(missing), name)
-    with (show_progress(f"Embedding papers with {embedder.name}", len(missing), unit="paper")
-          if show_progress is not None and missing else nullcontext(None)) as advance:
-        for start in range(0, len(missing), 256):  # saved as it goes: an interrupted run
-            batch = missing[start:start + 256]  # keeps what it computed
-            vectors = paper_vectors(embedder.encode, batch, progress=advance)
-            fresh = {p.row_id: v for p, v in zip(batch, vectors, strict=True)}
-            store.save_embeddings(name, fresh)
-            known.update(fresh)
-    if missing:
-        log.info("embeddings.computed papers=%d model=%s", len(missing), name)
-    if not papers:
-        return paper_vectors(embedder.encode, [])
-    return np.vstack([known[p.row_id] for p in papers])
 
 
 def resolve_preferences(store: Store, profile: Profile, found: Mapping[str, Paper] | None = None
@@ -282,10 +248,9 @@ class EditionRun:
         self.dkim = make_dkim(self.settings.mail)
 
     def get_embedder(self) -> Embedder | None:
+        """The settings' embedder (None: lexical); its model is loaded when first needed."""
         if self.embedder == "unloaded":
-            rank = self.settings.rank
-            self.embedder = load_embedder(rank.embeddings, rank.embedding_model,
-                                          cache_dir=self.settings.data_dir / "models")
+            self.embedder = embedder_for(self.settings)
         return self.embedder
 
     @property
@@ -299,7 +264,7 @@ class EditionRun:
                 vectors = embed_papers(self.store, embedder, papers,
                                        show_progress=self.show_progress)
                 self._corpus = build_corpus(papers, embeddings=vectors,
-                                            embed_text=embedder.encode)
+                                            embed_text=StoredTexts(self.store, embedder).encode)
             if self.on_corpus is not None:
                 self.on_corpus()
         return self._corpus

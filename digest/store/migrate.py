@@ -23,7 +23,7 @@ from digest.errors import StoreError
 # The newest revision in migrations/versions. It is written here so that opening a current
 # database reads one row instead of loading Alembic (about 60 ms); a test checks that it
 # matches the scripts.
-HEAD = "0003"
+HEAD = "0004"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key held while migrating ("digest" in ASCII); the lock is released
 # when the transaction ends, even if the process dies.

@@ -166,6 +166,17 @@ paper_embeddings = Table(
     Column("vector", LargeBinary, nullable=False),  # float32, little-endian
 )
 
+# The model's vector of each text ranking embeds besides papers (profiles' interest phrases,
+# liked titles not stored), keyed by the text's SHA-256: the same phrases come back every
+# run, and a run with nothing new to embed need not load the model at all.
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("model", String(100), primary_key=True),
+    Column("text_key", String(64), primary_key=True),  # hex SHA-256 of the UTF-8 text
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
+)
+
 # Every process that sends (`digest send` and its workers, `digest run`, `digest worker`)
 # writes a heartbeat here while it lives. An edition left in `sending` by a sender whose
 # heartbeat stopped is taken back by whoever looks next, on any host (`recover_abandoned`).

@@ -53,6 +53,7 @@ from digest.store.schema import (
     paper_sources,
     papers,
     senders,
+    text_embeddings,
 )
 from digest.store.schema import subscribers as subscribers_table
 from digest.store.snapshot import HEARTBEAT_S as HEARTBEAT_S  # the senders' timing lives
@@ -742,6 +743,42 @@ class Store:
                      vector=np.asarray(vector, dtype="<f4").tobytes())
                 for paper_id, vector in vectors.items()])
 
+    def papers_without_embedding(self, model: str, *, after: int = 0, limit: int = 256
+                                 ) -> list[Paper]:
+        """Up to `limit` papers with no vector for `model`, in row order from row id
+        `after` on (the last one a caller got: pages of a store of any size)."""
+        query = (select(papers).where(papers.c.id > after, ~_has_vector(model))
+                 .order_by(papers.c.id).limit(limit))
+        with self._begin() as conn:
+            return [_paper(row) for row in conn.execute(query)]
+
+    def count_papers_without_embedding(self, model: str) -> int:
+        with self._begin() as conn:
+            return int(conn.execute(select(func.count()).select_from(papers)
+                                    .where(~_has_vector(model))).scalar_one())
+
+    def text_embeddings(self, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of texts (by `text_key`) for `model`; missing ones are absent."""
+        found: dict[str, np.ndarray] = {}
+        with self._begin() as conn:
+            for start in range(0, len(keys), 500):
+                rows = conn.execute(select(text_embeddings.c.text_key, text_embeddings.c.vector)
+                                    .where(text_embeddings.c.model == model,
+                                           text_embeddings.c.text_key.in_(
+                                               keys[start:start + 500])))
+                for key, blob in rows:
+                    found[str(key)] = np.frombuffer(blob, dtype="<f4")
+        return found
+
+    def save_text_embeddings(self, model: str, vectors: Mapping[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        statement = self._upsert(text_embeddings).on_conflict_do_nothing()
+        with self._begin() as conn:
+            conn.execute(statement, [
+                dict(model=model, text_key=key, vector=np.asarray(vector, dtype="<f4").tobytes())
+                for key, vector in vectors.items()])
+
     # Feeds -----------------------------------------------------------------------------
 
     def feed_state(self, url: str) -> FeedState:
@@ -1203,6 +1240,13 @@ _ADD_SOURCES = _DriverStatement(  # each (paper, source) once: the first line it
 _RECORD_NAMES = ("edition_row", "new_state", "reply", "may_retry", "sent", "now", "claimer")
 _RECORD_CLAIMED = _DriverStatement(lambda _: _record_statement(True), _RECORD_NAMES)
 _RECORD = _DriverStatement(lambda _: _record_statement(False), _RECORD_NAMES[:-1])
+
+
+def _has_vector(model: str) -> ColumnElement[bool]:
+    """A paper (of the outer query) has a stored vector for `model`."""
+    return (select(paper_embeddings.c.paper_id)
+            .where(paper_embeddings.c.paper_id == papers.c.id,
+                   paper_embeddings.c.model == model).exists())
 
 
 def _upsert_for(dialect: Dialect, table: Any) -> Any:
