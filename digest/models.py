@@ -104,12 +104,12 @@ class Profile:
     min_score: float = 0.0
     when_nothing: str = "skip"  # no paper good enough: "skip" the edition, or send a "note"
     # Until the reader has rated enough papers, the email asks them to rate a few more.
-    ask_ratings: bool = False
+    ask_ratings: bool = True
 
 
 # The heading of the email's last section, when it has one: papers the reader is asked to
 # rate ("more / less like this") so that digest learns what they like, chosen to cover what
-# the picks leave out (digest.rank.evidence.ask_sample).
+# the picks leave out (digest.rank.evidence.ask_samples).
 ASK_SECTION = "Help us learn what you like: more or less like these?"
 
 

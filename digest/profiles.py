@@ -124,10 +124,9 @@ class ProfileFile(BaseModel):
     active: bool = True
     min_score: float = Field(default=0.0, ge=-5, le=50)
     when_nothing: Literal["skip", "note"] = "skip"
-    # true: until there are 5 liked and 5 disliked papers, each email ends with a few papers
-    # to rate (off by default: it makes an email about half as long again to rank and
-    # render; docs/ranking.md).
-    ask_ratings: bool = False
+    # Until there are 5 liked and 5 disliked papers, each email ends with a few papers to
+    # rate (false: never; docs/ranking.md measures what it brings and costs).
+    ask_ratings: bool = True
 
     @field_validator("min_score", mode="before")
     @classmethod

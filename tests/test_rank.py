@@ -659,3 +659,33 @@ def test_a_profile_asked_to_rate_gets_papers_after_its_picks_that_the_picks_leav
     after = [p.paper.row_id for p in rank_papers(corpus, prefs, candidates, top=14)][5:]
     assert {p.paper.row_id for p in asked} <= set(after)
     assert [p.paper.row_id for p in asked] != after[:3]
+
+
+@pytest.mark.parametrize("max_papers", [0, 1000], ids=["per-shortlist", "whole-table"])
+def test_the_papers_to_rate_cover_what_the_picks_leave_out(max_papers):
+    """Of the near candidates, best first, each next one asked about is the least like the
+    picks and those asked before it; profiles asked for together get what each gets
+    alone, whether the similarity comes per shortlist or from the whole table."""
+    import numpy as np
+    from scipy import sparse
+
+    from digest.rank.evidence import Similarity, ask_samples
+
+    # Six candidates on three axes: 0-1 on the first (the pick's), 2-3 on the second,
+    # 4 on the third, 5 between the first and the second.
+    rows = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0.7, 0.7, 0]],
+                    dtype=np.float32)
+    matrix = sparse.csr_matrix(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+
+    def similarity() -> Similarity:
+        return Similarity(matrix, max_papers=max_papers, pairs_per_profile=10**6)
+
+    picks, nears, counts = [[0], [], [0, 2]], [[1, 5, 2, 3, 4], [1, 2], [1, 5, 3, 4]], [3, 5, 2]
+    together = ask_samples(similarity(), picks, nears, counts)
+    # Unlike the pick: the second axis (2: as unlike it as 4, and listed before), then the
+    # third (4; 3 is 2's copy), then 5, half like both; 1, the pick's copy, never. No
+    # picks: the best first, then the farthest. Two axes picked: the third.
+    assert together == [[2, 4, 5], [1, 2], [4, 5]]
+    assert together == [ask_samples(similarity(), [p], [n], [c])[0]
+                        for p, n, c in zip(picks, nears, counts, strict=True)]
+    assert ask_samples(similarity(), [[0]], [[1, 2]], [0]) == [[]]

@@ -519,7 +519,7 @@ def test_to_sends_the_next_edition_as_a_test_and_leaves_the_ledger_alone(
     test = run_cli("-c", config, "send", "--to", "me@example.net", path)
 
     assert test.exit_code == 0, test.output
-    assert re.fullmatch(r"Sent a test of Ana's edition of \S+ \(10 papers\) to "
+    assert re.fullmatch(r"Sent a test of Ana's edition of \S+ \(10 papers and 5 to rate\) to "
                         r"me@example.net: 250 OK message accepted\n", test.stdout)
     assert _ledger(store) == []  # nothing recorded: no edition, no picks
     [received] = smtp_sink.received

@@ -192,6 +192,7 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
     from rich.table import Table
 
     from digest.commands.demo import run_demo
+    from digest.models import ASK_SECTION
     from digest.running.editions import Status
 
     started = time.perf_counter()
@@ -212,7 +213,9 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
         table.add_column(column, overflow="fold")
     for outcome in result.outcomes:
         top = outcome.picks[0] if outcome.picks else None
-        table.add_row(outcome.profile.name, str(outcome.status), str(len(outcome.picks)),
+        asked = sum(p.section == ASK_SECTION for p in outcome.picks)
+        count = f"{len(outcome.picks) - asked}" + (f" + {asked} to rate" if asked else "")
+        table.add_row(outcome.profile.name, str(outcome.status), count,
                       top.paper.title if top else "", top.reason if top else outcome.detail)
     console.print(table)
     click.echo(f"The server received {len(result.saved)} messages; saved in {out_dir}/.")
@@ -609,11 +612,12 @@ def _send_test(settings: Settings, path: Path, to: str) -> None:
         sent = send_test(settings, path, to, now=utc_now())
     except (TransientDeliveryError, PermanentDeliveryError) as exc:
         fail(f"the test email to {to} was not delivered: {exc}")
+    asked = f" and {sent.asked} to rate" if sent.asked else ""
     nothing = (": nothing new, so the real edition would be skipped"
                if not sent.picks and sent.profile.when_nothing == "skip" else "")
     click.echo(f"Sent a test of {sent.profile.name}'s edition of "
                f"{sent.slot.astimezone().isoformat(timespec='minutes')} "
-               f"({_plural(sent.picks, 'paper')}{nothing}) to {to}: {sent.reply}")
+               f"({_plural(sent.picks, 'paper')}{asked}{nothing}) to {to}: {sent.reply}")
 
 
 def _dry_run(store: Store, settings: Settings, paths: Sequence[Path]) -> SendReport:

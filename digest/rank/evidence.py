@@ -291,23 +291,37 @@ def diverse_top(score: np.ndarray, eligible: np.ndarray, similarity: Similarity,
 
 
 
-def ask_sample(matrix: sparse.csr_matrix, picks: Sequence[int], near: Sequence[int],
-               count: int) -> list[int]:
-    """`count` candidates for the reader to rate, covering the themes near the profile
-    that the picks leave out rather than the next of its list: of `near` (the best
-    candidates after the picks, best first), each next one is the least like anything
-    already in the email (the picks, the papers asked about before it), a farthest-first
-    cover. Positions in `matrix`'s rows."""
-    if count <= 0 or not near:
-        return []
-    rows = matrix[list(near) + list(picks)]
-    similar = _dense(rows[:len(near)] @ rows.T)  # a row per near candidate
-    closest = (similar[:, len(near):].max(axis=1) if len(picks)
-               else np.full(len(near), -np.inf, dtype=np.float32))
-    asked: list[int] = []
-    for _ in range(min(count, len(near))):
-        at = int(np.argmin(closest))  # ties: the better first
-        asked.append(int(near[at]))
-        closest = np.maximum(closest, similar[:, at])
-        closest[at] = np.inf
+def ask_samples(similarity: Similarity, picks: Sequence[Sequence[int]],
+                nears: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[int]]:
+    """For each asking profile, `counts[j]` candidates for the reader to rate, covering the
+    themes near the profile that the picks leave out rather than the next of its list: of
+    `nears[j]` (the best candidates after the picks, best first), each next one is the
+    least like anything already in the email (the picks, the papers asked about before
+    it), a farthest-first cover. Positions in the candidates; all profiles at once, from
+    the similarity MMR uses."""
+    asked: list[list[int]] = [[] for _ in nears]
+    rows = [j for j, near in enumerate(nears) if counts[j] > 0 and near]
+    if not rows:
+        return asked
+    n_near = max(len(nears[j]) for j in rows)
+    width = n_near + max(len(picks[j]) for j in rows)
+    shortlists = np.zeros((len(rows), width), dtype=np.int64)  # padding: never read
+    is_near = np.zeros((len(rows), n_near), dtype=bool)
+    is_pick = np.zeros((len(rows), width), dtype=bool)
+    for r, j in enumerate(rows):
+        shortlists[r, :len(nears[j])] = nears[j]
+        shortlists[r, n_near:n_near + len(picks[j])] = picks[j]
+        is_near[r, :len(nears[j])] = True
+        is_pick[r, n_near:n_near + len(picks[j])] = True
+    pairs = similarity.among(shortlists)[:, :n_near, :]  # each near candidate to all
+    closest = np.where(is_pick[:, None, :], pairs, -np.inf).max(axis=2)
+    closest[~is_near] = np.inf  # padding is never asked about
+    at_row = np.arange(len(rows))
+    steps = np.minimum([counts[j] for j in rows], is_near.sum(axis=1))
+    for step in range(int(steps.max())):
+        at = np.argmin(closest, axis=1)  # ties: the better first
+        for r in np.flatnonzero(step < steps).tolist():
+            asked[rows[r]].append(int(shortlists[r, at[r]]))
+        closest = np.maximum(closest, pairs[at_row, :, at])
+        closest[at_row, at] = np.inf
     return asked

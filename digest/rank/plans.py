@@ -29,7 +29,7 @@ class Preferences:
 class RankRequest:
     """One profile to rank: up to `top` picks, none of `exclude` (row ids: papers already
     sent) nor below `min_score`; then `ask` papers for the reader to rate (picks in the
-    ASK_SECTION, after the others: `evidence.ask_sample`)."""
+    ASK_SECTION, after the others: `evidence.ask_samples`)."""
 
     prefs: Preferences
     top: int

@@ -15,7 +15,7 @@ from digest.rank.cache import candidate_cache
 from digest.rank.corpus import Candidates, Corpus
 from digest.rank.evidence import (
     Scale,
-    ask_sample,
+    ask_samples,
     best_of,
     classifier_scores,
     diverse_top,
@@ -204,17 +204,16 @@ def _rank_batch(corpus: Corpus, candidates: Candidates, requests: Sequence[RankR
     # A profile asked to rate papers: the best candidates after its picks (better than a
     # typical paper) are the ones to ask about, a few chosen to cover what the picks leave
     # out.
-    asked: list[list[int]] = [[] for _ in plans]
+    nears: list[list[int]] = [[] for _ in plans]
     for j, plan in enumerate(plans):
         if plan.request.ask > 0:
             rest = eligible[j] & (score[j] > 0)
             rest[chosen[j]] = False
             near = np.flatnonzero(rest)
-            near = near[np.argsort(-score[j, near], kind="stable")
-                        [:plan.request.ask * params.ask_shortlist]]
-            asked[j] = ask_sample(candidates.matrix, chosen[j], near.tolist(),
-                                  plan.request.ask)
-            chosen[j] = chosen[j] + asked[j]
+            nears[j] = near[np.argsort(-score[j, near], kind="stable")
+                            [:plan.request.ask * params.ask_shortlist]].tolist()
+    asked = ask_samples(cache.similarity, chosen, nears, [p.request.ask for p in plans])
+    chosen = [picked + extra for picked, extra in zip(chosen, asked, strict=True)]
     picks: list[list[Pick]] = []
     for j, plan in enumerate(plans):
         by_family = {name: values[j] for name, (values, present) in

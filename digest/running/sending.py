@@ -15,7 +15,7 @@ from typing import Any
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
-from digest.models import Profile
+from digest.models import ASK_SECTION, Profile
 from digest.profilecache import ProfileCache
 from digest.profiles import load_profile, load_profiles
 from digest.progress import Advance
@@ -164,12 +164,14 @@ def requeue_failed(store: Store, settings: Settings, paths: Sequence[Path], *,
 
 @dataclass(frozen=True)
 class SentTest:
-    """What `send_test` sent: whose edition, for which slot, with how many papers."""
+    """What `send_test` sent: whose edition, for which slot, with how many papers (picks,
+    and papers the reader is asked to rate)."""
 
     profile: Profile
     slot: datetime
     picks: int
     reply: str
+    asked: int = 0
 
 
 def send_test(settings: Settings, path: Path, address: str, *, now: datetime) -> SentTest:
@@ -192,4 +194,5 @@ def send_test(settings: Settings, path: Path, address: str, *, now: datetime) ->
         async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
             return await mailer.send(email)
 
-    return SentTest(profile, slot, len(picks), asyncio.run(go()))
+    asked = sum(p.section == ASK_SECTION for p in picks)
+    return SentTest(profile, slot, len(picks) - asked, asyncio.run(go()), asked)
