@@ -227,6 +227,38 @@ def test_two_ingests_of_the_same_papers_at_once_store_each_paper_once(store, dat
     assert store.count_papers() == 1500
 
 
+def test_two_ingests_of_the_same_papers_in_opposite_orders_both_finish(store, database_url):
+    """PostgreSQL: one file's papers are another's in reverse. Each ingest is one
+    transaction; were they written at once, each would hold the papers the other needs
+    next (a deadlock, one of them failed). Writers of papers take turns instead."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite writes one transaction at a time")
+    entries = [_entry(f"Paper {n} on Graphs", arxiv_id=f"2402.{n:05d}") for n in range(1200)]
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def ingest(source: str, ordered: list[PaperEntry]) -> None:
+        other = Store.open(database_url)
+        try:
+            results.append(other.add_entries([replace(e, source=source) for e in ordered],
+                                             NOW, batch=100))
+        except BaseException as exc:  # noqa: BLE001  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=ingest, args=("a", entries)),
+               threading.Thread(target=ingest, args=("b", entries[::-1]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sorted(r.new_papers for r in results) == [0, 1200]
+    assert store.count_papers() == 1200
+
+
 # --- a digest file, read as it streams ----------------------------------------------------
 
 def write_digest(path: Path, entries: int, *, rng: random.Random) -> str:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -226,6 +227,7 @@ class Store:
         transaction: none is stored until all are)."""
         count = new_papers = new_sources = 0
         with self._begin() as conn:
+            _take_turn_writing_papers(conn)
             for chunk in _batches(entries, batch):
                 stored = self._store_batch(conn, chunk, now, reference=False)
                 count += len(chunk)
@@ -312,6 +314,7 @@ class Store:
         found: list[Paper] = []
         created = 0
         with self._begin() as conn:
+            _take_turn_writing_papers(conn)
             for chunk in _batches(entries, BATCH):
                 stored = self._store_batch(conn, chunk, now, reference=True)
                 found.extend(_paper_of(row) for row in stored.rows)
@@ -1240,6 +1243,21 @@ _ADD_SOURCES = _DriverStatement(  # each (paper, source) once: the first line it
 _RECORD_NAMES = ("edition_row", "new_state", "reply", "may_retry", "sent", "now", "claimer")
 _RECORD_CLAIMED = _DriverStatement(lambda _: _record_statement(True), _RECORD_NAMES)
 _RECORD = _DriverStatement(lambda _: _record_statement(False), _RECORD_NAMES[:-1])
+
+
+# The transaction-level advisory lock of writers of papers, keyed by database and schema
+# (deployments sharing a server do not wait for each other).
+_PAPERS_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended("
+                    "'digest.papers:' || current_database() || '.' || current_schema(), 0))")
+
+
+def _take_turn_writing_papers(conn: Connection) -> None:
+    """PostgreSQL: this transaction writes papers once no other does (it waits; the lock
+    goes with the transaction). A file's papers are stored in one transaction; two written
+    at once, with papers in common in different orders, would each hold a paper the other
+    needs next: a deadlock that fails one of them. SQLite has one writer anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_PAPERS_LOCK)
 
 
 def _has_vector(model: str) -> ColumnElement[bool]:
