@@ -350,7 +350,7 @@ class LazyEmbedder:
         self._spec = spec
         self._cache_dir = cache_dir
         self._model: SentenceEmbedder | None = None
-        self._loading = threading.Lock()
+        self._using = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -359,10 +359,12 @@ class LazyEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._loading:  # the daemon's embedding job and a send may both ask first
+        # One caller at a time (the daemon's embedding job and a send's phrases may ask at
+        # once): a model's tokenizer is not to be shared between threads.
+        with self._using:
             if self._model is None:
                 self._model = _load(self._spec, self._cache_dir)
-        return self._model.encode(texts)
+            return self._model.encode(texts)
 
 
 # Vectors kept in the store ----------------------------------------------------------------
@@ -382,12 +384,13 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
     paper is embedded again (once; saved as it goes, so an interrupted run keeps what it
     computed). Another model's vectors stay stored, for a change back."""
     name = stored_name(embedder)
-    ids = [p.row_id for p in papers]
-    known = _usable(store.embeddings(ids, name))
+    width = _width(embedder)
+    known = _usable(store.embeddings([p.row_id for p in papers], name), width)
     missing = [p for p in papers if p.row_id not in known]
     if missing:
-        with _embedding:
-            known.update(store.embeddings([p.row_id for p in missing], name))  # meanwhile
+        with _embedding:  # the daemon's embedding job may have stored some meanwhile
+            reread = store.embeddings([p.row_id for p in missing], name)
+            known = _usable({**known, **reread}, width)
             missing = [p for p in missing if p.row_id not in known]
             known.update(_compute(store, embedder, missing, show_progress))
     if not papers:
@@ -397,37 +400,47 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
 
 def embed_new_papers(store: Store, embedder: Embedder, *,
                      show_progress: ShowProgress | None = None,
-                     until: Callable[[], bool] | None = None) -> int:
+                     until: Callable[[], bool] | None = None, batch: int = EMBED_BATCH) -> int:
     """Embed every stored paper that has no vector of `embedder`'s model yet (after an
-    ingest, a feed poll, a change of model), EMBED_BATCH at a time, each batch saved as it
-    is done; `show_progress` is shown them; stops after a batch once `until()` is true.
+    ingest, a feed poll, a change of model), `batch` at a time, each batch saved as it is
+    done; `show_progress` is shown them; stops after a batch once `until()` is true.
     Returns how many were embedded. A store with nothing to embed does not load a lazy
-    embedder's model."""
+    embedder's model. A send that needs papers embedded waits for one batch at most."""
     name = stored_name(embedder)
-    with _embedding:
-        count = store.count_papers_without_embedding(name)
-        if not count:
-            return 0
-        done = after = 0
-        with (show_progress(f"Embedding papers with {embedder.name}", count, unit="paper")
-              if show_progress is not None else nullcontext(None)) as advance:
-            while (until is None or not until()) and (
-                    batch := store.papers_without_embedding(name, after=after,
-                                                            limit=EMBED_BATCH)):
-                _save(store, name, embedder, batch, advance)
-                after = batch[-1].row_id or after
-                done += len(batch)
-        log.info("embeddings.computed papers=%d model=%s", done, name)
-        return done
+    count = store.count_papers_without_embedding(name)
+    if not count:
+        return 0
+    log.info("embeddings.computing papers=%d model=%s (once; kept in the store)", count, name)
+    done = after = 0
+    with (show_progress(f"Embedding papers with {embedder.name}", count, unit="paper")
+          if show_progress is not None else nullcontext(None)) as advance:
+        while until is None or not until():
+            with _embedding:
+                papers = store.papers_without_embedding(name, after=after, limit=batch)
+                if not papers:
+                    break
+                _save(store, name, embedder, papers, advance)
+            after = papers[-1].row_id or after
+            done += len(papers)
+    log.info("embeddings.computed papers=%d model=%s", done, name)
+    return done
 
 
-def _usable(known: dict[K, np.ndarray]) -> dict[K, np.ndarray]:
-    """Stored vectors of one shape: of an older model of the same name, the fewer go."""
-    sizes = {len(v) for v in known.values()}
-    if len(sizes) <= 1:
-        return known
-    common = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
-    return {k: v for k, v in known.items() if len(v) == common}
+def _width(embedder: Embedder) -> int | None:
+    """How many dimensions the embedder's vectors have, where it says."""
+    width = getattr(embedder, "dimension", None)
+    return width if isinstance(width, int) else None
+
+
+def _usable(known: dict[K, np.ndarray], width: int | None = None) -> dict[K, np.ndarray]:
+    """Stored vectors of the model's width (unknown: of the most common one); those of an
+    older model of the same name go, to be computed again."""
+    if width is None:
+        sizes = {len(v) for v in known.values()}
+        if len(sizes) <= 1:
+            return known
+        width = max(sizes, key=lambda size: sum(len(v) == size for v in known.values()))
+    return {k: v for k, v in known.items() if len(v) == width}
 
 
 def _compute(store: Store, embedder: Embedder, missing: Sequence[Paper],
@@ -476,7 +489,8 @@ class StoredTexts:
             return self.embedder.encode([])
         keys = [text_key(t) for t in texts]
         unique = dict(zip(keys, texts, strict=True))
-        found = _usable(self.store.text_embeddings(self.embedder.name, list(unique)))
+        found = _usable(self.store.text_embeddings(self.embedder.name, list(unique)),
+                        _width(self.embedder))
         missing = [(k, t) for k, t in unique.items() if k not in found]
         if missing:
             vectors = self.embedder.encode([t for _, t in missing])

@@ -401,16 +401,17 @@ def test_a_blocking_call_given_up_on_ends_its_thread_quietly(monkeypatch):
 
     errors: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
-    release, finished = threading.Event(), threading.Event()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
     def stuck() -> str:
+        started.set()
         release.wait(30)
         finished.set()
         return "late"
 
     async def give_up() -> None:
         waiting = asyncio.create_task(off_loop(stuck, 60, name="stuck-fetch"))
-        await asyncio.sleep(0)  # the thread has started
+        assert await asyncio.to_thread(started.wait, 30)  # the call is under way
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -424,16 +425,40 @@ def test_a_blocking_call_given_up_on_ends_its_thread_quietly(monkeypatch):
     assert errors == []
 
 
-def test_papers_arriving_are_embedded_in_the_background(settings, seeds):
+def test_papers_arriving_are_embedded_in_the_background(settings, seeds, monkeypatch):
     """With the embeddings extra, the daemon embeds the papers an inbox file brought as soon
-    as they are stored, not when an edition is due; asked again meanwhile, it looks again."""
-    from digest.embed import stored_name
+    as they are stored, not when an edition is due; asked again while it runs (more
+    papers, another model), it stops after the papers it is on and looks again."""
+    import threading
+
+    import digest.running.daemon
+    from digest.embed import PROGRESS_BATCH, stored_name
 
     from .test_embed_models import Fake
 
+    passes: list[int] = []
+    real = digest.running.daemon.embed_new_papers
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(real(*args, **kwargs))
+        return passes[-1]
+
+    class Held(Fake):
+        """Its first encode waits until the test has asked again."""
+
+        def __init__(self) -> None:
+            super().__init__("m", 8)
+            self.entered, self.go_on = threading.Event(), threading.Event()
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            self.entered.set()
+            self.go_on.wait(30)
+            return super().encode(texts)
+
+    monkeypatch.setattr(digest.running.daemon, "embed_new_papers", counted)
     daemon = Daemon(lambda: settings, clock=Clock(NOW))
-    fake = Fake("m", 8)
-    daemon.editions._embedder = fake  # as if the extra were installed: no model to load
+    held = Held()
+    daemon.editions._embedder = held  # as if the extra were installed: no model to load
     settings.inbox_dir.mkdir()
     for seed in seeds[3:5]:
         arrived = settings.inbox_dir / seed.name
@@ -445,13 +470,16 @@ def test_papers_arriving_are_embedded_in_the_background(settings, seeds):
         await daemon.poll_inbox()  # seen once
         await daemon.poll_inbox()  # unchanged since: ingested, and embedding begun
         embedding = daemon._embedding
-        assert embedding is not None and not embedding.done()
-        daemon.embed_new_papers()  # asked again while it runs: runs once more, finds none
+        assert embedding is not None
+        assert await asyncio.to_thread(held.entered.wait, 30)  # on its first papers
+        daemon.embed_new_papers()  # asked again while it runs
         assert daemon._embedding is embedding
+        held.go_on.set()
         await embedding
 
     asyncio.run(arrive())
     stored = daemon.store.count_papers()
-    assert stored > 0 and fake.encoded == 2 * stored  # each paper's text and title, once
-    assert daemon.store.count_papers_without_embedding(stored_name(fake)) == 0
+    assert stored > PROGRESS_BATCH and held.encoded == 2 * stored  # each text and title once
+    assert daemon.store.count_papers_without_embedding(stored_name(held)) == 0
+    assert passes == [PROGRESS_BATCH, stored - PROGRESS_BATCH]  # paused, then the rest
     daemon.store.close()

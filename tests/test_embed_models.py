@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -342,16 +343,16 @@ def test_changing_minilm_for_mpnet_embeds_the_store_again_once_with_progress(
     assert again.bars == []  # embedded once
 
 
-def test_papers_are_embedded_once_as_they_are_stored_in_pages(store, seeds, monkeypatch):
+def test_papers_are_embedded_once_as_they_are_stored_in_pages(store, seeds):
     """What `digest ingest` and the daemon run after storing papers: every paper without a
     vector of the model, a page at a time, each page saved; then nothing to do."""
-    monkeypatch.setattr(embed, "EMBED_BATCH", 10)
     ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
     first = store.count_papers()
     fake, shown = Fake("m", 12), Shown()
-    assert embed.embed_new_papers(store, fake, show_progress=shown) == first
+    assert embed.embed_new_papers(store, fake, show_progress=shown, batch=10) == first
     assert shown.bars == [("Embedding papers with m", first, "paper")]
-    assert sum(shown.advanced) == first and fake.encoded == 2 * first
+    assert sum(shown.advanced) == first and max(shown.advanced) == 10  # a page at a time
+    assert fake.encoded == 2 * first
     assert embed.embed_new_papers(store, fake, show_progress=(again := Shown())) == 0
     assert again.bars == [] and fake.encoded == 2 * first
 
@@ -364,12 +365,12 @@ def test_papers_are_embedded_once_as_they_are_stored_in_pages(store, seeds, monk
     assert fake.encoded == 2 * (first + added)  # the ranking read them all from the store
 
 
-def test_embedding_stops_after_the_page_it_is_on_when_told(store, seeds, monkeypatch):
+def test_embedding_stops_after_the_page_it_is_on_when_told(store, seeds):
     """The daemon stopping: the page being embedded is finished and saved, no more."""
-    monkeypatch.setattr(embed, "EMBED_BATCH", 10)
     ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
     pages = Fake("m", 12)
-    assert embed.embed_new_papers(store, pages, until=lambda: pages.encoded > 0) == 10
+    assert embed.embed_new_papers(store, pages, until=lambda: pages.encoded > 0,
+                                  batch=10) == 10
     assert store.count_papers_without_embedding(stored_name(pages)) == store.count_papers() - 10
 
 
@@ -394,3 +395,63 @@ def test_a_runs_phrases_are_embedded_once_and_kept_for_the_next_run(store, seeds
     assert EditionRun(store, on, embedder=later).choose_picks(
         profile, now=NOW, everything=True, top=5) == picks
     assert later.encoded == 0
+
+
+def test_vectors_of_an_older_model_of_the_same_name_are_computed_again(store, seeds):
+    """Stored vectors of another width under the same name (an older release of the
+    model) are not mixed in: those papers are embedded again and their rows replaced."""
+    ingest_files(store, seeds[3:4], now=NOW, reference=NOW)
+    papers = store.papers()
+    ids = [p.row_id for p in papers]
+    embed_papers(store, Fake("m", 8), papers[:3])  # three of the older width
+    new = Fake("m", 12)
+    vectors = embed_papers(store, new, papers)
+    assert vectors.shape == (len(papers), 12) and new.encoded == 2 * len(papers)
+    assert {len(v) for v in store.embeddings(ids, stored_name(new)).values()} == {12}
+
+
+def test_processes_saving_the_same_vectors_in_other_orders_both_finish(store, database_url):
+    """A send's workers, or the daemon's job and a send, store vectors of the same papers
+    and phrases at once: rows are written in one order, so PostgreSQL cannot deadlock."""
+    import threading
+
+    keys = [embed.text_key(f"phrase {n}") for n in range(3000)]
+    vector = np.ones(4, dtype=np.float32)
+    errors: list[BaseException] = []
+
+    def save(order: list[str]) -> None:
+        other = Store.open(database_url)
+        try:
+            other.save_text_embeddings("m", {k: vector for k in order})
+        except BaseException as exc:  # noqa: BLE001  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            other.close()
+
+    for _ in range(3):
+        threads = [threading.Thread(target=save, args=(keys,)),
+                   threading.Thread(target=save, args=(keys[::-1],))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert len(store.text_embeddings("m", keys)) == len(keys)
+
+
+def test_ingest_keeps_the_papers_and_says_so_when_embedding_them_fails(run_cli, seeds, tmp_path,
+                                                                       monkeypatch):
+    class Broken(Fake):
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            raise RuntimeError("the model ran out of memory")
+
+    monkeypatch.setattr(embed, "embedder_for", lambda settings: Broken("m", 8))
+    done = run_cli("--data-dir", tmp_path / "d", "ingest", seeds[3])
+    assert done.exit_code == 1
+    assert "new papers" in done.stdout  # the counts first: the papers are stored
+    assert ("The papers are stored, but embedding them failed: RuntimeError: the model ran "
+            "out of memory") in done.stderr
+    assert "Traceback" not in done.stderr
+    counts = run_cli("--data-dir", tmp_path / "d", "ingest", seeds[3], "--json")
+    assert json.loads(counts.stdout)["papers_stored"] > 0
+    assert json.loads(counts.stdout)["embedding_error"].startswith("RuntimeError")

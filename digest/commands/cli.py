@@ -276,7 +276,8 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     Lines that cannot be used are reported as FILE:LINE: reason; the rest is kept. The
     exit status is 1 if a whole file was rejected. Without PATHS, the files in the inbox
     folder are read and moved to inbox/processed/ (or inbox/rejected/), as `digest run`
-    does.
+    does. With the embeddings extra, the new papers are embedded too (exit status 1 if
+    that fails: the papers stay stored).
 
     \b
     Example:
@@ -285,7 +286,11 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
     from digest.embed import embed_new_papers, embedder_for
     from digest.ingest.storing import ingest_files, ingest_inbox
 
+    # With the embeddings extra, papers are embedded as they are stored, not when an
+    # edition is due ("on" without the extra: said before anything is stored).
+    embedder = embedder_for(obj.settings)
     store = obj.open_store()
+    embedded, unembedded = 0, ""
     try:
         reference = file_date.replace(tzinfo=UTC) if file_date else None
         with progress("Reading digest files", len(paths) or None, unit="file") as files_done:
@@ -298,25 +303,32 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
                                       progress=shown)
         total = store.count_papers()
         report_problems(report.problems)
-        # With the embeddings extra, papers are embedded now, not when an edition is due.
-        embedder = embedder_for(obj.settings)
-        embedded = (embed_new_papers(store, embedder, show_progress=progress)
-                    if embedder is not None else 0)
+        summary = (f"{counted(report.files, 'file')}, "
+                   f"{counted(report.entries, 'entry', 'entries')}, "
+                   f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
+                   f"{counted(len(report.rejected), 'file')} rejected.")
+        if not as_json:
+            click.echo(summary)
+        if embedder is not None:
+            try:
+                embedded = embed_new_papers(store, embedder, show_progress=progress)
+            except Exception as exc:  # the papers are stored: the next send embeds them
+                log.debug("ingest.embedding traceback", exc_info=exc)
+                unembedded = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
     finally:
         store.close()
     if as_json:
         click.echo(json.dumps({"files": report.files, "entries": report.entries,
                                "new_papers": report.new_papers, "papers_stored": total,
                                "papers_embedded": embedded,
-                               "rejected": [str(p) for p in report.rejected]}))
-    else:
-        click.echo(f"{counted(report.files, 'file')}, "
-                   f"{counted(report.entries, 'entry', 'entries')}, "
-                   f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
-                   f"{counted(len(report.rejected), 'file')} rejected."
-                   + (f" {counted(embedded, 'paper')} embedded ({embedder.name})."
-                      if embedder is not None and embedded else ""))
-    if report.rejected:
+                               "rejected": [str(p) for p in report.rejected]}
+                              | ({"embedding_error": unembedded} if unembedded else {})))
+    elif embedder is not None and embedded:
+        click.echo(f"{counted(embedded, 'paper')} embedded ({embedder.name}).")
+    if unembedded:
+        click.echo(f"The papers are stored, but embedding them failed: {unembedded} (a send "
+                   "embeds what is missing; -vv shows where it failed)", err=True)
+    if report.rejected or unembedded:
         sys.exit(1)
 
 
@@ -345,7 +357,8 @@ def _file_progress(files_done: Advance
 @cli.command()
 @click.argument("profiles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="How many picks per profile.")
+              help="How many picks per profile (papers the email would ask the reader to "
+                   "rate come after them, in their own section).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line per profile: profile, subscriber, picks.")
 @pass_context

@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from digest.background import off_loop
 from digest.config import FeedSettings, Settings
-from digest.embed import embed_new_papers
+from digest.embed import PROGRESS_BATCH, embed_new_papers
 from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger(__name__)
+
+EMBED_DEADLINE_S = 7 * 86_400.0  # a job embedding a store: no deadline worth the name
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -196,13 +198,21 @@ class Daemon:
             try:
                 embedder = self.editions.embedder()
                 if embedder is not None:
-                    await asyncio.to_thread(embed_new_papers, self.store, embedder,
-                                            until=self.stopping.is_set)
+                    # In a daemon thread (the exit never waits for it), a few papers at a
+                    # time: it stops soon when the daemon stops, and when asked again (new
+                    # papers, another model) it looks again.
+                    await off_loop(partial(embed_new_papers, self.store, embedder,
+                                           until=self._embedding_should_pause,
+                                           batch=PROGRESS_BATCH),
+                                   EMBED_DEADLINE_S, name="digest-embed")
             except Exception as exc:  # the next send embeds what is missing, or says why
                 log.error("embeddings.error error=%r", str(exc))
                 log.debug("embeddings.error traceback", exc_info=exc)
                 return
-            again = self._embed_again
+            again = self._embed_again and not self.stopping.is_set()
+
+    def _embedding_should_pause(self) -> bool:
+        return self.stopping.is_set() or self._embed_again
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -340,6 +350,9 @@ class Daemon:
         for poll in self._feed_polls.values():
             poll.cancel()  # a fetch still going runs on in a daemon thread, not waited for
         self.editions.stop()
+        if self._embedding is not None:  # stops after the papers it is on; not waited past
+            await asyncio.wait([self._embedding],  # the shutdown timeout
+                               timeout=self.settings.daemon.shutdown_timeout_s)
         try:
             await asyncio.wait_for(sender, self.settings.daemon.shutdown_timeout_s)
         except TimeoutError:

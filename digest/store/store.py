@@ -736,15 +736,10 @@ class Store:
                     found[int(paper_id)] = np.frombuffer(blob, dtype="<f4")
         return found
 
-    def save_embeddings(self, model: str, vectors: dict[int, np.ndarray]) -> None:
-        if not vectors:
-            return
-        statement = self._upsert(paper_embeddings).on_conflict_do_nothing()
-        with self._begin() as conn:  # another process may have stored some meanwhile
-            conn.execute(statement, [
-                dict(paper_id=paper_id, model=model,
-                     vector=np.asarray(vector, dtype="<f4").tobytes())
-                for paper_id, vector in vectors.items()])
+    def save_embeddings(self, model: str, vectors: Mapping[int, np.ndarray]) -> None:
+        """Keep these papers' vectors for `model`, replacing any stored (of an older
+        model of the same name)."""
+        self._save_vectors(paper_embeddings, "paper_id", {"model": model}, vectors)
 
     def papers_without_embedding(self, model: str, *, after: int = 0, limit: int = 256
                                  ) -> list[Paper]:
@@ -774,13 +769,23 @@ class Store:
         return found
 
     def save_text_embeddings(self, model: str, vectors: Mapping[str, np.ndarray]) -> None:
+        """Keep these texts' vectors (by `text_key`) for `model`, replacing any stored."""
+        self._save_vectors(text_embeddings, "text_key", {"model": model}, vectors)
+
+    def _save_vectors(self, table: Any, key: str, fixed: dict[str, Any],
+                      vectors: Mapping[Any, np.ndarray]) -> None:
+        """Upsert vectors, in the order of their keys: processes saving the same keys at
+        once (a send's workers, the daemon's embedding job) then lock rows in one order,
+        not each in its own, which on PostgreSQL deadlocked."""
         if not vectors:
             return
-        statement = self._upsert(text_embeddings).on_conflict_do_nothing()
+        statement = self._upsert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=[key, "model"], set_={"vector": statement.excluded.vector})
         with self._begin() as conn:
             conn.execute(statement, [
-                dict(model=model, text_key=key, vector=np.asarray(vector, dtype="<f4").tobytes())
-                for key, vector in vectors.items()])
+                {**fixed, key: k, "vector": np.asarray(vectors[k], dtype="<f4").tobytes()}
+                for k in sorted(vectors)])
 
     # Feeds -----------------------------------------------------------------------------
 
@@ -1247,8 +1252,8 @@ _RECORD = _DriverStatement(lambda _: _record_statement(False), _RECORD_NAMES[:-1
 
 # The transaction-level advisory lock of writers of papers, keyed by database and schema
 # (deployments sharing a server do not wait for each other).
-_PAPERS_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended("
-                    "'digest.papers:' || current_database() || '.' || current_schema(), 0))")
+_PAPERS_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('digest.papers:' "
+                    "|| current_database() || '.' || coalesce(current_schema(), ''), 0))")
 
 
 def _take_turn_writing_papers(conn: Connection) -> None:
