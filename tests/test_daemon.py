@@ -427,12 +427,13 @@ def test_a_blocking_call_given_up_on_ends_its_thread_quietly(monkeypatch):
 
 def test_papers_arriving_are_embedded_in_the_background(settings, seeds, monkeypatch):
     """With the embeddings extra, the daemon embeds the papers an inbox file brought as soon
-    as they are stored, not when an edition is due; asked again while it runs (more
-    papers, another model), it stops after the papers it is on and looks again."""
+    as they are stored, then its profiles' interests, not when an edition is due; asked
+    again while it runs (more papers, another model), it stops after the papers it is on
+    and looks again."""
     import threading
 
     import digest.running.daemon
-    from digest.embed import PROGRESS_BATCH, stored_name
+    from digest.embed import PROGRESS_BATCH, stored_name, text_key
 
     from .test_embed_models import Fake
 
@@ -456,7 +457,11 @@ def test_papers_arriving_are_embedded_in_the_background(settings, seeds, monkeyp
             return super().encode(texts)
 
     monkeypatch.setattr(digest.running.daemon, "embed_new_papers", counted)
+    settings.profiles_dir.mkdir()
+    (settings.profiles_dir / "ana.yaml").write_text(
+        "name: Ana\nemail: ana@example.org\ninterests: [dense retrieval, rerankers]\n")
     daemon = Daemon(lambda: settings, clock=Clock(NOW))
+    daemon.reload_profiles()
     held = Held()
     daemon.editions._embedder = held  # as if the extra were installed: no model to load
     settings.inbox_dir.mkdir()
@@ -479,7 +484,10 @@ def test_papers_arriving_are_embedded_in_the_background(settings, seeds, monkeyp
 
     asyncio.run(arrive())
     stored = daemon.store.count_papers()
-    assert stored > PROGRESS_BATCH and held.encoded == 2 * stored  # each text and title once
+    # Each paper's text and title once, and the profile's two interests once.
+    assert stored > PROGRESS_BATCH and held.encoded == 2 * stored + 2
     assert daemon.store.count_papers_without_embedding(stored_name(held)) == 0
     assert passes == [PROGRESS_BATCH, stored - PROGRESS_BATCH]  # paused, then the rest
+    phrases = [text_key("dense retrieval"), text_key("rerankers")]
+    assert len(daemon.store.text_embeddings(held.name, phrases)) == 2
     daemon.store.close()

@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from digest.background import off_loop
 from digest.config import FeedSettings, Settings
-from digest.embed import PROGRESS_BATCH, embed_new_papers
+from digest.embed import PROGRESS_BATCH, StoredTexts, embed_new_papers
 from digest.errors import ConfigError, ProfileError
 from digest.ingest.inbox import InboxWatcher
 from digest.ingest.poll import poll_feed
@@ -94,12 +94,13 @@ class Daemon:
 
     # Profiles --------------------------------------------------------------------------
 
-    def reload_profiles(self, *, force: bool = False) -> None:
+    def reload_profiles(self, *, force: bool = False) -> bool:
         """Pick up added, edited and removed profile files; a broken edit keeps the last
-        good version of that profile."""
+        good version of that profile. Returns whether any profile was (re)loaded."""
         settings = self.settings
         paths = profile_paths(settings.profiles_dir)
         seen: set[str] = set()
+        changed = False
         for path in paths:
             signature = _signature(path)
             current = self.profiles.get(path.stem)
@@ -119,6 +120,7 @@ class Daemon:
             self._broken.pop(path, None)
             loaded = LoadedProfile(profile, schedule, signature or (0, 0))
             self.profiles[profile.subscriber_id] = loaded
+            changed = True
             self.store.save_subscriber(profile, self.clock())
             self._schedule_editions(loaded)
             log.info("profile.loaded subscriber=%s schedule=%r timezone=%s active=%s",
@@ -128,6 +130,7 @@ class Daemon:
             if self.scheduler.get_job(f"edition:{gone}"):
                 self.scheduler.remove_job(f"edition:{gone}")
             log.info("profile.removed subscriber=%s", gone)
+        return changed
 
     def _schedule_editions(self, loaded: LoadedProfile) -> None:
         job_id = f"edition:{loaded.profile.subscriber_id}"
@@ -183,9 +186,10 @@ class Daemon:
             self.embed_new_papers()
 
     def embed_new_papers(self) -> None:
-        """With the embeddings extra: embed the papers just stored, in a thread, so that an
-        edition's ranking finds them embedded. One such task at a time; asked again while
-        it runs, it runs once more after (with the model configured then)."""
+        """With the embeddings extra: embed the papers just stored, then the profiles'
+        interests not embedded yet, in a thread, so that an edition's ranking finds them
+        embedded (and need not even load the model). One such task at a time; asked again
+        while it runs, it runs once more after (with the model configured then)."""
         if self._embedding is not None and not self._embedding.done():
             self._embed_again = True
             return
@@ -205,6 +209,12 @@ class Daemon:
                                            until=self._embedding_should_pause,
                                            batch=PROGRESS_BATCH),
                                    EMBED_DEADLINE_S, name="digest-embed")
+                    phrases = sorted({i.text for loaded in self.profiles.values()
+                                      for i in loaded.profile.interests})
+                    if phrases and not self._embedding_should_pause():
+                        await off_loop(partial(StoredTexts(self.store, embedder).encode,
+                                               phrases),
+                                       EMBED_DEADLINE_S, name="digest-embed")
             except Exception as exc:  # the next send embeds what is missing, or says why
                 log.error("embeddings.error error=%r", str(exc))
                 log.debug("embeddings.error traceback", exc_info=exc)
@@ -220,7 +230,8 @@ class Daemon:
         d = self.settings.daemon
 
         async def reload_profiles() -> None:
-            self.reload_profiles()
+            if self.reload_profiles():
+                self.embed_new_papers()  # their interests, before their first edition
 
         async def retry_failed() -> None:
             self.editions.retry_failed()
