@@ -149,8 +149,8 @@ class ProfileCache:
                         f"SELECT path, variant, stamp, profile FROM profiles "  # noqa: S608
                         f"WHERE path IN ({marks})", chunk):
                     rows[path] = (variant, stamp, profile)
-            for path in paths:
-                row = rows.get(_key(path))
+            for path, key in zip(paths, keys, strict=True):
+                row = rows.get(key)
                 if row is None or row[0] != self.variant:
                     continue
                 try:

@@ -409,22 +409,25 @@ def _rank_and_show(run: EditionRun, profiles: Sequence[Path], by_path: dict[Path
         paths = profiles[start:start + RANK_CHUNK]
         ranked = iter(run.choose_picks_many([by_path[p] for p in paths if p in by_path],
                                             now=utc_now(), everything=True, top=top))
+        lines = []  # the chunk's JSON lines, written at once
         for path in paths:
             profile = by_path.get(path)
             if profile is None:
                 if as_json:
-                    click.echo(json.dumps({"profile": str(path), "subscriber": None,
-                                           "picks": [], "error": str(errors.get(path))}))
+                    lines.append(json.dumps({"profile": str(path), "subscriber": None,
+                                             "picks": [], "error": str(errors.get(path))}))
                 continue
             picks = next(ranked)
             if as_json:
-                click.echo(json.dumps({
+                lines.append(json.dumps({
                     "profile": str(path), "subscriber": profile.name,
                     "picks": [{"id": p.paper.key, "title": p.paper.title, "score": p.score,
                                "reason": p.reason, "section": p.section} for p in picks]},
                     ensure_ascii=False))
             else:
                 _print_picks(console, profile, picks)
+        if lines:
+            click.echo("\n".join(lines))
 
 
 def _print_picks(console: Console, profile: Profile, picks: Sequence[Any]) -> None:
