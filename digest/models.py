@@ -8,11 +8,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from email import message_from_bytes
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.policy import default as default_policy
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the email package is read where a message is (not by `digest status`)
+    from email.message import EmailMessage
 
 # Papers one edition holds at most: more would not fit in the 100 KB of HTML after which
 # Gmail clips an email.
@@ -198,13 +198,19 @@ class OutgoingEmail:
     @property
     def email(self) -> EmailMessage:
         """The message parsed back, for reading it (tests, previews); not for sending."""
-        parsed = message_from_bytes(self.data, policy=default_policy)
+        from email import message_from_bytes
+        from email.message import EmailMessage
+        from email.policy import default
+
+        parsed = message_from_bytes(self.data, policy=default)
         assert isinstance(parsed, EmailMessage)
         return parsed
 
     @classmethod
     def from_message(cls, message: EmailMessage, label: str = "message") -> OutgoingEmail:
         """Wrap a message built with the email package (its To: addresses receive it)."""
+        from email.policy import SMTP as SMTP_POLICY
+
         return cls(recipients=tuple(a.addr_spec for a in message["To"].addresses),
                    data=message.as_bytes(policy=SMTP_POLICY),
                    message_id=str(message.get("Message-ID", "")), label=label)
