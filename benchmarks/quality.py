@@ -103,7 +103,7 @@ class Day:
     plain: TfidfVectorizer  # a textbook tf-idf, fitted on the store, for the baselines
     tfidf: sparse.csr_matrix  # the store in it
     asl: sparse.csr_matrix  # arxiv-sanity-lite's tf-idf of the store
-    embeddings: np.ndarray | None  # unit MiniLM rows of the store
+    embeddings: np.ndarray | None  # unit rows of the store, from the sentence model (--model)
 
 
 def embed_all(texts: list[str], use: bool, model: str = DEFAULT_MODEL) -> np.ndarray | None:
@@ -284,7 +284,7 @@ def _methods(have_embeddings: bool) -> dict[str, Method]:
         "arxiv-sanity-lite (SVM)": arxiv_sanity_svm,
     }
     if have_embeddings:
-        methods["zotero-arxiv-daily (MiniLM)"] = zotero_similarity
+        methods["zotero-arxiv-daily (similarity)"] = zotero_similarity  # of --model
     methods["digest (default)"] = digest_ranker(False)
     if have_embeddings:
         methods["digest (embeddings)"] = digest_ranker(True)
