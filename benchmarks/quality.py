@@ -814,11 +814,12 @@ def _print_table(described: str, header: str, rows: dict[str, tuple[float, str]]
     for digest's, the lead over the best baseline (random aside)."""
     best = max(figure for name, (figure, _) in rows.items()
                if not name.startswith("digest") and name != "random")
+    width = max(30, *map(len, rows))
     print(described)
-    print(f"{'method':30s} {header}")
+    print(f"{'method':{width}s} {header}")
     for name, (figure, cells) in rows.items():
         lead = f"  {figure / best - 1:+.0%} vs best baseline" if name.startswith("digest") else ""
-        print(f"{name:30s} {cells}{lead}")
+        print(f"{name:{width}s} {cells}{lead}")
 
 
 def _print_reader(described: str, scores: dict[str, LibraryScore], compared: str) -> None:
