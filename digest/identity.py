@@ -32,6 +32,8 @@ def normalise_title(title: str) -> str:
     Letters of every script are kept, so titles in Chinese or Greek get distinct keys.
     Idempotent: normalising a key gives the same key.
     """
+    if title.isascii():  # most titles: nothing to decompose, fold or compose
+        return _NON_ALNUM.sub(" ", title.lower()).strip()
     decomposed = unicodedata.normalize("NFKD", title.casefold().translate(_FOLD))
     bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return _NON_ALNUM.sub(" ", unicodedata.normalize("NFKC", bare).casefold()).strip()
