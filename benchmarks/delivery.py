@@ -75,6 +75,7 @@ from sqlalchemy import select as sql_select
 
 # Run as a script, the repository root is not on sys.path; the `benchmarks` package is.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.databases import postgres_schema  # noqa: E402
 from benchmarks.rank_speed import DATA, corpus  # noqa: E402
 from digest.config import load_settings  # noqa: E402
 from digest.models import PaperEntry  # noqa: E402
@@ -745,22 +746,6 @@ def service_pids(name: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-@contextlib.contextmanager
-def postgres_schema(url: str) -> Any:
-    """A fresh schema in the PostgreSQL database at `url`, dropped afterwards."""
-    import psycopg
-
-    name = f"bench_{secrets.token_hex(6)}"
-    plain = url.replace("+psycopg", "")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 def run_workers(root: Path, subscribers: int, papers: Sequence[dict[str, str]], sink: Sink,

@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from urllib.parse import urlsplit
 # Run as a script, the repository root is not on sys.path; the `benchmarks` package is.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.databases import postgres_schema  # noqa: E402
 from digest.identity import normalise_title  # noqa: E402
 from digest.ingest.digestfile import _DATE_LINE, is_noise, looks_like_abstract  # noqa: E402
 from digest.ingest.files import read_digest_file  # noqa: E402
@@ -231,18 +231,8 @@ def database(engine: str, folder: Path, name: str) -> Iterator[str]:
     if engine == "sqlite":
         yield f"sqlite:///{folder / (name + '.sqlite3')}"
         return
-    import psycopg
-
-    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
-    plain = POSTGRES.replace("+psycopg", "")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in POSTGRES else "?"
-    try:
-        yield f"{POSTGRES}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema(POSTGRES, f"bench_{name}") as url:
+        yield url
 
 
 _PAPER_COLUMNS = ("id", "key", "arxiv_id", "title_key", "title", "abstract", "authors", "url",
