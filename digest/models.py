@@ -6,6 +6,7 @@ All are frozen; datetimes are timezone-aware UTC, dates are plain calendar days.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -123,6 +124,12 @@ class Pick:
     score: float
     reason: str
     section: str = ""
+
+
+def count_to_rate(picks: Iterable[Pick]) -> int:
+    """How many of an edition's papers it asks the reader to rate (ASK_SECTION); the rest
+    are its picks."""
+    return sum(p.section == ASK_SECTION for p in picks)
 
 
 class EditionState(enum.StrEnum):

@@ -38,7 +38,15 @@ from markupsafe import Markup
 
 from digest.config import MailSettings
 from digest.identity import ascii_address, ascii_domain
-from digest.models import ASK_SECTION, MAX_PAPERS, OutgoingEmail, Paper, Pick, Profile
+from digest.models import (
+    ASK_SECTION,
+    MAX_PAPERS,
+    OutgoingEmail,
+    Paper,
+    Pick,
+    Profile,
+    count_to_rate,
+)
 from digest.schedule import cadence
 from digest.signing import DkimSigner
 from digest.tokens import Action, Links
@@ -315,7 +323,7 @@ def render_edition(
                                   more_url=feedback(p, "more"), less_url=feedback(p, "less"),
                                   section=one_line(section) if position == 0 else ""))
     unsubscribe = url("unsubscribe", None) if url else None
-    asked = sum(p.section == ASK_SECTION for p in picks)
+    asked = count_to_rate(picks)
     count = len(views) - asked
     to_rate = (f" At the end, {asked} more to rate: your \u201cmore\u201d and \u201cless\u201d "
                "teach digest what you like." if asked else "")

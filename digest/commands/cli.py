@@ -192,7 +192,7 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
     from rich.table import Table
 
     from digest.commands.demo import run_demo
-    from digest.models import ASK_SECTION
+    from digest.models import count_to_rate
     from digest.running.editions import Status
 
     started = time.perf_counter()
@@ -213,7 +213,7 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
         table.add_column(column, overflow="fold")
     for outcome in result.outcomes:
         top = outcome.picks[0] if outcome.picks else None
-        asked = sum(p.section == ASK_SECTION for p in outcome.picks)
+        asked = count_to_rate(outcome.picks)
         count = f"{len(outcome.picks) - asked}" + (f" + {asked} to rate" if asked else "")
         table.add_row(outcome.profile.name, str(outcome.status), count,
                       top.paper.title if top else "", top.reason if top else outcome.detail)

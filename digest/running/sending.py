@@ -15,7 +15,7 @@ from typing import Any
 
 from digest.config import Settings
 from digest.deliver import SmtpMailer
-from digest.models import ASK_SECTION, Profile
+from digest.models import Profile, count_to_rate
 from digest.profilecache import ProfileCache
 from digest.profiles import load_profile, load_profiles
 from digest.progress import Advance
@@ -194,5 +194,5 @@ def send_test(settings: Settings, path: Path, address: str, *, now: datetime) ->
         async with SmtpMailer(settings.smtp, sender=settings.mail.from_address) as mailer:
             return await mailer.send(email)
 
-    asked = sum(p.section == ASK_SECTION for p in picks)
+    asked = count_to_rate(picks)
     return SentTest(profile, slot, len(picks) - asked, asyncio.run(go()), asked)
