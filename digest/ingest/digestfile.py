@@ -235,7 +235,7 @@ class _Parser:
 
     def noise(self, number: int, text: str) -> bool:
         """Handle a line that is not a title or abstract; True if it was one."""
-        if len(text) <= _LONGEST_BOILERPLATE and text.casefold() in BOILERPLATE:
+        if _boilerplate(text):
             return True
         if not _LETTER.search(text) and not _UPVOTES.match(text):
             self.skip(number, "line has no words")
