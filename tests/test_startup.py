@@ -74,5 +74,14 @@ def test_profile_validate_imports_no_database_or_ranking_library(project):
                              "aiosmtplib", "starlette"}), found
 
 
+def test_rank_imports_scikit_learn_only_for_a_profile_that_learns_a_classifier(project):
+    """The tf-idf model is digest's own (digest.rank.tfidf): ranking by interests and liked
+    papers needs none of scikit-learn, whose import takes most of a second."""
+    profile = project / "profiles" / "example.yaml"
+    found = imported_by(["rank", str(profile), "--json"], project, DIGEST_EMBEDDINGS="off")
+    assert {"numpy", "scipy", "sqlalchemy"} <= found  # it did rank
+    assert "sklearn" not in found, "ranking without a classifier imported scikit-learn"
+
+
 def test_the_cli_names_the_config_file_as_the_settings_do():
     assert cli.CONFIG_NAME == CONFIG_NAME  # written in cli.py so that --help needs no pydantic

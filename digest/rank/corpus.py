@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from digest.embed import paper_vectors
 from digest.identity import normalise_title
 from digest.models import Paper
 from digest.rank.params import DEFAULT_PARAMS, RankParams
+from digest.rank.tfidf import TfIdf, words_and_pairs
 from digest.rank.words import Words
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class Corpus:
     """The stored papers as tf-idf rows (L2-normalised) and, optionally, embeddings; the
     parameters every ranking in it follows, and what rankings keep for the next ones."""
 
-    vectorizer: TfidfVectorizer
+    vectorizer: TfIdf
     matrix: sparse.csr_matrix
     papers: list[Paper]
     rows: dict[int, int] = field(default_factory=dict)  # paper row_id -> matrix row
@@ -206,21 +206,14 @@ def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = Non
     `embeddings` (one unit row per paper) and `embed_text` come with the extra; `params`
     are kept on the corpus for every ranking in it.
     """
-    words: Words | None = Words()
-    vectorizer = TfidfVectorizer(
-        tokenizer=words,
-        token_pattern=None,
-        ngram_range=(1, 2),
-        sublinear_tf=True,
-        dtype=np.float32,
-    )
+    tokenizer = Words()
+    words: Words | None = tokenizer
     texts = [p.text for p in papers] or [""]
     try:
-        matrix = vectorizer.fit_transform(texts).tocsr()
+        vectorizer, matrix = TfIdf.fit_transform(words_and_pairs(tokenizer), texts)
     except ValueError:  # an empty vocabulary: no paper has a usable word
         words = None
-        vectorizer = TfidfVectorizer(analyzer=lambda _text: ["\0"], dtype=np.float32)
-        matrix = vectorizer.fit_transform(texts).tocsr()
+        vectorizer, matrix = TfIdf.fit_transform(lambda _text: ["\0"], texts)
     common = np.asarray(matrix.mean(axis=0)).ravel()
     common = common / max(float(np.linalg.norm(common)), 1e-9)
     rng = np.random.default_rng(0)  # a fixed sample: scores do not wobble between runs
@@ -229,7 +222,7 @@ def build_corpus(papers: Sequence[Paper], *, embeddings: np.ndarray | None = Non
         reference = np.sort(rng.choice(reference, params.reference_papers, replace=False))
     corpus = Corpus(vectorizer=vectorizer, matrix=matrix, papers=list(papers),
                     rows={p.row_id: i for i, p in enumerate(papers)},
-                    terms=vectorizer.get_feature_names_out(), common=common.astype(np.float32),
+                    terms=vectorizer.terms, common=common.astype(np.float32),
                     doc_freq=np.bincount(matrix.indices, minlength=matrix.shape[1]),
                     reference=reference, words=words, params=params)
     if embeddings is not None and len(papers) == len(embeddings) and len(papers) > 1:

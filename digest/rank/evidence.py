@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sklearn
 from scipy import sparse
-from sklearn.svm import LinearSVC
 
 from digest.rank.corpus import Candidates, Corpus, SparseRows
 from digest.rank.plans import Plan, Preferences, RankRequest, learns_from_ratings
@@ -161,15 +159,7 @@ def classifier_scores(corpus: Corpus, candidates: Candidates, prefs: Preferences
     liked, disliked = corpus.vectors(prefs.liked), corpus.vectors(prefs.disliked)
     train = SparseRows.stack([liked, disliked]).to_csr(candidates.scoring.shape[1])
     labels = np.r_[np.ones(liked.count), np.zeros(disliked.count)]
-    model = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000,
-                      random_state=0)  # the same picks every run
-    # Tf-idf rows are finite and the parameters fixed: sklearn's checks would cost more
-    # than learning from a dozen papers.
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        model.fit(train, labels)
-    # What model.decision_function computes, without checking its input again.
-    scores: np.ndarray = candidates.scoring @ model.coef_.ravel() + model.intercept_
-    return scores.astype(np.float32)
+    return _linear(train, labels, None, 1.0, candidates.scoring, class_weight="balanced")
 
 
 def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
@@ -217,12 +207,18 @@ def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
     return learned
 
 
-def _linear(train: Any, labels: np.ndarray, weights: np.ndarray, c: float, scoring: Any
-            ) -> np.ndarray:
+def _linear(train: Any, labels: np.ndarray, weights: np.ndarray | None, c: float,
+            scoring: Any, *, class_weight: str | None = None) -> np.ndarray:
     """A linear SVM's scores of `scoring`'s rows, learned from `train`'s (float32)."""
-    model = LinearSVC(C=c, max_iter=5000, random_state=0)  # the same picks every run
+    # Imported here: only a profile that learns a classifier needs scikit-learn, whose
+    # import takes most of a second (see digest.rank.tfidf).
+    import sklearn
+    from sklearn.svm import LinearSVC
+
+    model = LinearSVC(C=c, class_weight=class_weight, max_iter=5000,
+                      random_state=0)  # the same picks every run
     # The rows are finite and the parameters fixed: sklearn's checks would cost more than
-    # they catch.
+    # they catch (learning from a dozen papers costs less than checking them).
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         model.fit(train, labels, sample_weight=weights)
     # What model.decision_function computes, without checking its input again.

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from digest.identity import normalise_title
 from digest.models import Pick
@@ -25,7 +24,7 @@ from digest.rank.corpus import Candidates, Corpus
 from digest.rank.evidence import Scale
 from digest.rank.plans import Plan
 from digest.rank.queries import Key, QueryScores, candidate_key
-from digest.rank.words import TOKEN, Words
+from digest.rank.words import STOP_WORDS, TOKEN, Words
 
 # The same with hyphenated words whole ("re-ranking" as "reranking"): a second reading, so
 # that "passage reranking" is found in "passage re-ranking" and the other way round.
@@ -53,7 +52,7 @@ class _Tokens:
 
 def _tokens(words: Words, text: str, *, compounds: bool = False) -> _Tokens:
     pattern = _COMPOUND if compounds else TOKEN
-    found = [m for m in pattern.finditer(text.lower()) if m.group() not in ENGLISH_STOP_WORDS]
+    found = [m for m in pattern.finditer(text.lower()) if m.group() not in STOP_WORDS]
     return _Tokens(words.stems([m.group().replace("-", "") for m in found]),
                    [m.span() for m in found], text)
 

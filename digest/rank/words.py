@@ -4,14 +4,38 @@ module reads text through here."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
+from pathlib import Path
 
 import numpy as np
 import Stemmer
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+
+def _english_stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words, read from the module that holds them without
+    importing scikit-learn, which ranking otherwise needs only for classifiers (its import
+    takes most of a second: see digest.rank.tfidf)."""
+    found = importlib.util.find_spec("sklearn")  # finds the package, imports nothing
+    if found is not None and found.origin is not None:
+        path = Path(found.origin).parent / "feature_extraction" / "_stop_words.py"
+        spec = importlib.util.spec_from_file_location("digest.rank._stop_words", path)
+        if spec is not None and spec.loader is not None and path.is_file():
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            words = getattr(module, "ENGLISH_STOP_WORDS", None)
+            if isinstance(words, frozenset):
+                return words
+    # Elsewhere in another release: from scikit-learn itself.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+STOP_WORDS = _english_stop_words()
 
 # Words of two or more letters or digits that hold a letter, in any script: "3D", "6G" and
 # "Ragnarök" count, "2024" does not; hyphenated words are their parts ("retrieval-augmented"
@@ -22,7 +46,7 @@ _WORD = re.compile(r"\w+")
 
 def words_of(text: str) -> list[str]:
     """The words of a lowercased text, English stop words left out."""
-    return [w for w in TOKEN.findall(text) if w not in ENGLISH_STOP_WORDS]
+    return [w for w in TOKEN.findall(text) if w not in STOP_WORDS]
 
 
 class Words:

@@ -34,7 +34,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, Row, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -1274,7 +1273,12 @@ def _has_vector(model: str) -> ColumnElement[bool]:
 
 def _upsert_for(dialect: Dialect, table: Any) -> Any:
     """An INSERT that can say ON CONFLICT (SQLite and PostgreSQL)."""
-    return (postgresql_insert if dialect.name == "postgresql" else sqlite_insert)(table)
+    if dialect.name == "postgresql":
+        # Imported here: a store on SQLite never loads PostgreSQL's dialect.
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    return sqlite_insert(table)
 
 
 def _save_subscribers_statement(dialect: Dialect) -> ClauseElement:
