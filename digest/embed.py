@@ -400,13 +400,16 @@ def embed_papers(store: Store, embedder: Embedder, papers: Sequence[Paper], *,
 
 def embed_new_papers(store: Store, embedder: Embedder, *,
                      show_progress: ShowProgress | None = None,
-                     until: Callable[[], bool] | None = None, batch: int = EMBED_BATCH) -> int:
+                     until: Callable[[], bool] | None = None, batch: int | None = None
+                     ) -> int:
     """Embed every stored paper that has no vector of `embedder`'s model yet (after an
     ingest, a feed poll, a change of model), `batch` at a time, each batch saved as it is
-    done; `show_progress` is shown them; stops after a batch once `until()` is true.
+    done (EMBED_BATCH unless given); `show_progress` is shown them; stops after a batch
+    once `until()` is true.
     Returns how many were embedded. A store with nothing to embed does not load a lazy
     embedder's model. A send that needs papers embedded waits for one batch at most."""
     name = stored_name(embedder)
+    batch = batch or EMBED_BATCH
     count = store.count_papers_without_embedding(name)
     if not count:
         return 0

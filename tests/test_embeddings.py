@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digest import embed
 from digest.config import RankSettings
 from digest.embed import (
     PROGRESS_BATCH,
@@ -125,6 +126,56 @@ def test_paper_vectors_tell_their_progress_and_are_the_same_with_it(store, seeds
 
     assert sum(told) == len(papers) and max(told) == PROGRESS_BATCH
     assert np.allclose(stepped, paper_vectors(encode, papers))
+
+
+def test_ingest_no_embed_stores_the_papers_and_the_next_ingest_embeds_them(
+        run_cli, seeds, tmp_path, monkeypatch):
+    """A backfill stores its papers without waiting for their embeddings (with "on", also
+    where the extra is missing); the next ingest embeds them, with nothing new to store."""
+    monkeypatch.setenv("DIGEST_EMBEDDINGS", "on")
+    data = tmp_path / "d"
+    stored = run_cli("--data-dir", data, "ingest", seeds[3], "--no-embed", "--json")
+    assert stored.exit_code == 0, stored.output
+    counts = json.loads(stored.stdout)
+    assert counts["new_papers"] > 0 and counts["papers_embedded"] == 0
+    if not INSTALLED:
+        return
+    again = run_cli("--data-dir", data, "ingest", seeds[3], "--json")
+    assert again.exit_code == 0, again.output
+    later = json.loads(again.stdout)
+    assert later["new_papers"] == 0 and later["papers_embedded"] == counts["new_papers"]
+
+
+@needs_extra
+def test_ingest_interrupted_while_embedding_keeps_what_it_embedded_and_says_what_is_left(
+        run_cli, seeds, tmp_path, monkeypatch):
+    """Ctrl-C during the embedding of a large ingest: the papers and every batch embedded
+    so far are kept, and the command says how many are left (exit status 130)."""
+    monkeypatch.setenv("DIGEST_EMBEDDINGS", "on")
+    monkeypatch.setattr(embed, "EMBED_BATCH", 16)
+    real = LazyEmbedder.encode
+    calls = []
+
+    def interrupted(self, texts):
+        calls.append(len(texts))
+        if len(calls) == 3:  # the user presses Ctrl-C during the third batch
+            raise KeyboardInterrupt
+        return real(self, texts)
+
+    monkeypatch.setattr(LazyEmbedder, "encode", interrupted)
+    data = tmp_path / "d"
+    done = run_cli("--data-dir", data, "ingest", seeds[3])
+    assert done.exit_code == 130
+    assert "Traceback" not in done.output
+    stored = Store.open(f"sqlite:///{data / 'digest.sqlite3'}")
+    try:
+        papers = stored.count_papers()
+        left = stored.count_papers_without_embedding(embed.stored_name(
+            embed.load_embedder("on")))
+    finally:
+        stored.close()
+    assert left == papers - 32  # two batches of 16 were saved
+    assert f"the papers are stored, {left} papers still to embed" in done.stderr
 
 
 @needs_extra

@@ -266,29 +266,33 @@ def _listen(port: int, host: str = "127.0.0.1", *, what: str = "the demo's links
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--date", "file_date", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Day the files were written, to date them (default: each file's mtime).")
+@click.option("--no-embed", is_flag=True,
+              help="Store the papers without embedding them (a large backfill): `digest run` "
+                   "embeds them in the background, else the next ingest or send.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_context
 @handle_errors
-def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
+def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None, no_embed: bool,
            as_json: bool) -> None:
     """Read digest files into the store; a paper already stored is not added again.
 
     Lines that cannot be used are reported as FILE:LINE: reason; the rest is kept. The
     exit status is 1 if a whole file was rejected. Without PATHS, the files in the inbox
     folder are read and moved to inbox/processed/ (or inbox/rejected/), as `digest run`
-    does. With the embeddings extra, the new papers are embedded too (exit status 1 if
-    that fails: the papers stay stored).
+    does. With the embeddings extra, the new papers are embedded too, unless --no-embed
+    (exit status 1 if that fails: the papers stay stored; each batch embedded is kept,
+    also when the command is interrupted).
 
     \b
     Example:
         digest ingest inbox/*.txt --date 2026-03-11
     """
-    from digest.embed import embed_new_papers, embedder_for
+    from digest.embed import embed_new_papers, embedder_for, stored_name
     from digest.ingest.storing import ingest_files, ingest_inbox
 
     # With the embeddings extra, papers are embedded as they are stored, not when an
     # edition is due ("on" without the extra: said before anything is stored).
-    embedder = embedder_for(obj.settings)
+    embedder = None if no_embed else embedder_for(obj.settings)
     store = obj.open_store()
     embedded, unembedded = 0, ""
     try:
@@ -312,6 +316,12 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None,
         if embedder is not None:
             try:
                 embedded = embed_new_papers(store, embedder, show_progress=progress)
+            except KeyboardInterrupt:
+                left = store.count_papers_without_embedding(stored_name(embedder))
+                click.echo(f"Interrupted: the papers are stored, {counted(left, 'paper')} "
+                           "still to embed (`digest run` embeds them in the background, "
+                           "else the next ingest or send).", err=True)
+                sys.exit(130)
             except Exception as exc:  # the papers are stored: the next send embeds them
                 log.debug("ingest.embedding traceback", exc_info=exc)
                 unembedded = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
