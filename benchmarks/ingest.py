@@ -100,7 +100,7 @@ class _Paper:
 
 def _papers(n: int, rng: random.Random, taken: set[str]) -> list[_Paper]:
     """`n` papers with titles of their own (not a seed's), as the parser reads them."""
-    from benchmarks.rank_speed import corpus  # brings scikit-learn: not into the children
+    from benchmarks.rank_speed import corpus  # brings the ranking modules: not into the children
 
     found: list[_Paper] = []
     for paper in corpus(n + n // 10 + 100, rng):

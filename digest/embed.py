@@ -409,7 +409,7 @@ def embed_new_papers(store: Store, embedder: Embedder, *,
     Returns how many were embedded. A store with nothing to embed does not load a lazy
     embedder's model. A send that needs papers embedded waits for one batch at most."""
     name = stored_name(embedder)
-    batch = batch or EMBED_BATCH
+    batch = EMBED_BATCH if batch is None else batch
     count = store.count_papers_without_embedding(name)
     if not count:
         return 0

@@ -164,7 +164,7 @@ def test_ingest_interrupted_while_embedding_keeps_what_it_embedded_and_says_what
 
     monkeypatch.setattr(LazyEmbedder, "encode", interrupted)
     data = tmp_path / "d"
-    done = run_cli("--data-dir", data, "ingest", seeds[3])
+    done = run_cli("--data-dir", data, "ingest", seeds[3], "--json")
     assert done.exit_code == 130
     assert "Traceback" not in done.output
     stored = Store.open(f"sqlite:///{data / 'digest.sqlite3'}")
@@ -176,6 +176,9 @@ def test_ingest_interrupted_while_embedding_keeps_what_it_embedded_and_says_what
         stored.close()
     assert left == papers - 32  # two batches of 16 were saved
     assert f"the papers are stored, {left} papers still to embed" in done.stderr
+    counts = json.loads(done.stdout)
+    assert counts["interrupted"] is True and counts["papers_to_embed"] == left
+    assert counts["papers_stored"] == papers
 
 
 @needs_extra

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
@@ -294,7 +294,9 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None, no
     # edition is due ("on" without the extra: said before anything is stored).
     embedder = None if no_embed else embedder_for(obj.settings)
     store = obj.open_store()
-    embedded, unembedded = 0, ""
+    embedded: int | None = 0
+    unembedded = ""
+    interrupted, left = False, None  # Ctrl-C while embedding; papers still to embed then
     try:
         reference = file_date.replace(tzinfo=UTC) if file_date else None
         with progress("Reading digest files", len(paths) or None, unit="file") as files_done:
@@ -316,12 +318,10 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None, no
         if embedder is not None:
             try:
                 embedded = embed_new_papers(store, embedder, show_progress=progress)
-            except KeyboardInterrupt:
-                left = store.count_papers_without_embedding(stored_name(embedder))
-                click.echo(f"Interrupted: the papers are stored, {counted(left, 'paper')} "
-                           "still to embed (`digest run` embeds them in the background, "
-                           "else the next ingest or send).", err=True)
-                sys.exit(130)
+            except KeyboardInterrupt:  # each batch embedded is kept
+                interrupted, embedded = True, None
+                with suppress(Exception, KeyboardInterrupt):
+                    left = store.count_papers_without_embedding(stored_name(embedder))
             except Exception as exc:  # the papers are stored: the next send embeds them
                 log.debug("ingest.embedding traceback", exc_info=exc)
                 unembedded = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
@@ -332,12 +332,20 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None, no
                                "new_papers": report.new_papers, "papers_stored": total,
                                "papers_embedded": embedded,
                                "rejected": [str(p) for p in report.rejected]}
-                              | ({"embedding_error": unembedded} if unembedded else {})))
+                              | ({"embedding_error": unembedded} if unembedded else {})
+                              | ({"interrupted": True, "papers_to_embed": left}
+                                 if interrupted else {})))
     elif embedder is not None and embedded:
         click.echo(f"{counted(embedded, 'paper')} embedded ({embedder.name}).")
     if unembedded:
         click.echo(f"The papers are stored, but embedding them failed: {unembedded} (a send "
                    "embeds what is missing; -vv shows where it failed)", err=True)
+    if interrupted:
+        still = (f"{counted(left, 'paper')} still to embed" if left is not None
+                 else "not all embedded")
+        click.echo(f"Interrupted: the papers are stored, {still} (`digest run` embeds them in "
+                   "the background, else the next ingest or send).", err=True)
+        sys.exit(130)
     if report.rejected or unembedded:
         sys.exit(1)
 

@@ -207,6 +207,13 @@ def learned_scores(corpus: Corpus, candidates: Candidates, request: RankRequest
     return learned
 
 
+def load_classifier_library() -> None:
+    """Import what a profile's classifier needs now (scikit-learn: most of a second and
+    70 MB): a process about to fork workers that may each learn one does it once, for all
+    of them to share."""
+    import sklearn.svm  # noqa: F401
+
+
 def _linear(train: Any, labels: np.ndarray, weights: np.ndarray | None, c: float,
             scoring: Any, *, class_weight: str | None = None) -> np.ndarray:
     """A linear SVM's scores of `scoring`'s rows, learned from `train`'s (float32)."""

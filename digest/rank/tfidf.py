@@ -22,7 +22,7 @@ from scipy import sparse
 
 Analyze = Callable[[str], list[str]]
 
-CHUNK = 4_096  # texts counted together: memory stays flat in the number of texts
+CHUNK = 4_096  # texts counted together: the Python lists of their terms stay this short
 
 
 def words_and_pairs(tokenize: Callable[[str], list[str]]) -> Analyze:
@@ -51,14 +51,15 @@ class TfIdf:
                       ) -> tuple[TfIdf, sparse.csr_matrix]:
         """The model of these texts and their rows. Raises ValueError if no text has a
         term."""
+        _texts_not_text(texts)
         seen: defaultdict[str, int] = defaultdict()
         seen.default_factory = seen.__len__  # a new term's column: in order of first use
         counts = _count(texts, analyze, lambda terms: list(map(seen.__getitem__, terms)),
                         seen)
         if not seen:
             raise ValueError("no text has a term")
-        # Columns in the terms' sorted order; within a row, entries stay in the order of
-        # first use (as scikit-learn leaves them).
+        # Columns in the terms' sorted order; within a row, entries stay in the order in
+        # which their terms first appeared in all the texts (as scikit-learn leaves them).
         order = sorted(seen)
         column_of = np.empty(len(order), dtype=counts.indices.dtype)
         column_of[[seen[term] for term in order]] = np.arange(len(order))
@@ -76,6 +77,7 @@ class TfIdf:
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """Rows of new texts (terms the model lacks are left out)."""
+        _texts_not_text(texts)
         get = self.vocabulary.get
 
         def columns(terms: list[str]) -> list[int]:
@@ -96,6 +98,11 @@ class TfIdf:
         lengths[lengths == 0] = 1.0
         counts.data = (data / lengths[rows]).astype(np.float32)
         return counts
+
+
+def _texts_not_text(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):  # a sequence of str too, one text per character
+        raise TypeError("a sequence of texts is expected, not one text")
 
 
 def _count(texts: Iterable[str], analyze: Analyze, columns: Callable[[list[str]], list[int]],

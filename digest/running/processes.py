@@ -26,6 +26,7 @@ from pathlib import Path
 from digest.config import Settings
 from digest.errors import ConnectionFailure
 from digest.progress import ShowProgress
+from digest.rank.evidence import load_classifier_library
 from digest.running.editions import EditionRun, check_sending
 from digest.running.sending import SHOW_ALL, SendReport, run_shard
 from digest.store import Store
@@ -66,6 +67,8 @@ def send_all(settings: Settings, paths: Sequence[Path], *, now: datetime,
     # fork shares the loaded modules; a parent that loaded PyTorch must not fork (its
     # thread pools do not survive it), so its workers start afresh.
     method = "spawn" if "torch" in sys.modules else "fork"
+    if method == "fork":
+        load_classifier_library()  # once here rather than in each worker that meets one
     report = SendReport()
     log.info("send.workers processes=%d shards=%d start=%s", workers, len(shards), method)
     # Frozen before the fork, what is loaded here is the workers' too and stays shared: no
