@@ -218,10 +218,10 @@ def demo(out_dir: Path, serve: bool, port: int) -> None:
         table.add_row(outcome.profile.name, str(outcome.status), count,
                       top.paper.title if top else "", top.reason if top else outcome.detail)
     console.print(table)
-    click.echo(f"The server received {len(result.saved)} messages; saved in {out_dir}/.")
+    click.echo(f"The server received {len(result.saved)} messages; saved in {out_dir}/ "
+               f"({time.perf_counter() - started:.1f} s in all).")
     if result.saved:
         click.echo(f"Open this one in a browser: {result.saved[0][1].resolve()}")
-    click.echo(f"({time.perf_counter() - started:.1f} s)")
     failed = any(o.status in (Status.FAILED, Status.ERROR) for o in result.outcomes)
     if listener is None:
         click.echo("The emails' links (more / less like this, edit your interests, "
