@@ -309,12 +309,11 @@ def ingest(obj: Context, paths: tuple[Path, ...], file_date: datetime | None, no
                                       progress=shown)
         total = store.count_papers()
         report_problems(report.problems)
-        summary = (f"{counted(report.files, 'file')}, "
-                   f"{counted(report.entries, 'entry', 'entries')}, "
-                   f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
-                   f"{counted(len(report.rejected), 'file')} rejected.")
-        if not as_json:
-            click.echo(summary)
+        if not as_json:  # said before the papers are embedded, which takes longer
+            click.echo(f"{counted(report.files, 'file')}, "
+                       f"{counted(report.entries, 'entry', 'entries')}, "
+                       f"{counted(report.new_papers, 'new paper')} ({total:,} stored), "
+                       f"{counted(len(report.rejected), 'file')} rejected.")
         if embedder is not None:
             try:
                 embedded = embed_new_papers(store, embedder, show_progress=progress)

@@ -738,7 +738,7 @@ class Store:
     def save_embeddings(self, model: str, vectors: Mapping[int, np.ndarray]) -> None:
         """Keep these papers' vectors for `model`, replacing any stored (of an older
         model of the same name)."""
-        self._save_vectors(paper_embeddings, "paper_id", {"model": model}, vectors)
+        self._save_vectors(paper_embeddings, "paper_id", model, vectors)
 
     def papers_without_embedding(self, model: str, *, after: int = 0, limit: int = 256
                                  ) -> list[Paper]:
@@ -769,9 +769,9 @@ class Store:
 
     def save_text_embeddings(self, model: str, vectors: Mapping[str, np.ndarray]) -> None:
         """Keep these texts' vectors (by `text_key`) for `model`, replacing any stored."""
-        self._save_vectors(text_embeddings, "text_key", {"model": model}, vectors)
+        self._save_vectors(text_embeddings, "text_key", model, vectors)
 
-    def _save_vectors(self, table: Any, key: str, fixed: dict[str, Any],
+    def _save_vectors(self, table: Any, key: str, model: str,
                       vectors: Mapping[Any, np.ndarray]) -> None:
         """Upsert vectors, in the order of their keys: processes saving the same keys at
         once (a send's workers, the daemon's embedding job) then lock rows in one order,
@@ -783,7 +783,7 @@ class Store:
             index_elements=[key, "model"], set_={"vector": statement.excluded.vector})
         with self._begin() as conn:
             conn.execute(statement, [
-                {**fixed, key: k, "vector": np.asarray(vectors[k], dtype="<f4").tobytes()}
+                {"model": model, key: k, "vector": np.asarray(vectors[k], dtype="<f4").tobytes()}
                 for k in sorted(vectors)])
 
     # Feeds -----------------------------------------------------------------------------
